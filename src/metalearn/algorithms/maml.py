@@ -1,0 +1,48 @@
+"""MAML (Finn, Abbeel & Levine, 2017) and first-order MAML.
+
+Inner loop, per task:  theta'  = theta - alpha * grad_theta L_S(theta), repeated `inner_steps` times.
+Outer loop:            theta  <- theta - beta * grad_theta sum_tasks L_Q(theta')   (Adam, in the loop)
+Second order: the gradient flows through the inner updates (Hessian-vector products).
+First order (FOMAML): the inner gradients are constants, so d theta'/d theta = I.
+"""
+from __future__ import annotations
+
+import torch
+
+from metalearn.algorithms.base import Algorithm, detached
+from metalearn.tasks import Params, TaskBatch
+
+
+class MAML(Algorithm):
+    name = "maml"
+    first_order = False
+
+    def __init__(self, model, objective, hparams):
+        super().__init__(model, objective, hparams)
+        self.inner_lr = float(hparams["inner_lr"])
+        self.inner_steps = int(hparams["inner_steps"])
+
+    def adapt(self, support, steps=None, create_graph=False, params: Params | None = None) -> Params:
+        params = detached(self.initial_params()) if params is None else params
+        for _ in range(self.test_inner_steps if steps is None else steps):
+            loss = self.objective.loss(params, support)
+            grads = torch.autograd.grad(loss, list(params.values()), create_graph=create_graph)
+            params = {name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads)}
+        return params
+
+    def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
+        totals = {}
+        for task in tasks:
+            adapted = self.adapt(task.support, self.inner_steps, create_graph=not self.first_order,
+                                 params=self.initial_params())
+            outputs = self.objective.forward(adapted, task.query[0])
+            loss = self.objective.criterion(outputs, task.query[1])
+            self.accumulate(loss, 1.0 / len(tasks))
+            for key, value in self.objective.metrics(outputs.detach(), task.query[1]).items():
+                totals[key] = totals.get(key, 0.0) + value / len(tasks)
+        return totals
+
+
+class FOMAML(MAML):
+    name = "fomaml"
+    first_order = True

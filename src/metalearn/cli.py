@@ -1,0 +1,136 @@
+"""`metalearn`: one subcommand per pipeline step (the Snakemake rules call these).
+
+  metalearn download  [--dataset D]          fetch and verify the archives (official URL or mirror)
+  metalearn prepare   [--dataset D]          archives -> compact uint8 cache + manifest
+  metalearn split     [--benchmark B]        save the validation/test episodes
+  metalearn train     -b B -a A [--seed S]   meta-train (resumes from its checkpoint)
+  metalearn evaluate  --model M --out J      score a model on the saved test episodes
+  metalearn aggregate EVAL.json... --out CSV results table (+ Markdown beside it)
+
+Every subcommand takes --params (default params.yaml) and --profile, and validates them first.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from metalearn import benchmarks
+from metalearn.config import ConfigError, data_mirror, load_params
+
+
+def _datasets(params: dict, requested: str | None) -> list[str]:
+    if requested:
+        return [requested]
+    return sorted({b["dataset"] for b in params["benchmarks"].values() if b["task"] == "omniglot"})
+
+
+def cmd_download(params: dict, args) -> None:
+    from metalearn.data import omniglot
+
+    for dataset in _datasets(params, args.dataset):
+        for path in omniglot.download(dataset, benchmarks.raw_dir(params), data_mirror(params)):
+            print(f"verified {path}", file=sys.stderr)
+
+
+def cmd_prepare(params: dict, args) -> None:
+    from metalearn.data import omniglot
+
+    for dataset in _datasets(params, args.dataset):
+        archives = omniglot.download(dataset, benchmarks.raw_dir(params), data_mirror(params))
+        manifest = omniglot.prepare(dataset, archives, benchmarks.prepared_path(params, dataset))
+        print(f"prepared {dataset}: {manifest['shape'][0]} characters x {manifest['shape'][1]} drawings "
+              f"-> {benchmarks.prepared_path(params, dataset)}", file=sys.stderr)
+
+
+def cmd_split(params: dict, args) -> None:
+    names = [args.benchmark] if args.benchmark else sorted(params["benchmarks"])
+    for name in names:
+        path = benchmarks.make_episodes(params, name)
+        print(f"episodes of {name} -> {path}", file=sys.stderr)
+
+
+def cmd_train(params: dict, args) -> None:
+    from metalearn.train import train
+
+    out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
+    path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
+    print(f"model -> {path}", file=sys.stderr)
+
+
+def cmd_evaluate(params: dict, args) -> None:
+    from metalearn.evaluate import evaluate, write_json
+
+    result = evaluate(params, Path(args.model), split=args.split, device=args.device, steps=args.steps)
+    write_json(result, Path(args.out))
+    print(f"{result['benchmark']}/{result['algorithm']}/seed{result['seed']}: {result['metric']} "
+          f"{result['mean']:.3f} +- {result['ci95']:.3f} over {result['episodes']} episodes -> {args.out}",
+          file=sys.stderr)
+
+
+def cmd_aggregate(params: dict, args) -> None:
+    from metalearn.aggregate import aggregate
+
+    table = aggregate([Path(p) for p in args.inputs], Path(args.out))
+    print(table, file=sys.stderr)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(prog="metalearn", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
+    common.add_argument("--profile", default=None, help="overlay from params.yaml's profiles (default: its `profile`)")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("download", parents=[common], help="fetch and verify the data archives")
+    p.add_argument("--dataset", choices=["omniglot", "omniglot-small"])
+    p.set_defaults(func=cmd_download)
+
+    p = sub.add_parser("prepare", parents=[common], help="build the compact image cache")
+    p.add_argument("--dataset", choices=["omniglot", "omniglot-small"])
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("split", parents=[common], help="save validation and test episodes")
+    p.add_argument("--benchmark", "-b")
+    p.set_defaults(func=cmd_split)
+
+    p = sub.add_parser("train", parents=[common], help="meta-train one algorithm on one benchmark")
+    p.add_argument("--benchmark", "-b", required=True)
+    p.add_argument("--algorithm", "-a", required=True)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="output folder (default models/<benchmark>/<algorithm>/seed<seed>)")
+    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", parents=[common], help="score a trained model on the saved episodes")
+    p.add_argument("--model", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--split", default="test", choices=["val", "test"])
+    p.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the algorithm's test steps)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("aggregate", parents=[common], help="results table from evaluation files")
+    p.add_argument("inputs", nargs="+")
+    p.add_argument("--out", default="results/summary.csv")
+    p.set_defaults(func=cmd_aggregate)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from metalearn.data.download import DownloadError
+    from metalearn.train import TrainingDiverged
+
+    try:
+        params = load_params(args.params, args.profile)
+        args.func(params, args)
+    except (ConfigError, DownloadError, TrainingDiverged) as exc:
+        print(f"metalearn {args.command}: error: {exc}", file=sys.stderr)
+        return 2 if isinstance(exc, ConfigError) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

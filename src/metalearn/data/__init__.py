@@ -1,0 +1,1 @@
+"""Data sets, their checked downloads, and episodes."""

@@ -1,0 +1,124 @@
+"""Episodes: sampled on the fly for meta-training, generated once and saved for evaluation.
+
+Saved episodes hold indices only (classes and drawings for classification; task parameters and
+input points for regression), so every algorithm is evaluated on the identical episodes. All
+sampling is tensor indexing driven by one ``torch.Generator``: no Python loop per image, and the
+generator's state is checkpointed so a resumed training draws the same episodes.
+"""
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from metalearn.tasks import TaskBatch
+
+# -- classification (Omniglot and the like) -------------------------------------------------------
+
+
+def with_rotations(images: Tensor) -> Tensor:
+    """[C, D, H, W] -> [4C, D, H, W]: every class also rotated by 90, 180 and 270 degrees (new classes)."""
+    rotated = [torch.rot90(images, k, dims=(-2, -1)) for k in range(4)]
+    return torch.stack(rotated, dim=1).flatten(0, 1)
+
+
+def draw_episodes(n_episodes: int, n_classes: int, n_drawings: int, ways: int, per_class: int,
+                  generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Class indices [E, ways] (distinct per episode) and drawing indices [E, ways, per_class]."""
+    classes = torch.rand(n_episodes, n_classes, generator=generator).argsort(dim=1)[:, :ways]
+    drawings = torch.rand(n_episodes, ways, n_drawings, generator=generator).argsort(dim=2)[..., :per_class]
+    return classes, drawings
+
+
+def gather_tasks(images: Tensor, classes: Tensor, drawings: Tensor, shots: int) -> TaskBatch:
+    """Build a TaskBatch from uint8 images [C, D, H, W] and episode indices.
+
+    Support: the first `shots` drawings of each class, query: the rest; label = position of the
+    class in the episode. Inputs are float in [0, 1] with a channel axis: [B, ways*n, 1, H, W].
+    """
+    batch, ways, per_class = drawings.shape
+    picked = images[classes.unsqueeze(-1), drawings]  # [B, ways, per_class, H, W]
+    picked = picked.unsqueeze(3).float().div_(255.0)  # channel axis
+    labels = torch.arange(ways, device=images.device).view(1, ways, 1).expand(batch, ways, per_class)
+    support_x, query_x = picked[:, :, :shots], picked[:, :, shots:]
+    support_y, query_y = labels[:, :, :shots], labels[:, :, shots:]
+    return TaskBatch(support_x.flatten(1, 2), support_y.flatten(1, 2),
+                     query_x.flatten(1, 2), query_y.flatten(1, 2))
+
+
+class ClassificationSampler:
+    """On-the-fly N-way K-shot meta-training tasks over a class pool held on the device as uint8."""
+
+    def __init__(self, images: Tensor, ways: int, shots: int, queries: int, generator: torch.Generator):
+        self.images, self.ways, self.shots, self.queries = images, ways, shots, queries
+        self.generator = generator
+
+    def sample(self, batch: int) -> TaskBatch:
+        classes, drawings = draw_episodes(batch, self.images.shape[0], self.images.shape[1],
+                                          self.ways, self.shots + self.queries, self.generator)
+        device = self.images.device
+        return gather_tasks(self.images, classes.to(device), drawings.to(device), self.shots)
+
+
+# -- regression (sinusoid) ------------------------------------------------------------------------
+
+SINUSOID = {"amplitude": (0.1, 5.0), "phase": (0.0, math.pi), "x": (-5.0, 5.0)}
+
+
+def _uniform(shape, bounds, generator) -> Tensor:
+    low, high = bounds
+    return torch.rand(*shape, generator=generator) * (high - low) + low
+
+
+def draw_sinusoids(n_tasks: int, n_points: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Task parameters and input points, as in the MAML paper: y = A sin(x - phase)."""
+    return {"amplitude": _uniform((n_tasks, 1), SINUSOID["amplitude"], generator),
+            "phase": _uniform((n_tasks, 1), SINUSOID["phase"], generator),
+            "x": _uniform((n_tasks, n_points), SINUSOID["x"], generator)}
+
+
+def sinusoid_tasks(episodes: dict[str, Tensor], shots: int) -> TaskBatch:
+    x = episodes["x"]
+    y = episodes["amplitude"] * torch.sin(x - episodes["phase"])
+    x, y = x.unsqueeze(-1), y.unsqueeze(-1)  # [B, points, 1]
+    return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
+
+
+class SinusoidSampler:
+    def __init__(self, shots: int, queries: int, generator: torch.Generator, device="cpu"):
+        self.shots, self.queries, self.generator, self.device = shots, queries, generator, device
+
+    def sample(self, batch: int) -> TaskBatch:
+        return sinusoid_tasks(draw_sinusoids(batch, self.shots + self.queries, self.generator),
+                              self.shots).to(self.device)
+
+
+# -- saved evaluation episodes --------------------------------------------------------------------
+
+
+def make_eval_episodes(bench: dict, split_class_counts: dict[str, int] | None) -> dict[str, dict[str, Tensor]]:
+    """{'val': ..., 'test': ...} index tensors for a benchmark's saved episodes (seeded, deterministic)."""
+    generator = torch.Generator().manual_seed(bench["episode_seed"])
+    episodes = {}
+    for split, count in (("val", bench["val_tasks"]), ("test", bench["test_tasks"])):
+        if bench["task"] == "sinusoid":
+            episodes[split] = draw_sinusoids(count, bench["shots"] + bench["eval_queries"], generator)
+        else:
+            classes, drawings = draw_episodes(count, split_class_counts[split], 20, bench["ways"],
+                                              bench["shots"] + bench["eval_queries"], generator)
+            episodes[split] = {"classes": classes, "drawings": drawings}
+    return episodes
+
+
+def save_episodes(episodes: dict[str, Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".part")
+    torch.save(episodes, tmp)
+    os.replace(tmp, path)
+
+
+def load_episodes(path: Path) -> dict[str, Tensor]:
+    return torch.load(path, weights_only=True)

@@ -1,0 +1,77 @@
+"""The papers' networks, as ordinary modules used functionally.
+
+Algorithms never mutate these modules: they hold parameters as a dict and call
+``torch.func.functional_call(model, params, inputs)`` (see `metalearn.tasks.Objective`).
+BatchNorm keeps no running statistics: it always normalises with the current batch, as in the
+MAML code, so adaptation and evaluation see the same function of the parameters.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def conv_block(in_channels: int, out_channels: int, pooling: str) -> nn.Sequential:
+    if pooling == "stride":  # MAML's Omniglot network: strided convolutions, no pooling
+        conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
+        return nn.Sequential(conv, nn.BatchNorm2d(out_channels, track_running_stats=False), nn.ReLU())
+    conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)  # mini-ImageNet: 2x2 max-pooling
+    return nn.Sequential(conv, nn.BatchNorm2d(out_channels, track_running_stats=False), nn.ReLU(),
+                         nn.MaxPool2d(2))
+
+
+class Conv4(nn.Module):
+    """4 x [3x3 conv, BatchNorm, ReLU(, max-pool)] + linear head.
+
+    pooling='stride': 64 filters, stride 2, features averaged over space (MAML, Omniglot 28x28).
+    pooling='max': 32 filters, 2x2 max-pooling, features flattened (MAML, mini-ImageNet 84x84).
+    """
+
+    def __init__(self, in_channels: int, ways: int, filters: int = 64, pooling: str = "stride",
+                 image_size: int = 28):
+        super().__init__()
+        if pooling not in ("stride", "max"):
+            raise ValueError(f"pooling must be 'stride' or 'max', not {pooling!r}")
+        self.pooling = pooling
+        channels = [in_channels] + [filters] * 4
+        self.features = nn.Sequential(*(conv_block(channels[i], channels[i + 1], pooling) for i in range(4)))
+        size = image_size
+        for _ in range(4):
+            size = size // 2
+        self.head = nn.Linear(filters if pooling == "stride" else filters * size * size, ways)
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.xavier_uniform_(module.weight)
+                nn.init.zeros_(module.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.features(x)
+        h = h.mean(dim=(2, 3)) if self.pooling == "stride" else h.flatten(1)
+        return self.head(h)
+
+
+class MLP(nn.Module):
+    """Fully connected ReLU network; MAML's sinusoid regressor is MLP(1, [40, 40], 1)."""
+
+    def __init__(self, in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1):
+        super().__init__()
+        sizes = [in_features, *hidden]
+        layers: list[nn.Module] = []
+        for a, b in zip(sizes[:-1], sizes[1:]):
+            layers += [nn.Linear(a, b), nn.ReLU()]
+        layers.append(nn.Linear(sizes[-1], out_features))
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+
+def build_model(bench: dict) -> nn.Module:
+    """The network a benchmark's settings call for."""
+    if bench["model"] == "mlp":
+        return MLP()
+    if bench["model"] == "conv4":
+        return Conv4(1, bench["ways"], filters=64, pooling="stride", image_size=28)
+    if bench["model"] == "conv4-maxpool":
+        return Conv4(3, bench["ways"], filters=32, pooling="max", image_size=84)
+    raise ValueError(f"unknown model {bench['model']!r}")

@@ -1,0 +1,73 @@
+"""Tasks: what the algorithms adapt to.
+
+A task is a support set (for adaptation) and a query set (for the meta-objective / evaluation).
+The algorithms never look inside them: they hand them to the `Objective`, which turns parameters
+and data into a loss. So a task whose loss comes from sampled trajectories (reinforcement learning)
+or from a stream (continual learning) only needs its own Objective, not a new training loop.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+from torch.func import functional_call
+
+Params = dict[str, Tensor]
+
+
+@dataclass
+class Task:
+    support: tuple[Tensor, Tensor]  # (inputs, targets)
+    query: tuple[Tensor, Tensor]
+
+
+@dataclass
+class TaskBatch:
+    """A meta-batch of same-shaped supervised tasks, stacked along a leading task dimension."""
+
+    support_x: Tensor
+    support_y: Tensor
+    query_x: Tensor
+    query_y: Tensor
+
+    def __len__(self) -> int:
+        return self.support_x.shape[0]
+
+    def __getitem__(self, i: int) -> Task:
+        return Task((self.support_x[i], self.support_y[i]), (self.query_x[i], self.query_y[i]))
+
+    def __iter__(self):
+        return (self[i] for i in range(len(self)))
+
+    def to(self, device: torch.device | str) -> "TaskBatch":
+        return TaskBatch(*(t.to(device, non_blocking=True) for t in
+                           (self.support_x, self.support_y, self.query_x, self.query_y)))
+
+
+class Objective:
+    """Model forward pass + criterion: ``loss(params, data)`` for one task's (inputs, targets)."""
+
+    def __init__(self, model: torch.nn.Module, kind: str):
+        if kind not in ("classification", "regression"):
+            raise ValueError(f"unknown objective kind {kind!r}")
+        self.model = model
+        self.kind = kind
+        self.criterion: Callable[[Tensor, Tensor], Tensor] = (
+            F.cross_entropy if kind == "classification" else F.mse_loss)
+
+    def forward(self, params: Params, inputs: Tensor) -> Tensor:
+        return functional_call(self.model, params, (inputs,))
+
+    def loss(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+        inputs, targets = data
+        return self.criterion(self.forward(params, inputs), targets)
+
+    def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
+        """Loss and, for classification, accuracy, as plain floats."""
+        result = {"loss": self.criterion(outputs, targets).item()}
+        if self.kind == "classification":
+            result["accuracy"] = (outputs.argmax(-1) == targets).float().mean().item()
+        return result
