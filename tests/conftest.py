@@ -1,0 +1,49 @@
+"""Shared test fixtures: the Omniglot mirror, small parameter sets, prepared data."""
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+MIRROR = Path(os.environ.get("METALEARN_DATA_MIRROR", ROOT.parent / "shared" / "data" / "omniglot"))
+
+
+def quick_params(tmp_path: Path, **overrides) -> dict:
+    """params.yaml's quick profile, with data below `tmp_path` and the mirror of the tests."""
+    from metalearn.config import apply_profile, deep_merge, validate
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = apply_profile(raw, "quick")
+    params["data"] = {"root": str(tmp_path / "data"), "mirror": str(MIRROR)}
+    return validate(deep_merge(params, overrides))
+
+
+def write_params(path: Path, params: dict) -> Path:
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mirror() -> Path:
+    if not (MIRROR / "images_background_small1.zip").exists():
+        pytest.fail(f"the Omniglot mirror is missing at {MIRROR}; set METALEARN_DATA_MIRROR")
+    return MIRROR
+
+
+@pytest.fixture(scope="session")
+def prepared_small(tmp_path_factory, mirror) -> dict:
+    """Quick params whose data root holds the prepared omniglot-small cache and saved episodes."""
+    from metalearn import benchmarks
+    from metalearn.data import omniglot
+
+    root = tmp_path_factory.mktemp("shared-data")
+    params = quick_params(root)
+    archives = omniglot.download("omniglot-small", benchmarks.raw_dir(params), str(mirror))
+    omniglot.prepare("omniglot-small", archives, benchmarks.prepared_path(params, "omniglot-small"))
+    for name in params["benchmarks"]:
+        benchmarks.make_episodes(params, name)
+    return copy.deepcopy(params)
