@@ -37,10 +37,10 @@ def evaluate(params: dict, model_path: Path, split: str = "test", device: str = 
     dev = next(algo.parameters()).device
     values: list[float] = []
     for batch in benchmarks.eval_batches(params, bench_name, split, dev):
-        for task in batch:
-            result = algo.evaluate_task(task, steps)
+        for result in algo.map_tasks(lambda task: algo.evaluate_task(task, steps), batch):
             values.append(100.0 * result["accuracy"] if metric == "accuracy" else result["loss"])
-        log(f"[evaluate {bench_name}/{config['algorithm']}/seed{config['seed']}] {len(values)} episodes")
+        if len(values) % 200 < len(batch):  # progress every ~200 episodes
+            log(f"[evaluate {bench_name}/{config['algorithm']}/seed{config['seed']}] {len(values)} episodes")
     mean, ci95 = mean_ci95(values)
     return {"benchmark": bench_name, "algorithm": config["algorithm"], "seed": config["seed"],
             "split": split, "ways": bench.get("ways"), "shots": bench["shots"], "metric": metric,

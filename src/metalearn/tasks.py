@@ -7,6 +7,8 @@ or from a stream (continual learning) only needs its own Objective, not a new tr
 """
 from __future__ import annotations
 
+import copy
+import threading
 from dataclasses import dataclass
 from typing import Callable
 
@@ -59,7 +61,20 @@ class Objective:
             F.cross_entropy if kind == "classification" else F.mse_loss)
 
     def forward(self, params: Params, inputs: Tensor) -> Tensor:
-        return functional_call(self.model, params, (inputs,))
+        return functional_call(self._module_for_this_thread(), params, (inputs,))
+
+    def _module_for_this_thread(self) -> torch.nn.Module:
+        """functional_call swaps tensors into the module while it runs, so concurrent tasks
+        (Algorithm.map_tasks) each need their own module objects. The replica shares the original's
+        parameter and buffer tensors, so anything not passed in `params` is the live value."""
+        if threading.current_thread() is threading.main_thread():
+            return self.model
+        local = self.__dict__.setdefault("_threads", threading.local())
+        replica = getattr(local, "replica", None)
+        if replica is None or local.source is not self.model:
+            shared = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}
+            local.replica, local.source = copy.deepcopy(self.model, memo=shared), self.model
+        return local.replica
 
     def loss(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
         inputs, targets = data

@@ -4,15 +4,35 @@ An algorithm is an ``nn.Module`` whose parameters are everything it meta-learns:
 initialisation (``self.model``), and whatever else the method adds (learned learning rates, warp
 layers, masks, ...). The loop calls ``meta_step(tasks)``, which leaves the meta-gradient in the
 parameters' ``.grad``, and then steps the meta-optimizer; evaluation calls ``adapt`` and ``predict``.
+
+Most algorithms only write ``task_meta_loss(task)``: the default ``meta_step`` differentiates it per
+task and averages. Tasks run concurrently on the CPU (`map_tasks`: one task per core, each single-
+threaded), because a few-shot task's tensors are too small for PyTorch's intra-op threads to keep two
+cores busy; per-task gradients are summed in task order, so the result does not depend on timing.
+Algorithms opt in with ``parallel_tasks = True`` once their per-task code is thread-safe: it must
+run the network through ``objective.forward`` (which gives each thread its own module objects) and
+draw no random numbers (threads would consume a shared generator in a timing-dependent order).
 """
 from __future__ import annotations
 
-from typing import Any
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Callable, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from metalearn.tasks import Objective, Params, Task, TaskBatch
+
+T = TypeVar("T")
+_POOLS: dict[int, ThreadPoolExecutor] = {}
+
+
+def _task_workers(device: torch.device) -> int:
+    """Concurrent tasks: the CPU's intra-op threads (METALEARN_TASK_THREADS overrides); 1 on GPUs."""
+    if device.type != "cpu":
+        return 1
+    return max(1, int(os.environ.get("METALEARN_TASK_THREADS", torch.get_num_threads())))
 
 
 class Algorithm(nn.Module):
@@ -31,12 +51,45 @@ class Algorithm(nn.Module):
         """Task-specific parameters after adapting to `support` (`steps` defaults to the test steps)."""
         raise NotImplementedError
 
-    def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
-        """Accumulate the meta-gradient of the batch's mean meta-loss into ``.grad``; return metrics
-        (at least ``loss``, the mean query loss after adaptation)."""
+    def task_meta_loss(self, task: Task) -> tuple[Tensor, dict[str, float]]:
+        """One task's meta-loss (a function of the meta-parameters) and its float metrics."""
         raise NotImplementedError
 
+    def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
+        """Leave the meta-gradient of the batch's mean meta-loss in ``.grad``; return the mean metrics
+        (at least ``loss``, the query loss after adaptation). Override for meta-gradients that are not
+        the gradient of a loss (iMAML's implicit gradient, WarpGrad's replay buffer, ...)."""
+        meta_params = [p for p in self.parameters() if p.requires_grad]
+
+        def one_task(task: Task):
+            loss, metrics = self.task_meta_loss(task)
+            return torch.autograd.grad(loss, meta_params, allow_unused=True), metrics
+
+        results = self.map_tasks(one_task, tasks)
+        for i, p in enumerate(meta_params):
+            grads = [g[i] for g, _ in results if g[i] is not None]
+            if grads:
+                total = torch.stack(grads).sum(0) / len(tasks)  # fixed order: timing-independent
+                p.grad = total if p.grad is None else p.grad + total
+        return {key: sum(m[key] for _, m in results) / len(results) for key in results[0][1]}
+
     # -- shared -----------------------------------------------------------------------------------
+    parallel_tasks: bool = False  # opt in once the per-task code is known to be thread-safe
+
+    def map_tasks(self, fn: Callable[[Task], T], tasks: TaskBatch) -> list[T]:
+        """``[fn(task) for task in tasks]``, run concurrently on the CPU (see the module docstring)."""
+        device = next(self.parameters()).device
+        workers = _task_workers(device) if self.parallel_tasks else 1
+        if workers == 1 or len(tasks) == 1:
+            return [fn(task) for task in tasks]
+        pool = _POOLS.setdefault(workers, ThreadPoolExecutor(workers, thread_name_prefix="metalearn-task"))
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)  # one core per task; restored below
+        try:
+            return list(pool.map(fn, tasks))
+        finally:
+            torch.set_num_threads(threads)
+
     def initial_params(self) -> Params:
         return dict(self.model.named_parameters())
 

@@ -10,12 +10,13 @@ from __future__ import annotations
 import torch
 
 from metalearn.algorithms.base import Algorithm, detached
-from metalearn.tasks import Params, TaskBatch
+from metalearn.tasks import Params, Task
 
 
 class MAML(Algorithm):
     name = "maml"
     first_order = False
+    parallel_tasks = True  # per-task code is pure: objective.forward and autograd only
 
     def __init__(self, model, objective, hparams):
         super().__init__(model, objective, hparams)
@@ -30,17 +31,12 @@ class MAML(Algorithm):
             params = {name: p - self.inner_lr * g for (name, p), g in zip(params.items(), grads)}
         return params
 
-    def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
-        totals = {}
-        for task in tasks:
-            adapted = self.adapt(task.support, self.inner_steps, create_graph=not self.first_order,
-                                 params=self.initial_params())
-            outputs = self.objective.forward(adapted, task.query[0])
-            loss = self.objective.criterion(outputs, task.query[1])
-            self.accumulate(loss, 1.0 / len(tasks))
-            for key, value in self.objective.metrics(outputs.detach(), task.query[1]).items():
-                totals[key] = totals.get(key, 0.0) + value / len(tasks)
-        return totals
+    def task_meta_loss(self, task: Task):
+        adapted = self.adapt(task.support, self.inner_steps, create_graph=not self.first_order,
+                             params=self.initial_params())
+        outputs = self.objective.forward(adapted, task.query[0])
+        loss = self.objective.criterion(outputs, task.query[1])
+        return loss, self.objective.metrics(outputs.detach(), task.query[1])
 
 
 class FOMAML(MAML):
