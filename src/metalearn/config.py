@@ -66,7 +66,7 @@ def validate_schema(params: dict, where: str = "params.yaml") -> None:
             extra = set(error.instance) - set(error.schema.get("properties", {}))
             key = ", ".join(f"{key}.{name}" if error.absolute_path else name for name in sorted(extra))
             lines.append(f"{key}: unknown key (allowed here: {sorted(error.schema.get('properties', {}))})")
-        elif error.validator == "false" or error.schema is False:
+        elif error.validator == "not" and error.validator_value == {}:  # `key: {not: {}}` = forbidden
             lines.append(f"{key}: not allowed for this kind of benchmark")
         else:
             lines.append(f"{key}: {error.message}")
@@ -104,7 +104,7 @@ def validate(params: dict, where: str = "params.yaml") -> dict:
 
 
 def load_params(path: str | os.PathLike = "params.yaml", profile: str | None = None) -> dict:
-    """Read, merge the profile, validate (every profile, so a broken overlay fails early) and return."""
+    """Read params.yaml, then `resolve` it."""
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"{path}: no such file (run from the project root or pass --params)")
@@ -112,12 +112,18 @@ def load_params(path: str | os.PathLike = "params.yaml", profile: str | None = N
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    return resolve(raw, profile, where=str(path))
+
+
+def resolve(raw: Any, profile: str | None = None, where: str = "params.yaml") -> dict:
+    """Validate every profile of a raw params mapping (so a broken overlay fails early) and return
+    the selected one, merged."""
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: expected a mapping at the top level")
+        raise ConfigError(f"{where}: expected a mapping at the top level")
     for name in raw.get("profiles") or {}:
-        validate(apply_profile(raw, name), where=f"{path} (profile {name})")
+        validate(apply_profile(raw, name), where=f"{where} (profile {name})")
     params = apply_profile(raw, profile)
-    return validate(params, where=f"{path} (profile {params['profile']})")
+    return validate(params, where=f"{where} (profile {params['profile']})")
 
 
 def data_mirror(params: dict) -> str | None:

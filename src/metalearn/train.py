@@ -8,6 +8,7 @@ A NaN/inf meta-loss or meta-gradient stops training with an error; the last good
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import math
 import os
@@ -45,13 +46,24 @@ def pick_device(requested: str = "auto") -> torch.device:
 def run_config(params: dict, bench_name: str, algorithm: str, seed: int) -> dict:
     """Everything that determines a training run; its hash guards against resuming a stale checkpoint."""
     bench = benchmark(params, bench_name)
-    settings = {k: v for k, v in bench.items() if k not in ("algorithms", "val_tasks", "test_tasks")}
+    # Evaluation-only settings are left out: changing them must not invalidate a trained model.
+    settings = {k: v for k, v in bench.items()
+                if k not in ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed")}
     return {"benchmark": bench_name, "algorithm": algorithm, "seed": seed, "settings": settings,
             "hparams": algorithm_params(params, bench_name, algorithm)}
 
 
 def config_hash(config: dict) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True).encode()).hexdigest()[:16]
+    """Settings plus the algorithm's source code: a checkpoint from other settings or an edited
+    algorithm is not resumed."""
+    from metalearn.algorithms import ALGORITHMS
+
+    sources = sorted({inspect.getsourcefile(cls) for cls in ALGORITHMS[config["algorithm"]].__mro__
+                      if cls.__module__.startswith("metalearn.")})
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for source in sources:
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -1,0 +1,289 @@
+"""The pipeline's jobs, defined once for both orchestrators.
+
+Snakemake (workflow/rules/*.smk) and DVC (dvc.yaml, generated from this module by
+``python workflow/pipeline.py dvc-yaml``) run the same commands on the same paths; this module is
+the one place that says which jobs exist, which files they read and write, and which slice of
+params.yaml each depends on. Giving every job only its own slice is what makes reruns precise:
+changing one algorithm's hyperparameters changes only that algorithm's slices.
+
+    python workflow/pipeline.py dvc-yaml [--check]   write dvc.yaml (or fail if it is stale)
+    python workflow/pipeline.py push                 record the Snakemake outputs in DVC, dvc push
+    python workflow/pipeline.py restore              dvc pull, check, mark current for Snakemake
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from metalearn.config import ConfigError, resolve
+
+ROOT = Path(__file__).resolve().parents[1]
+PARAMS_FILE = "params.yaml"
+DATASETS = ("omniglot", "omniglot-small")
+
+# Bench settings that only matter for the saved evaluation episodes, and those only for training.
+EVAL_ONLY = ("val_tasks", "test_tasks")
+TRAIN_ONLY = ("train", "algorithms")
+
+COMMANDS = {
+    "download": "metalearn download --profile {profile} --dataset {dataset}",
+    "prepare": "metalearn prepare --profile {profile} --dataset {dataset}",
+    "split": "metalearn split --profile {profile} --benchmark {benchmark}",
+    # A finished run's checkpoint is removed: it only serves to resume an interrupted run, and a
+    # rerun caused by a code change must train afresh rather than resume at the last iteration.
+    "train": ("metalearn train --profile {profile} -b {benchmark} -a {algorithm} --seed {seed} "
+              "--out {model_dir} --track && rm -f {model_dir}/checkpoint.pt"),
+    "evaluate": "metalearn evaluate --profile {profile} --model {model} --out {out} --track",
+    "aggregate": ("metalearn aggregate --profile {profile} {evals} --histories {histories} "
+                  "--out {summary} --plots {plots} --track"),
+}
+
+
+# ----------------------------------------------------------------------------- configuration
+def load_config(raw: dict, profile: str | None = None) -> dict:
+    """The selected profile of a raw params.yaml mapping, validated (metalearn.config.resolve)."""
+    return resolve(raw, profile, where=PARAMS_FILE)
+
+
+def runs(params: dict) -> list[tuple[str, str, int]]:
+    """(benchmark, algorithm, seed) of every training job."""
+    return [(b, a, s) for b in sorted(params["benchmarks"])
+            for a in sorted(params["benchmarks"][b]["algorithms"]) for s in params["seeds"]]
+
+
+def datasets(params: dict) -> list[str]:
+    return sorted({b["dataset"] for b in params["benchmarks"].values() if b["task"] == "omniglot"})
+
+
+def source_files(algorithm: str) -> list[str]:
+    """The package files that define an algorithm: its class's module and those of its base classes
+    (so fomaml -> maml.py + base.py); editing one reruns the algorithms defined there."""
+    from metalearn.algorithms import ALGORITHMS
+
+    if algorithm not in ALGORITHMS:
+        raise ConfigError(f"algorithm {algorithm!r} is configured but not implemented; known: {sorted(ALGORITHMS)}")
+    files = []
+    for cls in ALGORITHMS[algorithm].__mro__:
+        if cls.__module__.startswith("metalearn."):
+            path = Path(inspect.getsourcefile(cls)).resolve()
+            try:
+                rel = path.relative_to(ROOT).as_posix()
+            except ValueError:  # the package is installed from elsewhere: name it as in this tree
+                rel = "src/" + cls.__module__.replace(".", "/") + ".py"
+            if rel not in files:
+                files.append(rel)
+    return files
+
+
+# ----------------------------------------------------------------------------- paths
+def raw_archives(params: dict, dataset: str) -> list[str]:
+    from metalearn import benchmarks
+    from metalearn.data.omniglot import VARIANTS
+
+    return [(benchmarks.raw_dir(params) / name).as_posix() for name in VARIANTS[dataset]]
+
+
+def prepared(params: dict, dataset: str) -> list[str]:
+    from metalearn import benchmarks
+
+    path = benchmarks.prepared_path(params, dataset)
+    return [path.as_posix(), path.with_suffix(".json").as_posix()]
+
+
+def bench_data(params: dict, bench: str) -> list[str]:
+    """The prepared images a benchmark reads (none for synthetic tasks)."""
+    settings = params["benchmarks"][bench]
+    return prepared(params, settings["dataset"]) if settings["task"] == "omniglot" else []
+
+
+def episodes(params: dict, bench: str) -> str:
+    from metalearn import benchmarks
+
+    return benchmarks.episodes_path(params, bench).as_posix()
+
+
+def model_dir(bench: str, algorithm: str, seed) -> str:
+    return f"models/{bench}/{algorithm}/seed{seed}"
+
+
+def eval_json(bench: str, algorithm: str, seed) -> str:
+    return f"results/eval/{bench}/{algorithm}/seed{seed}.json"
+
+
+SUMMARY = "results/summary.csv"
+SUMMARY_MD = "results/summary.md"
+PLOTS = "results/plots"
+
+
+def plot_files(params: dict) -> list[str]:
+    from metalearn.report import plot_paths
+
+    return [p.as_posix() for b in sorted(params["benchmarks"]) for p in plot_paths(Path(PLOTS), b)]
+
+
+# ----------------------------------------------------------------------------- params slices
+def split_settings(params: dict, bench: str) -> dict:
+    """What a benchmark's saved episodes depend on (evaluation reads them with the same settings)."""
+    return {k: v for k, v in params["benchmarks"][bench].items() if k not in TRAIN_ONLY}
+
+
+def train_settings(params: dict, bench: str, algorithm: str, seed) -> dict:
+    """Everything that determines a training run (the config hash stored in model.pt)."""
+    from metalearn.train import run_config
+
+    return run_config(params, bench, algorithm, int(seed))
+
+
+# ----------------------------------------------------------------------------- dvc.yaml
+def _param_keys(raw: dict, profile: str, keys: list[str]) -> list[str]:
+    """params.yaml keys for DVC: each key where it is set, in the base and in the profile overlay."""
+    def present(tree, dotted):
+        for part in dotted.split("."):
+            if not isinstance(tree, dict) or part not in tree:
+                return False
+            tree = tree[part]
+        return True
+
+    found = ["profile"]
+    for key in keys:
+        for candidate in (key, f"profiles.{profile}.{key}"):
+            if present(raw, candidate) and candidate not in found:
+                found.append(candidate)
+    return found
+
+
+def dvc_stages(raw: dict) -> dict:
+    params = load_config(raw)
+    profile = params["profile"]
+    stages: dict[str, dict] = {}
+    for dataset in datasets(params):
+        stages[f"download-{dataset}"] = {
+            "cmd": COMMANDS["download"].format(profile=profile, dataset=dataset),
+            "params": _param_keys(raw, profile, ["data.root"]),
+            "outs": raw_archives(params, dataset)}
+        stages[f"prepare-{dataset}"] = {
+            "cmd": COMMANDS["prepare"].format(profile=profile, dataset=dataset),
+            "deps": raw_archives(params, dataset),
+            "outs": prepared(params, dataset)}
+    for bench in sorted(params["benchmarks"]):
+        keys = [f"benchmarks.{bench}.{k}" for k in split_settings(params, bench)]
+        stage = {"cmd": COMMANDS["split"].format(profile=profile, benchmark=bench)}
+        if bench_data(params, bench):
+            stage["deps"] = bench_data(params, bench)
+        stage["params"] = _param_keys(raw, profile, keys)
+        stage["outs"] = [episodes(params, bench)]
+        stages[f"split-{bench}"] = stage
+    for bench, algorithm, seed in runs(params):
+        name = f"{bench}-{algorithm}-seed{seed}"
+        folder = model_dir(bench, algorithm, seed)
+        settings = [k for k in params["benchmarks"][bench] if k not in EVAL_ONLY + ("algorithms",)]
+        keys = [f"benchmarks.{bench}.{k}" for k in settings] + [f"benchmarks.{bench}.algorithms.{algorithm}"]
+        stages[f"train-{name}"] = {
+            "cmd": COMMANDS["train"].format(profile=profile, benchmark=bench, algorithm=algorithm,
+                                            seed=seed, model_dir=folder),
+            "deps": bench_data(params, bench) + source_files(algorithm),
+            "params": _param_keys(raw, profile, keys),
+            "outs": [f"{folder}/model.pt", f"{folder}/history.json"]}
+        keys = [f"benchmarks.{bench}.{k}" for k in split_settings(params, bench)]
+        stages[f"evaluate-{name}"] = {
+            "cmd": COMMANDS["evaluate"].format(profile=profile, model=f"{folder}/model.pt",
+                                               out=eval_json(bench, algorithm, seed)),
+            "deps": [f"{folder}/model.pt", episodes(params, bench)] + bench_data(params, bench),
+            "params": _param_keys(raw, profile, keys),
+            "outs": [eval_json(bench, algorithm, seed)]}
+    evals = [eval_json(*r) for r in runs(params)]
+    histories = [f"{model_dir(*r)}/history.json" for r in runs(params)]
+    stages["aggregate"] = {
+        "cmd": COMMANDS["aggregate"].format(profile=profile, evals=" ".join(evals),
+                                            histories=" ".join(histories), summary=SUMMARY, plots=PLOTS),
+        "deps": evals + histories,
+        "outs": [SUMMARY, SUMMARY_MD] + plot_files(params)}
+    return {"stages": stages}
+
+
+DVC_HEADER = ("# Generated from params.yaml by `python workflow/pipeline.py dvc-yaml` (`make dvc.yaml`);\n"
+              "# do not edit: workflow/pipeline.py defines the jobs for Snakemake and DVC alike.\n")
+
+
+def dvc_yaml_text(root: Path = ROOT) -> str:
+    raw = yaml.safe_load((root / PARAMS_FILE).read_text())
+    return DVC_HEADER + yaml.safe_dump(dvc_stages(raw), sort_keys=False, width=1000)
+
+
+# ----------------------------------------------------------------------------- sharing through DVC
+def _run(cmd: list[str], root: Path, capture: bool = False) -> subprocess.CompletedProcess:
+    print("+ " + " ".join(cmd), file=sys.stderr, flush=True)
+    return subprocess.run(cmd, cwd=root, check=True, text=True, capture_output=capture)
+
+
+def _check_dvc_yaml(root: Path) -> None:
+    if not (root / "dvc.yaml").exists() or (root / "dvc.yaml").read_text() != dvc_yaml_text(root):
+        raise SystemExit("dvc.yaml does not match params.yaml: run `make dvc.yaml` and commit it")
+
+
+def _snakemake(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("snakemake")), "--cores", "1", *args]
+
+
+def _dvc(*args: str) -> list[str]:
+    return [str(Path(sys.executable).with_name("dvc")), *args]
+
+
+def push(root: Path = ROOT) -> None:
+    """Share the outputs Snakemake produced: they must be current for params.yaml and the code
+    (Snakemake plans nothing), then `dvc commit` records them against the same deps/params that
+    produced them, and `dvc push` uploads data, episodes, models and results."""
+    _check_dvc_yaml(root)
+    plan = _run(_snakemake("-n"), root, capture=True)
+    if "Nothing to be done" not in plan.stdout + plan.stderr:
+        raise SystemExit("the Snakemake outputs are not current; run `make reproduce` first:\n"
+                         + (plan.stdout + plan.stderr)[-3000:])
+    _run(_dvc("commit", "--force"), root)
+    _run(_dvc("push"), root)
+
+
+def restore(root: Path = ROOT) -> None:
+    """Fetch shared outputs and make Snakemake consider them current, but only when they are.
+
+    `dvc pull` writes files with fresh, arbitrary modification times, which Snakemake would read as
+    changed inputs. `dvc status` compares the pulled outputs and the current params and code with
+    dvc.lock; only if nothing differs are the outputs touched in DAG order (`snakemake --touch`),
+    which also records Snakemake's own metadata (params, code) for later change detection."""
+    _check_dvc_yaml(root)
+    _run(_dvc("pull"), root)
+    status = _run(_dvc("status", "--json"), root, capture=True)
+    changed = json.loads(status.stdout or "{}")
+    if changed:
+        raise SystemExit("the pulled outputs do not match the current params.yaml and code "
+                         f"(dvc status): {json.dumps(changed, indent=1)}\nrun `make reproduce`")
+    _run(_snakemake("--touch", "--forceall", "--quiet"), root)
+
+
+def main(argv: list[str] | None = None) -> int:
+    top = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = top.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("dvc-yaml", help="write dvc.yaml from params.yaml")
+    p.add_argument("--check", action="store_true", help="fail if dvc.yaml is stale instead of writing it")
+    sub.add_parser("push", help="dvc commit + dvc push the current Snakemake outputs")
+    sub.add_parser("restore", help="dvc pull, verify with dvc status, snakemake --touch")
+    args = top.parse_args(argv)
+    if args.command == "dvc-yaml":
+        if args.check:
+            _check_dvc_yaml(ROOT)
+        else:
+            (ROOT / "dvc.yaml").write_text(dvc_yaml_text(ROOT))
+    elif args.command == "push":
+        push(ROOT)
+    else:
+        restore(ROOT)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
