@@ -4,11 +4,14 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
-PROFILE ?= default
+PROFILE ?=# empty: the profile named in params.yaml (default); e.g. make reproduce PROFILE=quick
 CORES  ?= 2
+SMK_CONFIG := $(if $(PROFILE),--config profile=$(PROFILE),)
 export METALEARN_DATA_MIRROR ?= $(if $(wildcard ../shared/data/omniglot),$(abspath ../shared/data/omniglot),)
+# The pipeline's commands (metalearn, dvc) run from the virtual environment.
+export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install test reproduce bench clean
+.PHONY: install test reproduce report push pull mlflow-ui bench clean
 
 install: $(STAMP)
 
@@ -23,10 +26,31 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The whole benchmark (failed jobs do not stop the others), then the HTML report.
 reproduce: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --keep-going --config profile=$(PROFILE)
+	$(BIN)/snakemake --cores $(CORES) --keep-going $(SMK_CONFIG)
+	$(BIN)/snakemake --report results/report.html $(SMK_CONFIG)
 
+report: $(STAMP)
+	$(BIN)/snakemake --report results/report.html $(SMK_CONFIG)
+
+# DVC: dvc.yaml is generated from params.yaml (the same jobs as the Snakefile).
+dvc.yaml: params.yaml workflow/pipeline.py
+	$(BIN)/python workflow/pipeline.py dvc-yaml
+
+# Share the current outputs through the DVC remote / restore them in a fresh clone without retraining.
+push: $(STAMP)
+	$(BIN)/python workflow/pipeline.py push
+
+pull: $(STAMP)
+	$(BIN)/python workflow/pipeline.py restore
+
+mlflow-ui: $(STAMP)
+	$(BIN)/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port 5000
+
+# The peers (higher, TorchOpt) are installed for the benchmark only: they are not project dependencies.
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -r bench/requirements.txt 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m bench
 
 clean:

@@ -54,7 +54,14 @@ def cmd_train(params: dict, args) -> None:
     from metalearn.train import train
 
     out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
-    path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
+    if not args.track:
+        path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
+    else:
+        from metalearn import tracking
+
+        with tracking.training_run(params, args.benchmark, args.algorithm, args.seed, args.device) as run:
+            path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device, tracker=run)
+            tracking.log_model(run, path)
     print(f"model -> {path}", file=sys.stderr)
 
 
@@ -63,6 +70,10 @@ def cmd_evaluate(params: dict, args) -> None:
 
     result = evaluate(params, Path(args.model), split=args.split, device=args.device, steps=args.steps)
     write_json(result, Path(args.out))
+    if args.track:
+        from metalearn import tracking
+
+        tracking.log_evaluation(params, Path(args.model), result, Path(args.out))
     print(f"{result['benchmark']}/{result['algorithm']}/seed{result['seed']}: {result['metric']} "
           f"{result['mean']:.3f} +- {result['ci95']:.3f} over {result['episodes']} episodes -> {args.out}",
           file=sys.stderr)
@@ -71,8 +82,19 @@ def cmd_evaluate(params: dict, args) -> None:
 def cmd_aggregate(params: dict, args) -> None:
     from metalearn.aggregate import aggregate
 
-    table = aggregate([Path(p) for p in args.inputs], Path(args.out))
+    plots = Path(args.plots) if args.plots else None
+    table = aggregate([Path(p) for p in args.inputs], Path(args.out),
+                      histories=[Path(p) for p in args.histories], plots_dir=plots)
     print(table, file=sys.stderr)
+    if args.track:
+        import json
+
+        from metalearn import tracking
+        from metalearn.aggregate import summarise
+
+        results = [json.loads(Path(p).read_text()) for p in args.inputs]
+        files = [Path(args.out), Path(args.out).with_suffix(".md")] + sorted(plots.glob("*.png") if plots else [])
+        tracking.log_summary(params, summarise(results), results, files)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -81,6 +103,9 @@ def parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--params", default="params.yaml", help="configuration file (default: params.yaml)")
     common.add_argument("--profile", default=None, help="overlay from params.yaml's profiles (default: its `profile`)")
+    tracked = argparse.ArgumentParser(add_help=False)
+    tracked.add_argument("--track", action="store_true",
+                         help="log to MLflow (MLFLOW_TRACKING_URI, default sqlite:///mlflow.db)")
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", parents=[common], help="fetch and verify the data archives")
@@ -95,7 +120,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--benchmark", "-b")
     p.set_defaults(func=cmd_split)
 
-    p = sub.add_parser("train", parents=[common], help="meta-train one algorithm on one benchmark")
+    p = sub.add_parser("train", parents=[common, tracked], help="meta-train one algorithm on one benchmark")
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--algorithm", "-a", required=True)
     p.add_argument("--seed", type=int, default=0)
@@ -103,7 +128,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", parents=[common], help="score a trained model on the saved episodes")
+    p = sub.add_parser("evaluate", parents=[common, tracked], help="score a trained model on the saved episodes")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="test", choices=["val", "test"])
@@ -111,8 +136,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("aggregate", parents=[common], help="results table from evaluation files")
+    p = sub.add_parser("aggregate", parents=[common, tracked], help="results table from evaluation files")
     p.add_argument("inputs", nargs="+")
+    p.add_argument("--histories", nargs="*", default=[], help="the runs' history.json (training curves)")
+    p.add_argument("--plots", help="folder for the figures (metalearn.report)")
     p.add_argument("--out", default="results/summary.csv")
     p.set_defaults(func=cmd_aggregate)
     return top

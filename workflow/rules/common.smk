@@ -1,0 +1,53 @@
+# Configuration: params.yaml, the selected profile merged in, validated before any job is planned.
+# workflow/pipeline.py defines the jobs' files, params slices and commands (shared with dvc.yaml).
+import sys
+from pathlib import Path
+
+import yaml
+from snakemake.utils import validate
+
+sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
+import pipeline  # noqa: E402
+
+configfile: pipeline.PARAMS_FILE
+
+
+def _effective_config(config):
+    """params.yaml is the single configuration: the command line may only pick the profile, since
+    the jobs' commands read params.yaml themselves."""
+    on_disk = yaml.safe_load(Path(pipeline.PARAMS_FILE).read_text()) or {}
+    changed = sorted(k for k in set(config) | set(on_disk)
+                     if k != "profile" and config.get(k) != on_disk.get(k))
+    if changed:
+        raise pipeline.ConfigError(
+            f"{', '.join(changed)}: set in --config/--configfile; edit {pipeline.PARAMS_FILE} instead "
+            "(only `profile` may be given on the command line)")
+    return pipeline.load_config(config, config.get("profile"))
+
+
+PARAMS = _effective_config(config)  # ConfigError (key named) before any job starts
+# The same schema again through Snakemake's validator; set_default=False because defaults live in
+# params.yaml, and Snakemake's default-setting extension cannot read the schema's `false` subschemas.
+validate(PARAMS, "../schemas/params.schema.yaml", set_default=False)
+PROFILE = PARAMS["profile"]
+RUNS = pipeline.runs(PARAMS)
+
+# Accelerator: one GPU per training/evaluation job where CUDA is available, else one CPU thread each:
+# Snakemake sets OMP_NUM_THREADS to the job's threads, which also caps the tasks a training runs
+# concurrently (algorithms/base.py), so `--cores N` runs N single-threaded jobs side by side. To give
+# fewer, wider jobs instead: `--set-threads train=2 evaluate=2`.
+ON_CUDA = __import__("torch").cuda.is_available()
+JOB_THREADS = 1
+JOB_RESOURCES = {"gpu": 1} if ON_CUDA else {}
+
+wildcard_constraints:
+    benchmark=r"[A-Za-z0-9-]+",
+    algorithm=r"[A-Za-z0-9_-]+",
+    seed=r"\d+",
+    dataset="|".join(pipeline.DATASETS),
+
+
+def cmd(step, **fields):
+    """A command of pipeline.COMMANDS with Snakemake placeholders (PROFILE is resolved when the job
+    runs, so the rule's code, a rerun trigger, does not change with the profile)."""
+    return pipeline.COMMANDS[step].format(profile="{PROFILE}", **fields)

@@ -1,0 +1,21 @@
+# Data: archives (checksum-verified, from the official URL or the mirror) -> prepared cache -> episodes.
+
+for _dataset in pipeline.DATASETS:
+    rule:
+        name: f"download_{_dataset.replace('-', '_')}"
+        output: pipeline.raw_archives(PARAMS, _dataset)
+        params: dataset=_dataset
+        shell: cmd("download", dataset="{params.dataset}")
+
+
+rule prepare:
+    input: lambda w: pipeline.raw_archives(PARAMS, w.dataset)
+    output: pipeline.prepared(PARAMS, "{dataset}")
+    shell: cmd("prepare", dataset="{wildcards.dataset}")
+
+
+rule split:
+    input: lambda w: pipeline.bench_data(PARAMS, w.benchmark)
+    output: pipeline.episodes(PARAMS, "{benchmark}")
+    params: settings=lambda w: pipeline.split_settings(PARAMS, w.benchmark)
+    shell: cmd("split", benchmark="{wildcards.benchmark}")

@@ -1,0 +1,23 @@
+# The results table (CSV + Markdown beside the papers' numbers) and the figures of the report.
+
+def _report_plot(path):
+    kind = Path(path).stem.rsplit("-", 1)[1]
+    bench = Path(path).stem.rsplit("-", 1)[0]
+    return report(path, caption=f"../report/{kind}.rst", category=bench,
+                  labels={"benchmark": bench, "figure": kind})
+
+
+AGGREGATE_CMD = cmd("aggregate", evals="{input.evals}", histories="{input.histories}",
+                    summary="{output.summary}", plots=pipeline.PLOTS)
+
+
+rule aggregate:
+    input:
+        evals=[pipeline.eval_json(*r) for r in RUNS],
+        histories=[pipeline.model_dir(*r) + "/history.json" for r in RUNS],
+    output:
+        summary=report(pipeline.SUMMARY, caption="../report/summary.rst", category="Summary",
+                       labels={"table": "summary.csv"}),
+        markdown=pipeline.SUMMARY_MD,
+        plots=[_report_plot(p) for p in pipeline.plot_files(PARAMS)],
+    shell: AGGREGATE_CMD

@@ -1,0 +1,32 @@
+# One training job per benchmark x algorithm x seed, then its evaluation on the saved test episodes.
+# `params:` holds only the job's own slice of params.yaml, so a change reruns exactly the jobs it affects.
+
+TRAIN_CMD = cmd("train", benchmark="{wildcards.benchmark}", algorithm="{wildcards.algorithm}",
+                seed="{wildcards.seed}",
+                model_dir=pipeline.model_dir("{wildcards.benchmark}", "{wildcards.algorithm}", "{wildcards.seed}"))
+
+
+rule train:
+    input:
+        data=lambda w: pipeline.bench_data(PARAMS, w.benchmark),
+        code=lambda w: pipeline.source_files(w.algorithm),
+    output:
+        model=pipeline.model_dir("{benchmark}", "{algorithm}", "{seed}") + "/model.pt",
+        history=pipeline.model_dir("{benchmark}", "{algorithm}", "{seed}") + "/history.json",
+    params:
+        run=lambda w: pipeline.train_settings(PARAMS, w.benchmark, w.algorithm, w.seed),
+    threads: JOB_THREADS
+    resources: **JOB_RESOURCES
+    shell: TRAIN_CMD
+
+
+rule evaluate:
+    input:
+        model=rules.train.output.model,
+        episodes=lambda w: pipeline.episodes(PARAMS, w.benchmark),
+        data=lambda w: pipeline.bench_data(PARAMS, w.benchmark),
+    output: pipeline.eval_json("{benchmark}", "{algorithm}", "{seed}")
+    params: settings=lambda w: pipeline.split_settings(PARAMS, w.benchmark)
+    threads: JOB_THREADS
+    resources: **JOB_RESOURCES
+    shell: cmd("evaluate", model="{input.model}", out="{output}")
