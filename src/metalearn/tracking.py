@@ -24,12 +24,13 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
 import os
 import subprocess
 import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
+
+from metalearn.data.download import file_digests
 
 DEFAULT_URI = "sqlite:///mlflow.db"
 ARTIFACTS = "mlartifacts"
@@ -41,11 +42,7 @@ def tracking_uri() -> str:
 
 
 def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return file_digests(path)["sha256"]
 
 
 def git_commit(cwd: Path | None = None) -> str:

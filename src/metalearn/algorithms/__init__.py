@@ -4,11 +4,13 @@ To add an algorithm: one file here with a subclass of `Algorithm` (see base.py),
 and its hyperparameters in params.schema.yaml (``$defs``) and params.yaml.
 """
 from metalearn.algorithms.base import Algorithm
+from metalearn.algorithms.imaml import IMAML
 from metalearn.algorithms.maml import FOMAML, MAML
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
     "maml": MAML,
     "fomaml": FOMAML,
+    "imaml": IMAML,
 }
 
 
