@@ -80,9 +80,9 @@ class Objective:
         inputs, targets = data
         return self.criterion(self.forward(params, inputs), targets)
 
-    def metrics(self, outputs: Tensor, targets: Tensor) -> dict[str, float]:
-        """Loss and, for classification, accuracy, as plain floats."""
-        result = {"loss": self.criterion(outputs, targets).item()}
+    def metrics(self, outputs: Tensor, targets: Tensor, loss: Tensor | None = None) -> dict[str, float]:
+        """Loss (computed unless given) and, for classification, accuracy, as plain floats."""
+        result = {"loss": (self.criterion(outputs, targets) if loss is None else loss).item()}
         if self.kind == "classification":
             result["accuracy"] = (outputs.argmax(-1) == targets).float().mean().item()
         return result

@@ -125,7 +125,9 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
         tracker.log_params({"benchmark": bench_name, "algorithm": algorithm, "seed": seed,
                             "device": str(dev), **{f"train.{k}": v for k, v in cfg.items()},
                             **{f"hp.{k}": v for k, v in config["hparams"].items()}})
-    iterations, every, log_every = cfg["iterations"], cfg.get("checkpoint_every", 500), cfg.get("log_every", 100)
+    # An algorithm may have its own budget on a benchmark (e.g. equal-time comparisons).
+    iterations = config["hparams"].get("iterations", cfg["iterations"])
+    every, log_every = cfg.get("checkpoint_every", 500), cfg.get("log_every", 100)
     log(f"training {algorithm} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-iterations")
     window_start, window_iters, running = time.perf_counter(), 0, {}
     for iteration in range(start + 1, iterations + 1):

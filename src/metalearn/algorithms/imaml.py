@@ -87,7 +87,7 @@ class IMAML(Algorithm):
         hessian = self.hessian_operator(phi, task.support)
         meta_grad = conjugate_gradient(lambda v: [vi + scale * h for vi, h in zip(v, hessian(v))],
                                        query_grad, self.cg_steps)
-        return meta_grad, self.objective.metrics(outputs.detach(), task.query[1])
+        return meta_grad, self.objective.metrics(outputs.detach(), task.query[1], loss.detach())
 
     def meta_step(self, tasks) -> dict[str, float]:
         results = self.map_tasks(self.task_meta_gradient, tasks)
