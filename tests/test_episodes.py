@@ -86,3 +86,14 @@ def test_sinusoid_tasks_follow_the_maml_paper():
     assert x.min() >= -5 and x.max() <= 5
     amplitude = y.abs().amax(dim=(1, 2))
     assert amplitude.max() <= 5.0 and amplitude.min() > 0
+
+
+def test_episodes_made_for_other_settings_are_refused(prepared_small):
+    import copy
+
+    import pytest
+
+    other = copy.deepcopy(prepared_small)
+    other["benchmarks"]["omniglot-5w1s"]["split"] = "lake"
+    with pytest.raises(benchmarks.StaleEpisodes, match="metalearn split -b omniglot-5w1s"):
+        next(benchmarks.eval_batches(other, "omniglot-5w1s", "test", torch.device("cpu")))

@@ -27,9 +27,6 @@ ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
 DATASETS = ("omniglot", "omniglot-small")
 
-# Bench settings that only matter for the saved evaluation episodes, and those only for training.
-EVAL_ONLY = ("val_tasks", "test_tasks")
-TRAIN_ONLY = ("train", "algorithms")
 
 COMMANDS = {
     "download": "metalearn download --profile {profile} --dataset {dataset}",
@@ -130,7 +127,9 @@ def plot_files(params: dict) -> list[str]:
 # ----------------------------------------------------------------------------- params slices
 def split_settings(params: dict, bench: str) -> dict:
     """What a benchmark's saved episodes depend on (evaluation reads them with the same settings)."""
-    return {k: v for k, v in params["benchmarks"][bench].items() if k not in TRAIN_ONLY}
+    from metalearn.benchmarks import episode_settings
+
+    return episode_settings(params["benchmarks"][bench])
 
 
 def train_settings(params: dict, bench: str, algorithm: str, seed) -> dict:
@@ -182,7 +181,7 @@ def dvc_stages(raw: dict) -> dict:
     for bench, algorithm, seed in runs(params):
         name = f"{bench}-{algorithm}-seed{seed}"
         folder = model_dir(bench, algorithm, seed)
-        settings = [k for k in params["benchmarks"][bench] if k not in EVAL_ONLY + ("algorithms",)]
+        settings = list(train_settings(params, bench, algorithm, seed)["settings"])
         keys = [f"benchmarks.{bench}.{k}" for k in settings] + [f"benchmarks.{bench}.algorithms.{algorithm}"]
         stages[f"train-{name}"] = {
             "cmd": COMMANDS["train"].format(profile=profile, benchmark=bench, algorithm=algorithm,

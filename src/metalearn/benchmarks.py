@@ -56,13 +56,26 @@ def train_sampler(params: dict, bench: dict, generator: torch.Generator, device:
     return ep.ClassificationSampler(pool, bench["ways"], bench["shots"], bench["queries"], generator)
 
 
+class StaleEpisodes(RuntimeError):
+    """Saved episodes that belong to other benchmark settings."""
+
+
+EPISODE_SETTINGS = ("task", "dataset", "split", "split_seed", "ways", "shots", "eval_queries",
+                    "episode_seed", "val_tasks", "test_tasks")
+
+
+def episode_settings(bench: dict) -> dict:
+    """The settings that determine a benchmark's saved episodes (stored with them and checked on use)."""
+    return {k: bench[k] for k in EPISODE_SETTINGS if k in bench}
+
+
 def make_episodes(params: dict, bench_name: str) -> Path:
     bench = params["benchmarks"][bench_name]
     counts = None
     if bench["task"] != "sinusoid":
         counts = omniglot.split_sizes(bench["dataset"], bench["split"])
     path = episodes_path(params, bench_name)
-    ep.save_episodes(ep.make_eval_episodes(bench, counts), path)
+    ep.save_episodes({**ep.make_eval_episodes(bench, counts), "settings": episode_settings(bench)}, path)
     return path
 
 
@@ -70,7 +83,12 @@ def eval_batches(params: dict, bench_name: str, split: str, device: torch.device
                  chunk: int = 50) -> Iterator[TaskBatch]:
     """The saved episodes of `split` ('val' or 'test'), in chunks of TaskBatches on `device`."""
     bench = params["benchmarks"][bench_name]
-    saved = ep.load_episodes(episodes_path(params, bench_name))[split]
+    path = episodes_path(params, bench_name)
+    episodes = ep.load_episodes(path)
+    if episodes.get("settings") != episode_settings(bench):
+        raise StaleEpisodes(f"{path} was made for other settings of {bench_name} ({episodes.get('settings')}); "
+                         f"run `metalearn split -b {bench_name}` (the pipeline does this by itself)")
+    saved = episodes[split]
     if bench["task"] == "sinusoid":
         tasks = ep.sinusoid_tasks(saved, bench["shots"])
         for start in range(0, len(tasks), chunk):

@@ -147,13 +147,14 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from metalearn.benchmarks import StaleEpisodes
     from metalearn.data.download import DownloadError
     from metalearn.train import TrainingDiverged
 
     try:
         params = load_params(args.params, args.profile)
         args.func(params, args)
-    except (ConfigError, DownloadError, TrainingDiverged) as exc:
+    except (ConfigError, DownloadError, TrainingDiverged, StaleEpisodes) as exc:
         print(f"metalearn {args.command}: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     return 0
