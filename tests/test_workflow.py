@@ -1,6 +1,6 @@
 """The workflow: Snakemake DAG, incremental reruns, DVC sharing, results table, figures and report.
 
-The end-to-end test runs the quick profile once in a copy of the project (never /work/main's data,
+The end-to-end test runs the quick profile once in a copy of the project (never the checkout's own data,
 models or results) and checks everything that needs a finished run.
 """
 from __future__ import annotations

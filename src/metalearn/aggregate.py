@@ -33,7 +33,7 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-# The papers' headline numbers (test accuracy %, +- 95% CI; /work/shared/design/ALGORITHMS.md), by
+# The papers' headline numbers (test accuracy %, +- 95% CI; ../shared/design/ALGORITHMS.md), by
 # (task family, ways, shots) and algorithm name in params.yaml. The papers use the full Omniglot
 # (1623 characters) and 40k-60k meta-iterations: compare only runs of the `paper` profile to them.
 PAPER_NUMBERS: dict[tuple[str, int, int], dict[str, str]] = {
