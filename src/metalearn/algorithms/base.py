@@ -97,16 +97,6 @@ class Algorithm(nn.Module):
         """The adapted network's outputs (algorithms with extra, non-adapted layers override this)."""
         return self.objective.forward(params, inputs)
 
-    def accumulate(self, loss: Tensor, scale: float) -> None:
-        """Add d(scale * loss)/d(meta-parameters) into ``.grad`` (one task at a time keeps memory
-        at one task's graph, whatever the meta-batch)."""
-        meta_params = [p for p in self.parameters() if p.requires_grad]
-        grads = torch.autograd.grad(loss * scale, meta_params, allow_unused=True)
-        for p, g in zip(meta_params, grads):
-            if g is None:
-                continue
-            p.grad = g if p.grad is None else p.grad + g
-
     def evaluate_task(self, task: Task, steps: int | None = None) -> dict[str, float]:
         """Adapt on the support set, then measure on the query set (no meta-gradient kept)."""
         with torch.enable_grad():
