@@ -31,7 +31,8 @@ RESULTS = Path(__file__).resolve().parent / "results"
 ALGORITHMS = {
     "maml": {"inner_lr": 0.4},
     "fomaml": {"inner_lr": 0.4},
-    "imaml": {"inner_lr": 0.1, "lam": 2.0, "cg_steps": 5, "cg_damping": 1.0},
+    "imaml": {"inner_lr": 0.1, "lam": 2.0, "cg_steps": 5, "cg_damping": 1.0, "lam_damping": 10.0},  # gd solver
+    "warpgrad": {"inner_lr": 0.4, "snapshots": 5},  # offline: at most 5 trajectory points per task
 }
 STEPS = [1, 5, 10, 25, 50, 100]
 WAYS, SHOTS, QUERIES, META_BATCH = 5, 1, 5, 4
@@ -82,7 +83,8 @@ def main(argv=None) -> None:
     for algorithm in args.algorithms:
         for steps in args.steps:
             out = subprocess.run([sys.executable, "-m", "bench.memory", "--_one", algorithm, str(steps),
-                                  "--repeats", str(args.repeats)], capture_output=True, text=True, check=True)
+                                  "--repeats", str(args.repeats)], capture_output=True, text=True, check=True,
+                                 cwd=RESULTS.parent.parent)  # the repository root: `-m bench.memory` resolves
             row = json.loads(out.stdout.strip().splitlines()[-1])
             rows.append(row)
             print(f"{algorithm:8s} {steps:4d} inner steps: peak {row['peak_mb']:8.1f} MB, "

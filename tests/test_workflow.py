@@ -98,9 +98,12 @@ def test_dvc_yaml_is_generated_from_params_yaml():
     assert (ROOT / "dvc.yaml").read_text() == pipeline.dvc_yaml_text(ROOT)
 
 
-def test_an_algorithms_source_files_are_its_module_and_base_classes():
+def test_an_algorithms_source_files_are_its_module_base_classes_and_the_modules_they_use():
     assert pipeline.source_files("maml") == ["src/metalearn/algorithms/maml.py", "src/metalearn/algorithms/base.py"]
     assert pipeline.source_files("fomaml") == pipeline.source_files("maml")  # FOMAML lives in maml.py
+    assert set(pipeline.source_files("mtnet")) == {f"src/metalearn/algorithms/{f}.py" for f in ("mtnet", "maml", "base")}
+    # Warp-Leap's initialisation objective is leap.py's LeapPath: not a base class, still its source
+    assert set(pipeline.source_files("warpleap")) == {f"src/metalearn/algorithms/{f}.py" for f in ("warpgrad", "leap", "base")}
 
 
 def test_params_slices_separate_algorithms_and_evaluation_settings():
@@ -199,6 +202,10 @@ def test_quick_profile_end_to_end_reruns_and_dvc_round_trip(tmp_path, mirror):
     for plot in pipeline.plot_files(pipeline.load_config(yaml.safe_load((project / "params.yaml").read_text()))):
         assert (project / plot).read_bytes()[:4] == b"\x89PNG"
         assert Path(plot).name in report
+    # The MT-net study ran with the quick profile's budget and its figure is in the report.
+    table, figure = (project / f for f in pipeline.study_outputs("mtnet"))
+    assert {r["part"] for r in csv.DictReader(open(table))} == {"degree", "inner_lr"}
+    assert figure.read_bytes()[:4] == b"\x89PNG" and figure.name in report
 
     # Snakemake ran exactly the commands dvc.yaml declares (one definition for both).
     ran = set(re.findall(r"^Shell command: (metalearn .*)$", log, re.M))
@@ -228,22 +235,25 @@ def test_quick_profile_end_to_end_reruns_and_dvc_round_trip(tmp_path, mirror):
     # Reruns are precise: one algorithm's hyperparameter -> its train/evaluate + the aggregation.
     params_file = project / "params.yaml"
     original = params_file.read_text()
-    edit(params_file, "maml:   {inner_lr: 0.01,", "maml:   {inner_lr: 0.02,")
+    edit(params_file, "maml:   {inner_lr: 0.01, inner_steps: 1,", "maml:   {inner_lr: 0.02, inner_steps: 1,")
     counts, trains = plan(project)
     assert counts == Counter(train=1, evaluate=1, aggregate=1, all=1)
     assert trains == ["benchmark=sinusoid, algorithm=maml, seed=0"]
     # A data parameter (test episodes of one benchmark): its episodes and evaluations, no training.
     params_file.write_text(original.replace("        test_tasks: 50\n", "        test_tasks: 60\n"))
     sinusoid_runs = sum(1 for bench, _, _ in runs_planned if bench == "sinusoid")
-    assert plan(project)[0] == Counter(split=1, evaluate=sinusoid_runs, aggregate=1, all=1)
+    # (the MT-net study draws its tasks with the sinusoid benchmark's settings: it reruns too)
+    assert plan(project)[0] == Counter(split=1, evaluate=sinusoid_runs, aggregate=1, study_mtnet=1, all=1)
     params_file.write_text(original)
     # An algorithm's source file: the algorithms defined there (maml.py: maml and fomaml).
     source = project / "src" / "metalearn" / "algorithms" / "maml.py"
     stat = source.stat()
     source.write_text(source.read_text() + "\n# edited\n")
     counts, trains = plan(project)
-    in_maml_py = sum(1 for _, algorithm, _ in runs_planned if algorithm in ("maml", "fomaml"))
-    assert in_maml_py == 4 and counts == Counter(train=in_maml_py, evaluate=in_maml_py, aggregate=1, all=1)
+    in_maml_py = sum(1 for _, algorithm, _ in runs_planned
+                     if "src/metalearn/algorithms/maml.py" in pipeline.source_files(algorithm))
+    assert in_maml_py >= 4 and counts == Counter(train=in_maml_py, evaluate=in_maml_py, aggregate=1,
+                                                 study_mtnet=1, all=1)  # the study trains MAML and MT-net
     source.write_text(source.read_text().removesuffix("\n# edited\n"))
     os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
     assert plan(project) == (Counter(), [])  # both edits undone: nothing to do again
@@ -276,8 +286,15 @@ def test_snakemake_profiles_select_the_params_profile_and_the_cluster_profile_pl
     """profiles/quick and profiles/slurm (the paper's settings) give valid dry runs. The SLURM executor
     needs snakemake-executor-plugin-slurm; without it the same profile is checked with the local
     executor (every other setting of the profile and the paper DAG still apply)."""
+    from test_imagenet import make_mini_pickles, make_tiered
+
     project = copy_project(tmp_path / "project")
     out = sh([SNAKEMAKE, "--profile", "profiles/quick", "-n"], project)
+    # The paper profile's mini-/tiered-ImageNet benchmarks need their files (tiny stand-ins here).
+    make_mini_pickles(tmp_path / "mini")
+    make_tiered(tmp_path / "tiered")
+    edit(project / "params.yaml", "\ndata:\n", f"\ndata:\n  miniimagenet: {{path: {tmp_path / 'mini'}}}\n"
+                                               f"  tieredimagenet: {{path: {tmp_path / 'tiered'}}}\n")
     assert "metalearn train --profile quick -b omniglot-5w1s" in out
     try:
         import snakemake_executor_plugin_slurm  # noqa: F401

@@ -13,7 +13,6 @@ changing one algorithm's hyperparameters changes only that algorithm's slices.
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 import subprocess
 import sys
@@ -25,7 +24,9 @@ from metalearn.config import ConfigError, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
-DATASETS = ("omniglot", "omniglot-small")
+OMNIGLOT_DATASETS = ("omniglot", "omniglot-small")  # downloaded by the pipeline (official URLs)
+IMAGENET_DATASETS = ("miniimagenet", "tieredimagenet")  # user-supplied files (metalearn.data.imagenet)
+DATASETS = OMNIGLOT_DATASETS + IMAGENET_DATASETS
 
 
 COMMANDS = {
@@ -37,6 +38,7 @@ COMMANDS = {
     "train": ("metalearn train --profile {profile} -b {benchmark} -a {algorithm} --seed {seed} "
               "--out {model_dir} --track && rm -f {model_dir}/checkpoint.pt"),
     "evaluate": "metalearn evaluate --profile {profile} --model {model} --out {out} --track",
+    "study": "metalearn study {study} --profile {profile} --out {out}",
     "aggregate": ("metalearn aggregate --profile {profile} {evals} --histories {histories} "
                   "--out {summary} --plots {plots} --track"),
 }
@@ -55,27 +57,35 @@ def runs(params: dict) -> list[tuple[str, str, int]]:
 
 
 def datasets(params: dict) -> list[str]:
-    return sorted({b["dataset"] for b in params["benchmarks"].values() if b["task"] == "omniglot"})
+    """The image data sets the configured benchmarks read."""
+    return sorted({b["dataset"] for b in params["benchmarks"].values() if "dataset" in b})
+
+
+def raw_inputs(params: dict, dataset: str) -> list[str]:
+    """The files `prepare` reads: the Omniglot archives (made by `download`), or the ImageNet files
+    where the user put them (none when prepare downloads them from data.<dataset>.files). Missing
+    ImageNet files raise imagenet.MissingData, naming the files expected and the setting to change,
+    while the DAG is built, so before any job starts, and only when a target needs the data set."""
+    if dataset in OMNIGLOT_DATASETS:
+        return raw_archives(params, dataset)
+    from metalearn.data import imagenet
+
+    source = imagenet.locate(params, dataset)
+    return [] if source is None else [path.as_posix() for path in source.files()]
 
 
 def source_files(algorithm: str) -> list[str]:
-    """The package files that define an algorithm: its class's module and those of its base classes
-    (so fomaml -> maml.py + base.py); editing one reruns the algorithms defined there."""
-    from metalearn.algorithms import ALGORITHMS
+    """The package files that define an algorithm (metalearn.algorithms.source_files: its module,
+    its base classes' and the algorithm modules they use, e.g. warpleap -> warpgrad.py, leap.py,
+    base.py); editing one reruns the algorithms defined with it."""
+    from metalearn import algorithms
 
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"algorithm {algorithm!r} is configured but not implemented; known: {sorted(ALGORITHMS)}")
-    files = []
-    for cls in ALGORITHMS[algorithm].__mro__:
-        if cls.__module__.startswith("metalearn."):
-            path = Path(inspect.getsourcefile(cls)).resolve()
-            try:
-                rel = path.relative_to(ROOT).as_posix()
-            except ValueError:  # the package is installed from elsewhere: name it as in this tree
-                rel = "src/" + cls.__module__.replace(".", "/") + ".py"
-            if rel not in files:
-                files.append(rel)
-    return files
+    if algorithm not in algorithms.ALGORITHMS:
+        raise ConfigError(f"algorithm {algorithm!r} is configured but not implemented; "
+                          f"known: {sorted(algorithms.ALGORITHMS)}")
+    package = Path(algorithms.__file__).resolve().parent  # .../metalearn/algorithms
+    return [(ROOT / "src/metalearn/algorithms" / path.relative_to(package)).relative_to(ROOT).as_posix()
+            for path in algorithms.source_files(algorithm)]
 
 
 # ----------------------------------------------------------------------------- paths
@@ -96,7 +106,7 @@ def prepared(params: dict, dataset: str) -> list[str]:
 def bench_data(params: dict, bench: str) -> list[str]:
     """The prepared images a benchmark reads (none for synthetic tasks)."""
     settings = params["benchmarks"][bench]
-    return prepared(params, settings["dataset"]) if settings["task"] == "omniglot" else []
+    return prepared(params, settings["dataset"]) if "dataset" in settings else []
 
 
 def episodes(params: dict, bench: str) -> str:
@@ -116,6 +126,35 @@ def eval_json(bench: str, algorithm: str, seed) -> str:
 SUMMARY = "results/summary.csv"
 SUMMARY_MD = "results/summary.md"
 PLOTS = "results/plots"
+
+
+STUDIES = "results/studies"
+
+
+def studies(params: dict) -> list[str]:
+    """The configured studies (metalearn.studies), each one job with a CSV and a figure."""
+    return sorted((params.get("studies") or {}))
+
+
+def study_outputs(name: str) -> list[str]:
+    return [f"{STUDIES}/{name}.csv", f"{STUDIES}/{name}.png"]
+
+
+def study_sources(params: dict, name: str) -> list[str]:
+    """studies.py and the source files of the algorithms the study trains."""
+    algorithms = {"mtnet", *params["studies"][name]["algorithms"]}
+    files = ["src/metalearn/studies.py"]
+    for algorithm in sorted(algorithms):
+        files += [f for f in source_files(algorithm) if f not in files]
+    return files
+
+
+def study_settings(params: dict, name: str) -> list[dict]:
+    """Everything that determines the study's runs (a change reruns the study, nothing else)."""
+    from metalearn.studies import mtnet_runs
+
+    seed = params["studies"][name]["seed"]
+    return [{**run, "seed": seed} for run in mtnet_runs(params)]
 
 
 def plot_files(params: dict) -> list[str]:
@@ -162,14 +201,17 @@ def dvc_stages(raw: dict) -> dict:
     profile = params["profile"]
     stages: dict[str, dict] = {}
     for dataset in datasets(params):
-        stages[f"download-{dataset}"] = {
-            "cmd": COMMANDS["download"].format(profile=profile, dataset=dataset),
-            "params": _param_keys(raw, profile, ["data.root"]),
-            "outs": raw_archives(params, dataset)}
-        stages[f"prepare-{dataset}"] = {
-            "cmd": COMMANDS["prepare"].format(profile=profile, dataset=dataset),
-            "deps": raw_archives(params, dataset),
-            "outs": prepared(params, dataset)}
+        if dataset in OMNIGLOT_DATASETS:
+            stages[f"download-{dataset}"] = {
+                "cmd": COMMANDS["download"].format(profile=profile, dataset=dataset),
+                "params": _param_keys(raw, profile, ["data.root"]),
+                "outs": raw_archives(params, dataset)}
+        stage = {"cmd": COMMANDS["prepare"].format(profile=profile, dataset=dataset)}
+        if raw_inputs(params, dataset):
+            stage["deps"] = raw_inputs(params, dataset)
+        if dataset in IMAGENET_DATASETS:
+            stage["params"] = _param_keys(raw, profile, [f"data.{dataset}"])
+        stages[f"prepare-{dataset}"] = {**stage, "outs": prepared(params, dataset)}
     for bench in sorted(params["benchmarks"]):
         keys = [f"benchmarks.{bench}.{k}" for k in split_settings(params, bench)]
         stage = {"cmd": COMMANDS["split"].format(profile=profile, benchmark=bench)}
@@ -196,6 +238,17 @@ def dvc_stages(raw: dict) -> dict:
             "deps": [f"{folder}/model.pt", episodes(params, bench)] + bench_data(params, bench),
             "params": _param_keys(raw, profile, keys),
             "outs": [eval_json(bench, algorithm, seed)]}
+    for study in studies(params):
+        bench = params["studies"][study]["benchmark"]
+        settings = [k for k in params["benchmarks"][bench] if k != "algorithms"]
+        algorithms = {"mtnet", *params["studies"][study]["algorithms"]}
+        keys = ([f"studies.{study}"] + [f"benchmarks.{bench}.{k}" for k in settings]
+                + [f"benchmarks.{bench}.algorithms.{a}" for a in sorted(algorithms)])
+        stages[f"study-{study}"] = {
+            "cmd": COMMANDS["study"].format(study=study, profile=profile, out=STUDIES),
+            "deps": study_sources(params, study),
+            "params": _param_keys(raw, profile, keys),
+            "outs": study_outputs(study)}
     evals = [eval_json(*r) for r in runs(params)]
     histories = [f"{model_dir(*r)}/history.json" for r in runs(params)]
     stages["aggregate"] = {

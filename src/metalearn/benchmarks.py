@@ -2,6 +2,7 @@
 
 File layout below ``data.root`` (all produced by the pipeline steps, versioned by DVC):
   raw/omniglot/<archive>.zip            download
+  raw/<miniimagenet|tieredimagenet>/    mini-/tiered-ImageNet files (see metalearn.data.imagenet)
   prepared/<dataset>.pt (+ .json)       prepare
   episodes/<benchmark>.pt               split (validation and test episodes)
 """
@@ -13,7 +14,7 @@ from typing import Iterator
 import torch
 
 from metalearn.data import episodes as ep
-from metalearn.data import omniglot
+from metalearn.data import imagenet, omniglot
 from metalearn.models import build_model
 from metalearn.tasks import Objective, TaskBatch
 
@@ -31,7 +32,7 @@ def episodes_path(params: dict, bench_name: str) -> Path:
 
 
 def objective_kind(bench: dict) -> str:
-    return "regression" if bench["task"] == "sinusoid" else "classification"
+    return "regression" if bench["task"] in ("sinusoid", "polynomial") else "classification"
 
 
 def build_objective(bench: dict) -> Objective:
@@ -39,7 +40,7 @@ def build_objective(bench: dict) -> Objective:
 
 
 def metric_name(bench: dict) -> str:
-    return "mse" if bench["task"] == "sinusoid" else "accuracy"
+    return "mse" if bench["task"] in ("sinusoid", "polynomial") else "accuracy"
 
 
 def load_split_images(params: dict, bench: dict) -> dict[str, torch.Tensor]:
@@ -49,9 +50,24 @@ def load_split_images(params: dict, bench: dict) -> dict[str, torch.Tensor]:
     return {name: images[index] for name, index in splits.items()}
 
 
+def load_split_pools(params: dict, bench: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """mini-/tiered-ImageNet: {split: (uint8 images [N, 3, 84, 84] grouped by class, offsets)}, checked
+    against the benchmark's ways and shots (the prepared data may be a subset of the standard splits)."""
+    pools = imagenet.split_pools(imagenet.load(prepared_path(params, bench["dataset"])))
+    name = next((n for n, b in params["benchmarks"].items() if b is bench), bench["dataset"])
+    imagenet.check_fits(pools, bench, name)
+    return pools
+
+
 def train_sampler(params: dict, bench: dict, generator: torch.Generator, device: torch.device):
     if bench["task"] == "sinusoid":
         return ep.SinusoidSampler(bench["shots"], bench["queries"], generator, device)
+    if bench["task"] == "polynomial":
+        return ep.PolynomialSampler(bench["degree"], bench["shots"], bench["queries"], generator, device)
+    if bench["task"] in imagenet.DATASETS:
+        images, offsets = load_split_pools(params, bench)["train"]
+        return ep.PoolSampler(images.to(device), offsets.to(device), bench["ways"], bench["shots"],
+                              bench["queries"], generator)
     pool = ep.with_rotations(load_split_images(params, bench)["train"]).to(device)
     return ep.ClassificationSampler(pool, bench["ways"], bench["shots"], bench["queries"], generator)
 
@@ -61,7 +77,7 @@ class StaleEpisodes(RuntimeError):
 
 
 EPISODE_SETTINGS = ("task", "dataset", "split", "split_seed", "ways", "shots", "eval_queries",
-                    "episode_seed", "val_tasks", "test_tasks")
+                    "episode_seed", "val_tasks", "test_tasks", "degree")
 
 
 def episode_settings(bench: dict) -> dict:
@@ -71,10 +87,17 @@ def episode_settings(bench: dict) -> dict:
 
 def make_episodes(params: dict, bench_name: str) -> Path:
     bench = params["benchmarks"][bench_name]
+    path = episodes_path(params, bench_name)
+    if bench["task"] in imagenet.DATASETS:  # classes of different sizes: drawings depend on the data
+        sizes = {split: offsets.diff() for split, (_, offsets) in load_split_pools(params, bench).items()}
+        ep.save_episodes({**ep.make_pool_eval_episodes(bench, sizes), "settings": episode_settings(bench)}, path)
+        return path
+    if bench["task"] == "polynomial":
+        ep.save_episodes({**ep.make_polynomial_eval_episodes(bench), "settings": episode_settings(bench)}, path)
+        return path
     counts = None
     if bench["task"] != "sinusoid":
         counts = omniglot.split_sizes(bench["dataset"], bench["split"])
-    path = episodes_path(params, bench_name)
     ep.save_episodes({**ep.make_eval_episodes(bench, counts), "settings": episode_settings(bench)}, path)
     return path
 
@@ -89,12 +112,19 @@ def eval_batches(params: dict, bench_name: str, split: str, device: torch.device
         raise StaleEpisodes(f"{path} was made for other settings of {bench_name} ({episodes.get('settings')}); "
                          f"run `metalearn split -b {bench_name}` (the pipeline does this by itself)")
     saved = episodes[split]
-    if bench["task"] == "sinusoid":
-        tasks = ep.sinusoid_tasks(saved, bench["shots"])
+    if bench["task"] in ("sinusoid", "polynomial"):
+        make = ep.sinusoid_tasks if bench["task"] == "sinusoid" else ep.polynomial_tasks
+        tasks = make(saved, bench["shots"])
         for start in range(0, len(tasks), chunk):
             end = start + chunk
             yield TaskBatch(tasks.support_x[start:end], tasks.support_y[start:end],
                             tasks.query_x[start:end], tasks.query_y[start:end]).to(device)
+        return
+    if bench["task"] in imagenet.DATASETS:
+        images, offsets = load_split_pools(params, bench)[split]
+        for start in range(0, saved["classes"].shape[0], chunk):
+            yield ep.gather_pool_tasks(images, offsets, saved["classes"][start:start + chunk],
+                                       saved["drawings"][start:start + chunk], bench["shots"]).to(device)
         return
     images = load_split_images(params, bench)[split]
     for start in range(0, saved["classes"].shape[0], chunk):

@@ -6,6 +6,9 @@
   metalearn train     -b B -a A [--seed S]   meta-train (resumes from its checkpoint)
   metalearn evaluate  --model M --out J      score a model on the saved test episodes
   metalearn aggregate EVAL.json... --out CSV results table (+ Markdown beside it)
+  metalearn study mtnet --out DIR            MT-net study: adapted units vs degree, MSE vs inner lr
+  metalearn adapt --model M --support DIR --query DIR --out CSV
+                                             adapt a trained model to your own classes (metalearn.adapt)
 
 Every subcommand takes --params (default params.yaml) and --profile, and validates them first.
 """
@@ -22,21 +25,45 @@ from metalearn.config import ConfigError, data_mirror, load_params
 def _datasets(params: dict, requested: str | None) -> list[str]:
     if requested:
         return [requested]
-    return sorted({b["dataset"] for b in params["benchmarks"].values() if b["task"] == "omniglot"})
+    return sorted({b["dataset"] for b in params["benchmarks"].values()
+                   if b["task"] in ("omniglot", "miniimagenet", "tieredimagenet")})
+
+
+def _check_imagenet_files(params: dict, datasets: list[str]) -> None:
+    """mini-/tiered-ImageNet have no official download: a missing file stops the command before any
+    work starts, with the files expected and the setting to change."""
+    from metalearn.data import imagenet
+
+    for dataset in datasets:
+        if dataset in imagenet.DATASETS:
+            imagenet.locate(params, dataset)
 
 
 def cmd_download(params: dict, args) -> None:
-    from metalearn.data import omniglot
+    from metalearn.data import imagenet, omniglot
 
-    for dataset in _datasets(params, args.dataset):
+    datasets = _datasets(params, args.dataset)
+    _check_imagenet_files(params, datasets)
+    for dataset in datasets:
+        if dataset in imagenet.DATASETS:
+            source = imagenet.download(params, dataset)
+            print(f"{dataset}: {source.format} files in {source.folder}", file=sys.stderr)
+            continue
         for path in omniglot.download(dataset, benchmarks.raw_dir(params), data_mirror(params)):
             print(f"verified {path}", file=sys.stderr)
 
 
 def cmd_prepare(params: dict, args) -> None:
-    from metalearn.data import omniglot
+    from metalearn.data import imagenet, omniglot
 
-    for dataset in _datasets(params, args.dataset):
+    datasets = _datasets(params, args.dataset)
+    _check_imagenet_files(params, datasets)
+    for dataset in datasets:
+        if dataset in imagenet.DATASETS:
+            manifest = imagenet.prepare(imagenet.download(params, dataset), benchmarks.prepared_path(params, dataset))
+            print(f"prepared {dataset}: {manifest['classes_per_split']} classes (train/val/test), "
+                  f"{manifest['images']} images -> {benchmarks.prepared_path(params, dataset)}", file=sys.stderr)
+            continue
         archives = omniglot.download(dataset, benchmarks.raw_dir(params), data_mirror(params))
         manifest = omniglot.prepare(dataset, archives, benchmarks.prepared_path(params, dataset))
         print(f"prepared {dataset}: {manifest['shape'][0]} characters x {manifest['shape'][1]} drawings "
@@ -97,6 +124,26 @@ def cmd_aggregate(params: dict, args) -> None:
         tracking.log_summary(params, summarise(results), results, files)
 
 
+def cmd_study(params: dict, args) -> None:
+    from metalearn.studies import mtnet_study
+
+    if not (params.get("studies") or {}).get(args.study):
+        raise ConfigError(f"studies.{args.study}: not configured in params.yaml (profile {params.get('profile')})")
+    mtnet_study(params, Path(args.out), device=args.device)
+
+
+def cmd_adapt(params: dict | None, args) -> None:
+    from metalearn.adapt import adapt
+
+    result = adapt(args.model, Path(args.support), Path(args.query), steps=args.steps, head=args.head,
+                   device=args.device)
+    result.write_csv(Path(args.out))
+    scored = "" if result.accuracy is None else f"; accuracy {100 * result.accuracy:.1f}%"
+    print(f"{result.info['algorithm']} ({result.info['benchmark']}, {result.info['trained_ways']} ways), "
+          f"{len(result.classes)} classes, {result.head} head, {result.steps} steps: {len(result.files)} "
+          f"predictions -> {args.out}{scored}", file=sys.stderr)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="metalearn", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -109,11 +156,11 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", parents=[common], help="fetch and verify the data archives")
-    p.add_argument("--dataset", choices=["omniglot", "omniglot-small"])
+    p.add_argument("--dataset", choices=["omniglot", "omniglot-small", "miniimagenet", "tieredimagenet"])
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("prepare", parents=[common], help="build the compact image cache")
-    p.add_argument("--dataset", choices=["omniglot", "omniglot-small"])
+    p.add_argument("--dataset", choices=["omniglot", "omniglot-small", "miniimagenet", "tieredimagenet"])
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("split", parents=[common], help="save validation and test episodes")
@@ -142,19 +189,38 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--plots", help="folder for the figures (metalearn.report)")
     p.add_argument("--out", default="results/summary.csv")
     p.set_defaults(func=cmd_aggregate)
+
+    p = sub.add_parser("study", parents=[common], help="run a study of params.yaml's `studies` (metalearn.studies)")
+    p.add_argument("study", choices=["mtnet"])
+    p.add_argument("--out", default="results/studies")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_study)
+
+    p = sub.add_parser("adapt", help="adapt a trained model to your own classes and classify images")
+    p.add_argument("--model", required=True, help="model.pt (or its folder) or an MLflow URI: runs:/<run id>/model")
+    p.add_argument("--support", required=True, help="folder with one subfolder of a few images per class")
+    p.add_argument("--query", required=True, help="folder of images to classify (in class subfolders: accuracy too)")
+    p.add_argument("--out", default="predictions.csv")
+    p.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the algorithm's test steps)")
+    p.add_argument("--head", default="auto", choices=["auto", "trained", "zero"],
+                   help="output layer: trained head, or zero-initialised (auto: zero when the classes differ in number)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_adapt)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    from metalearn.adapt import AdaptError
     from metalearn.benchmarks import StaleEpisodes
     from metalearn.data.download import DownloadError
     from metalearn.train import TrainingDiverged
 
     try:
-        params = load_params(args.params, args.profile)
+        # adapt needs no params.yaml: the model file carries its settings
+        params = None if args.command == "adapt" else load_params(args.params, args.profile)
         args.func(params, args)
-    except (ConfigError, DownloadError, TrainingDiverged, StaleEpisodes) as exc:
+    except (ConfigError, DownloadError, TrainingDiverged, StaleEpisodes, AdaptError) as exc:
         print(f"metalearn {args.command}: error: {exc}", file=sys.stderr)
         return 2 if isinstance(exc, ConfigError) else 1
     return 0

@@ -93,8 +93,55 @@ def check_semantics(params: dict) -> None:
                     problems.append(
                         f"{key}.{queries_key}: shots + {queries_key} = {bench['shots'] + bench[queries_key]} "
                         f"exceeds the {drawers} images per Omniglot character")
+        elif bench["task"] in ("miniimagenet", "tieredimagenet"):
+            problems += _imagenet_problems(key, bench)
+    problems += _imagenet_source_problems(params["data"])
+    problems += _study_problems(params)
     if problems:
         raise ConfigError("params.yaml is invalid:\n  " + "\n  ".join(problems))
+
+
+def _study_problems(params: dict) -> list[str]:
+    study = (params.get("studies") or {}).get("mtnet")
+    if study is None:
+        return []
+    bench = params["benchmarks"].get(study["benchmark"])
+    if bench is None or bench["task"] != "sinusoid":
+        return [f"studies.mtnet.benchmark: {study['benchmark']!r} is not a configured sinusoid benchmark"]
+    missing = [a for a in ["mtnet", *study["algorithms"]] if a not in bench["algorithms"]]
+    return [f"studies.mtnet.algorithms: {sorted(set(missing))} not configured in "
+            f"benchmarks.{study['benchmark']}.algorithms (the study takes their hyperparameters)"] if missing else []
+
+
+def _imagenet_problems(key: str, bench: dict) -> list[str]:
+    """Ways and shots against the standard splits (the prepared data are checked again when used)."""
+    from metalearn.data.imagenet import MIN_IMAGES_PER_CLASS, SPLIT_CLASSES
+
+    problems = []
+    sizes, fewest = SPLIT_CLASSES[bench["task"]], MIN_IMAGES_PER_CLASS[bench["task"]]
+    if bench["ways"] > min(sizes.values()):
+        problems.append(f"{key}.ways: {bench['ways']} ways but {bench['task']} has only {sizes} classes "
+                        f"(train/val/test); use at most {min(sizes.values())} ways")
+    for queries_key in ("queries", "eval_queries"):
+        if bench["shots"] + bench[queries_key] > fewest:
+            problems.append(f"{key}.{queries_key}: shots + {queries_key} = {bench['shots'] + bench[queries_key]} "
+                            f"exceeds the {fewest} images of the smallest {bench['task']} class")
+    return problems
+
+
+def _imagenet_source_problems(data: dict) -> list[str]:
+    problems = []
+    for dataset in ("miniimagenet", "tieredimagenet"):
+        source = data.get(dataset) or {}
+        if source.get("files") and source.get("format") == "csv":
+            problems.append(f"data.{dataset}.files: downloads are for the pickle format; the csv format's "
+                            f"images are read from a folder (data.{dataset}.path)")
+        if source.get("files") and source.get("path"):
+            problems.append(f"data.{dataset}: give either path (files read in place) or files (URLs), not both")
+        for name, remote in (source.get("files") or {}).items():
+            if not (remote.get("sha256") or remote.get("md5")):
+                problems.append(f"data.{dataset}.files.{name}: give its sha256 (or md5); downloads are verified")
+    return problems
 
 
 def validate(params: dict, where: str = "params.yaml") -> dict:

@@ -176,7 +176,7 @@ def _finishing(run: Run) -> Iterator[Run]:
 def _data_hash(params: dict, bench: dict) -> str:
     from metalearn import benchmarks
 
-    if bench["task"] == "sinusoid":
+    if bench["task"] in ("sinusoid", "polynomial"):
         return "synthetic"  # tasks are drawn from the seeded generator; nothing is read
     return file_sha256(benchmarks.prepared_path(params, bench["dataset"]))
 

@@ -8,7 +8,6 @@ A NaN/inf meta-loss or meta-gradient stops training with an error; the last good
 from __future__ import annotations
 
 import hashlib
-import inspect
 import json
 import math
 import os
@@ -20,6 +19,7 @@ from typing import Any, Callable, Protocol
 import torch
 
 from metalearn import benchmarks
+from metalearn.adapt import preprocessing_for
 from metalearn.algorithms import build_algorithm
 from metalearn.config import algorithm_params, benchmark
 
@@ -56,10 +56,9 @@ def run_config(params: dict, bench_name: str, algorithm: str, seed: int) -> dict
 def config_hash(config: dict) -> str:
     """Settings plus the algorithm's source code: a checkpoint from other settings or an edited
     algorithm is not resumed."""
-    from metalearn.algorithms import ALGORITHMS
+    from metalearn.algorithms import source_files
 
-    sources = sorted({inspect.getsourcefile(cls) for cls in ALGORITHMS[config["algorithm"]].__mro__
-                      if cls.__module__.startswith("metalearn.")})
+    sources = sorted(source_files(config["algorithm"]))
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for source in sources:
         digest.update(Path(source).read_bytes())
@@ -161,7 +160,9 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     model_path = out_dir / "model.pt"
     _atomic_save({"format": MODEL_FORMAT, "config": config, "config_hash": digest,
                   "state_dict": {k: v.detach().cpu() for k, v in algo.state_dict().items()},
-                  "train_seconds": elapsed, "iterations": iterations}, model_path)
+                  "train_seconds": elapsed, "iterations": iterations,
+                  # how images reach the network, for `metalearn adapt` on the user's own images
+                  "preprocessing": preprocessing_for(config["settings"])}, model_path)
     (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     return model_path
 

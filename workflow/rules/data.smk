@@ -1,6 +1,6 @@
 # Data: archives (checksum-verified, from the official URL or the mirror) -> prepared cache -> episodes.
 
-for _dataset in pipeline.DATASETS:
+for _dataset in pipeline.OMNIGLOT_DATASETS:  # ImageNet files come from the user (imagenet.py)
     rule:
         name: f"download_{_dataset.replace('-', '_')}"
         output: pipeline.raw_archives(PARAMS, _dataset)
@@ -9,7 +9,8 @@ for _dataset in pipeline.DATASETS:
 
 
 rule prepare:
-    input: lambda w: pipeline.raw_archives(PARAMS, w.dataset)
+    input: lambda w: pipeline.raw_inputs(PARAMS, w.dataset)
+    params: source=lambda w: PARAMS["data"].get(w.dataset)  # data.<dataset> (ImageNet: path, format, files)
     output: pipeline.prepared(PARAMS, "{dataset}")
     shell: cmd("prepare", dataset="{wildcards.dataset}")
 

@@ -21,3 +21,20 @@ rule aggregate:
         markdown=pipeline.SUMMARY_MD,
         plots=[_report_plot(p) for p in pipeline.plot_files(PARAMS)],
     shell: AGGREGATE_CMD
+
+
+# Studies (metalearn.studies): experiments beyond the table, one job and one report figure each.
+for _study in pipeline.studies(PARAMS):
+    rule:
+        name: f"study_{_study}"
+        input: pipeline.study_sources(PARAMS, _study)
+        output:
+            table=pipeline.study_outputs(_study)[0],
+            figure=report(pipeline.study_outputs(_study)[1], caption=f"../report/{_study}.rst", category="Studies",
+                          labels={"study": _study}),
+        params:
+            study=_study,
+            runs=pipeline.study_settings(PARAMS, _study),
+        threads: JOB_THREADS
+        resources: **JOB_RESOURCES
+        shell: cmd("study", study="{params.study}", out=pipeline.STUDIES)

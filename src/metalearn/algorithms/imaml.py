@@ -1,15 +1,29 @@
 """iMAML (Rajeswaran, Finn, Kakade & Levine, 2019): implicit meta-gradients.
 
 Inner problem, per task, started at phi = theta and solved with no graph kept:
-    phi*(theta) = argmin_phi  L_S(phi) + (lam / 2) ||phi - theta||^2
-  inner_solver 'gd': `inner_steps` gradient steps of size `inner_lr` on that objective;
-  inner_solver 'hf': `inner_steps` Hessian-free Newton steps, each (H + lam I) d = grad solved by CG.
-Implicit meta-gradient: d phi*/d theta = (I + H/lam)^{-1} with H = Hessian of L_S at phi*, so the
+    phi*(theta) = argmin_phi  G(phi) = L_S(phi) + (lam / 2) ||phi - theta||^2
+  inner_solver 'gd': `inner_steps` gradient-descent steps of size `inner_lr` on G;
+  inner_solver 'hf': `inner_steps` Hessian-free (truncated Newton) steps: the search direction
+      solves (H + lam I) d = grad G by `cg_steps` of CG, the step size comes from a backtracking
+      line search on G (the paper's "iMAML, Hessian-Free").
+Implicit meta-gradient: d phi*/d theta = (I + H/lam)^{-1}, H the Hessian of L_S at phi*, so the
 task's meta-gradient g solves
-    (I + H / (lam + cg_damping)) g = grad_phi L_Q(phi*)
-by `cg_steps` of conjugate gradient on Hessian-vector products. cg_damping = 0 is the exact implicit
-gradient; the official code adds a damping to lam in this system for stability (1.0 in its Omniglot
-runs). Memory does not depend on `inner_steps`: only phi* and one Hessian-vector product graph live.
+    ((1 + cg_damping) I + H / (lam + lam_damping)) g = grad_phi L_Q(phi*)
+by `cg_steps` of conjugate gradient on Hessian-vector products. With cg_damping = lam_damping = 0
+this is the paper's system (I + H/lam) g = grad L_Q; the dampings keep CG well posed where H is
+indefinite (a neural network far from a minimum).
+
+Relation to the official code (aravindr93/imaml_dev), read to fix these choices:
+- Its CG matrix is `(1 + regu_coef) v + H v / (lam + lam_damping)`, and its training script passes
+  `--cg_damping` (1.0 in the published Omniglot command) as `regu_coef`, leaving `lam_damping` at its
+  default 10.0. Our `cg_damping` and `lam_damping` are those two numbers, so the `paper` profile
+  (cg_damping 1, lam_damping 10) computes what the official runs computed; both 0 is the exact system.
+- Its `--lam_lr` (learning lam by its own meta-gradient) is 0 in every published command and marked
+  untested there: lam is a fixed hyperparameter here.
+- Its inner loop runs plain SGD on L_S and then one step on the proximal term alone; we follow the
+  paper and descend G itself, so phi is (approximately) the point the implicit gradient assumes.
+  The same proximal problem is solved at meta-test time (`adapt`).
+Memory does not depend on `inner_steps`: only phi* and one Hessian-vector-product graph live.
 """
 from __future__ import annotations
 
@@ -20,20 +34,31 @@ from metalearn.algorithms.base import Algorithm, detached
 from metalearn.tasks import Params, Task
 
 
+def dot(u: list[Tensor], v: list[Tensor]) -> Tensor:
+    return sum((a * b).sum() for a, b in zip(u, v))
+
+
 def conjugate_gradient(matvec, b: list[Tensor], steps: int) -> list[Tensor]:
-    """Approximately solve A x = b (A symmetric positive definite) from x = 0, `steps` iterations."""
+    """Approximately solve A x = b from x = 0 with `steps` CG iterations (A symmetric).
+
+    Truncated as in truncated-Newton methods (Nocedal & Wright, Alg. 7.1): if a direction of
+    non-positive curvature appears, stop and return the current iterate (b itself if it is the first),
+    which for A = a Hessian-based matrix is still a descent direction / a gradient-like estimate."""
     x = [torch.zeros_like(t) for t in b]
     r = [t.clone() for t in b]
     p = [t.clone() for t in b]
-    rs = sum((t * t).sum() for t in r)
-    for _ in range(steps):
-        if rs <= 1e-20:
+    rs = dot(r, r)
+    for i in range(steps):
+        if rs <= 1e-30:
             break
         ap = matvec(p)
-        alpha = rs / sum((u * v).sum() for u, v in zip(p, ap))
+        curvature = dot(p, ap)
+        if curvature <= 0:
+            return [t.clone() for t in b] if i == 0 else x
+        alpha = rs / curvature
         x = [xi + alpha * pi for xi, pi in zip(x, p)]
         r = [ri - alpha * api for ri, api in zip(r, ap)]
-        rs_new = sum((t * t).sum() for t in r)
+        rs_new = dot(r, r)
         p = [ri + (rs_new / rs) * pi for ri, pi in zip(r, p)]
         rs = rs_new
     return x
@@ -50,48 +75,74 @@ class IMAML(Algorithm):
         self.lam = float(hparams["lam"])
         self.cg_steps = int(hparams["cg_steps"])
         self.cg_damping = float(hparams.get("cg_damping", 0.0))
+        self.lam_damping = float(hparams.get("lam_damping", 0.0))
         self.inner_solver = hparams.get("inner_solver", "gd")
+        if self.inner_solver not in ("gd", "hf"):
+            raise ValueError(f"inner_solver must be 'gd' or 'hf', not {self.inner_solver!r}")
 
     def hessian_operator(self, params: Params, support):
-        """v -> (Hessian of L_S at `params`) v; the gradient graph is built once and reused by every
-        product of a CG solve (it is freed with the returned function)."""
+        """v -> (Hessian of L_S at `params`) v. The gradient graph is built once and reused by every
+        product of one CG solve; it is freed with the returned function."""
         params = detached(params)
-        loss = self.objective.loss(params, support)
-        grads = torch.autograd.grad(loss, list(params.values()), create_graph=True)
         inputs = list(params.values())
+        grads = torch.autograd.grad(self.objective.loss(params, support), inputs, create_graph=True)
         return lambda v: list(torch.autograd.grad(grads, inputs, grad_outputs=v, retain_graph=True))
 
+    def proximal_objective(self, phi: Params, theta: Params, support) -> Tensor:
+        """G(phi) = L_S(phi) + lam/2 ||phi - theta||^2, the inner problem."""
+        distance = sum(((p - t) ** 2).sum() for p, t in zip(phi.values(), theta.values()))
+        return self.objective.loss(phi, support) + 0.5 * self.lam * distance
+
+    def line_search(self, phi: Params, theta: Params, support, direction: list[Tensor],
+                    slope: Tensor, shrink: float = 0.5, tries: int = 10) -> float:
+        """Backtracking (Armijo) step size t for phi - t * direction, from the full Newton step t = 1;
+        `slope` = grad G . direction. Returns 0 if no tried step decreases G."""
+        with torch.no_grad():
+            start = self.proximal_objective(phi, theta, support)
+            t = 1.0
+            for _ in range(tries):
+                trial = {k: p - t * d for (k, p), d in zip(phi.items(), direction)}
+                if self.proximal_objective(trial, theta, support) <= start - 1e-4 * t * slope:
+                    return t
+                t *= shrink
+        return 0.0
+
     def adapt(self, support, steps=None, create_graph=False, params: Params | None = None) -> Params:
-        """phi* of the proximal inner problem (no graph to theta; `create_graph` is not used)."""
+        """phi* of the proximal inner problem, as fresh leaves: no graph to theta (`create_graph`
+        is ignored: the meta-gradient is implicit, never backpropagated through these steps)."""
         theta = {k: v.detach() for k, v in (params or self.initial_params()).items()}
         phi = detached(theta)
         for _ in range(self.test_inner_steps if steps is None else steps):
-            loss = self.objective.loss(phi, support)
-            grads = torch.autograd.grad(loss, list(phi.values()))
-            grads = [g + self.lam * (p - t) for g, p, t in zip(grads, phi.values(), theta.values())]
-            if self.inner_solver == "hf":  # Newton step: (H + lam I) d = grad, by CG
+            objective = self.proximal_objective(phi, theta, support)
+            grads = list(torch.autograd.grad(objective, list(phi.values())))
+            if self.inner_solver == "hf":  # truncated Newton: (H + lam I) d = grad G by CG, then search
                 hessian = self.hessian_operator(phi, support)
-                step = conjugate_gradient(lambda v: [h + self.lam * vi for h, vi in zip(hessian(v), v)],
-                                          grads, self.cg_steps)
+                direction = conjugate_gradient(
+                    lambda v: [h + self.lam * vi for h, vi in zip(hessian(v), v)], grads, self.cg_steps)
+                del hessian  # free the Hessian graph before the line search's forward passes
+                step = self.line_search(phi, theta, support, direction, dot(grads, direction))
+                update = [step * d for d in direction]
             else:
-                step = [self.inner_lr * g for g in grads]
-            phi = {k: (p - d).detach().requires_grad_() for (k, p), d in zip(phi.items(), step)}
+                update = [self.inner_lr * g for g in grads]
+            phi = {k: (p - u).detach().requires_grad_() for (k, p), u in zip(phi.items(), update)}
         return phi
 
     def task_meta_gradient(self, task: Task) -> tuple[list[Tensor], dict[str, float]]:
+        """g = ((1 + cg_damping) I + H / (lam + lam_damping))^{-1} grad L_Q(phi*), by CG."""
         phi = self.adapt(task.support, self.inner_steps)
         outputs = self.objective.forward(phi, task.query[0])
         loss = self.objective.criterion(outputs, task.query[1])
         query_grad = list(torch.autograd.grad(loss, list(phi.values())))
-        scale = 1.0 / (self.lam + self.cg_damping)
         hessian = self.hessian_operator(phi, task.support)
-        meta_grad = conjugate_gradient(lambda v: [vi + scale * h for vi, h in zip(v, hessian(v))],
+        identity, scale = 1.0 + self.cg_damping, 1.0 / (self.lam + self.lam_damping)
+        meta_grad = conjugate_gradient(lambda v: [identity * vi + scale * h for vi, h in zip(v, hessian(v))],
                                        query_grad, self.cg_steps)
         return meta_grad, self.objective.metrics(outputs.detach(), task.query[1], loss.detach())
 
     def meta_step(self, tasks) -> dict[str, float]:
+        """The implicit meta-gradient is not the gradient of a loss: set .grad directly (mean over tasks)."""
         results = self.map_tasks(self.task_meta_gradient, tasks)
-        for i, p in enumerate(self.model.parameters()):
+        for i, p in enumerate(self.model.parameters()):  # initial_params() order = parameters() order
             total = torch.stack([g[i] for g, _ in results]).sum(0) / len(tasks)  # fixed order
             p.grad = total if p.grad is None else p.grad + total
         return {key: sum(m[key] for _, m in results) / len(results) for key in results[0][1]}

@@ -63,6 +63,62 @@ class ClassificationSampler:
         return gather_tasks(self.images, classes.to(device), drawings.to(device), self.shots)
 
 
+# -- classification over classes of different sizes (mini-/tiered-ImageNet) -----------------------
+# A pool is one uint8 array [N, channels, H, W] grouped by class, plus `offsets` [classes + 1]:
+# class c holds images[offsets[c]:offsets[c + 1]] (tiered-ImageNet's classes hold 732 to 1300 images).
+
+
+def draw_pool_episodes(n_episodes: int, sizes: Tensor, ways: int, per_class: int,
+                       generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """As `draw_episodes`, for classes holding `sizes` images: drawing indices stay below the size of
+    their class. With equal sizes it draws exactly what `draw_episodes` draws."""
+    if per_class > int(sizes.min()):
+        raise ValueError(f"{per_class} images per class requested, but a class holds only {int(sizes.min())}")
+    classes = torch.rand(n_episodes, len(sizes), generator=generator).argsort(dim=1)[:, :ways]
+    keys = torch.rand(n_episodes, ways, int(sizes.max()), generator=generator)
+    beyond = torch.arange(int(sizes.max())) >= sizes[classes].unsqueeze(-1)
+    keys[beyond] = 2.0  # above every uniform key: indices past a class's end are sorted last, never drawn
+    return classes, keys.argsort(dim=2)[..., :per_class]
+
+
+def gather_pool_tasks(images: Tensor, offsets: Tensor, classes: Tensor, drawings: Tensor, shots: int) -> TaskBatch:
+    """A TaskBatch from a pool and episode indices, laid out as `gather_tasks`' (support: the first
+    `shots` drawings of each class; label = the class's position in the episode); inputs are float in
+    [0, 1], [B, ways*n, channels, H, W]."""
+    batch, ways, per_class = drawings.shape
+    picked = images[offsets[classes].unsqueeze(-1) + drawings].float().div_(255.0)  # [B, ways, n, C, H, W]
+    labels = torch.arange(ways, device=picked.device).view(1, ways, 1).expand(batch, ways, per_class)
+    return TaskBatch(picked[:, :, :shots].flatten(1, 2), labels[:, :, :shots].flatten(1, 2),
+                     picked[:, :, shots:].flatten(1, 2), labels[:, :, shots:].flatten(1, 2))
+
+
+class PoolSampler:
+    """On-the-fly N-way K-shot meta-training tasks over a pool (images and offsets on one device)."""
+
+    def __init__(self, images: Tensor, offsets: Tensor, ways: int, shots: int, queries: int,
+                 generator: torch.Generator):
+        self.images, self.offsets, self.ways, self.shots, self.queries = images, offsets, ways, shots, queries
+        self.sizes = offsets.diff().cpu()  # the generator draws on the CPU
+        self.generator = generator
+
+    def sample(self, batch: int) -> TaskBatch:
+        classes, drawings = draw_pool_episodes(batch, self.sizes, self.ways, self.shots + self.queries,
+                                               self.generator)
+        device = self.images.device
+        return gather_pool_tasks(self.images, self.offsets, classes.to(device), drawings.to(device), self.shots)
+
+
+def make_pool_eval_episodes(bench: dict, sizes: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    """As `make_eval_episodes`, over pools whose classes hold `sizes[split]` images."""
+    generator = torch.Generator().manual_seed(bench["episode_seed"])
+    episodes = {}
+    for split, count in (("val", bench["val_tasks"]), ("test", bench["test_tasks"])):
+        classes, drawings = draw_pool_episodes(count, sizes[split], bench["ways"],
+                                               bench["shots"] + bench["eval_queries"], generator)
+        episodes[split] = {"classes": classes, "drawings": drawings}
+    return episodes
+
+
 # -- regression (sinusoid) ------------------------------------------------------------------------
 
 SINUSOID = {"amplitude": (0.1, 5.0), "phase": (0.0, math.pi), "x": (-5.0, 5.0)}
@@ -94,6 +150,45 @@ class SinusoidSampler:
     def sample(self, batch: int) -> TaskBatch:
         return sinusoid_tasks(draw_sinusoids(batch, self.shots + self.queries, self.generator),
                               self.shots).to(self.device)
+
+
+# -- regression (polynomials of a given degree; Lee & Choi 2018) -----------------------------------
+
+# The official MT-net code (poly_generator.py): c_i ~ U[-1, 1] / 2^i, so that the terms of
+# y = sum_i c_i x^i stay of similar size for x ~ U[-2, 2].
+POLYNOMIAL = {"coefficient": (-1.0, 1.0), "x": (-2.0, 2.0)}
+
+
+def draw_polynomials(n_tasks: int, n_points: int, degree: int, generator: torch.Generator) -> dict[str, Tensor]:
+    """Coefficients c_0..c_degree and input points of random polynomials of `degree`."""
+    scale = 2.0 ** -torch.arange(degree + 1, dtype=torch.float32)
+    return {"coefficients": _uniform((n_tasks, degree + 1), POLYNOMIAL["coefficient"], generator) * scale,
+            "x": _uniform((n_tasks, n_points), POLYNOMIAL["x"], generator)}
+
+
+def polynomial_tasks(episodes: dict[str, Tensor], shots: int) -> TaskBatch:
+    x, c = episodes["x"], episodes["coefficients"]
+    powers = x.unsqueeze(-1) ** torch.arange(c.shape[1], dtype=x.dtype)  # [B, points, degree + 1]
+    y = (powers * c.unsqueeze(1)).sum(-1)
+    x, y = x.unsqueeze(-1), y.unsqueeze(-1)  # [B, points, 1]
+    return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
+
+
+class PolynomialSampler:
+    def __init__(self, degree: int, shots: int, queries: int, generator: torch.Generator, device="cpu"):
+        self.degree, self.shots, self.queries = degree, shots, queries
+        self.generator, self.device = generator, device
+
+    def sample(self, batch: int) -> TaskBatch:
+        drawn = draw_polynomials(batch, self.shots + self.queries, self.degree, self.generator)
+        return polynomial_tasks(drawn, self.shots).to(self.device)
+
+
+def make_polynomial_eval_episodes(bench: dict) -> dict[str, dict[str, Tensor]]:
+    """{'val': ..., 'test': ...}: the saved polynomial tasks of a benchmark (seeded, deterministic)."""
+    generator = torch.Generator().manual_seed(bench["episode_seed"])
+    return {split: draw_polynomials(bench[f"{split}_tasks"], bench["shots"] + bench["eval_queries"],
+                                    bench["degree"], generator) for split in ("val", "test")}
 
 
 # -- saved evaluation episodes --------------------------------------------------------------------

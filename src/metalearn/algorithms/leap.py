@@ -1,0 +1,106 @@
+"""Leap (Flennerhag, Moreno, Lawrence & Damianou, ICLR 2019): "Transferring knowledge across
+learning processes". The initialisation theta_0 is meta-learned to shorten the tasks' learning paths.
+
+Inner loop, per task: plain gradient descent from theta_0, no graph kept,
+    theta_{k+1} = theta_k - alpha * grad L_S(theta_k),   k = 0 .. K-1.
+The learning path lives on the task manifold: points z_k = (theta_k, L_S(theta_k)) (with
+`use_loss`; else z_k = theta_k). Leap minimises its length  sum_k ||z_{k+1} - z_k||  (`norm`: the
+path length d_1) or its energy  sum_k ||z_{k+1} - z_k||^2  (d_2), with every z_{k+1} held fixed
+("pulled forward") and d theta_k / d theta_0 approximated by the identity. Per segment this gives
+
+    -[ (theta_{k+1} - theta_k) + dL_k * grad L_S(theta_k) ] / ||z_{k+1} - z_k||     (d_2: no division;
+                                                                                    its factor 2 dropped)
+with dL_k = L_S(theta_{k+1}) - L_S(theta_k). The stabiliser (`stabilizer`) uses -|dL_k| instead of
+dL_k, so a step that raised the loss does not push the initialisation towards higher losses. The
+meta-gradient is the mean over tasks of the sum over segments; the loop's optimiser steps theta_0.
+Increments are accumulated step by step (`LeapPath`), so memory does not grow with K.
+
+Hyperparameters: inner_lr, inner_steps, test_inner_steps; norm, use_loss, stabilizer (the official
+code's defaults: all true). `LeapPath` is also the initialisation objective of Warp-Leap (warpgrad.py).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from metalearn.algorithms.base import Algorithm, detached
+from metalearn.tasks import Params, Task
+
+
+class LeapPath:
+    """Leap's meta-gradient for theta_0 from one learning path, fed one point at a time.
+
+    `add(theta_k, loss_k, grad_k)` for k = 0 .. K (grad_K is not needed: pass None); `gradient`
+    then holds sum_k of the segment increments above (zeros for a path of one point).
+    """
+
+    def __init__(self, norm: bool = True, use_loss: bool = True, stabilizer: bool = True):
+        self.norm, self.use_loss, self.stabilizer = norm, use_loss, stabilizer
+        self.gradient: list[Tensor] | None = None
+        self._previous: tuple[list[Tensor], Tensor, list[Tensor] | None] | None = None
+
+    def add(self, theta: list[Tensor], loss: Tensor, grad: list[Tensor] | None) -> None:
+        theta = [t.detach() for t in theta]
+        loss = loss.detach()
+        grad = None if grad is None else [g.detach() for g in grad]
+        if self.gradient is None:
+            self.gradient = [torch.zeros_like(t) for t in theta]
+        if self._previous is not None:
+            self._add_segment(*self._previous, theta, loss)
+        self._previous = (theta, loss, grad)
+
+    def _add_segment(self, theta, loss, grad, next_theta, next_loss) -> None:
+        step = [b - a for a, b in zip(theta, next_theta)]  # theta_{k+1} - theta_k
+        squared = sum((s * s).sum() for s in step)
+        d_loss = None
+        if self.use_loss:
+            d_loss = next_loss - loss
+            if self.stabilizer:
+                d_loss = -d_loss.abs()
+            squared = squared + d_loss * d_loss
+        scale = 1.0 / squared.sqrt().clamp_min(1e-12) if self.norm else 1.0
+        for total, s, g in zip(self.gradient, step, grad):
+            increment = s + d_loss * g if self.use_loss else s
+            total.sub_(scale * increment)
+
+
+class Leap(Algorithm):
+    name = "leap"
+    parallel_tasks = True  # per-task code is pure: objective.forward and autograd only
+
+    def __init__(self, model, objective, hparams):
+        super().__init__(model, objective, hparams)
+        self.inner_lr = float(hparams["inner_lr"])
+        self.inner_steps = int(hparams["inner_steps"])
+        self.norm = bool(hparams.get("norm", True))
+        self.use_loss = bool(hparams.get("use_loss", True))
+        self.stabilizer = bool(hparams.get("stabilizer", True))
+
+    def adapt(self, support, steps=None, create_graph=False, params: Params | None = None,
+              path: LeapPath | None = None) -> Params:
+        """Plain gradient descent from theta_0 (no graph along the path); feeds `path` if given."""
+        theta = detached(self.initial_params() if params is None else params)
+        for _ in range(self.test_inner_steps if steps is None else steps):
+            loss = self.objective.loss(theta, support)
+            grads = torch.autograd.grad(loss, list(theta.values()))
+            if path is not None:
+                path.add(list(theta.values()), loss, grads)
+            theta = detached({k: p - self.inner_lr * g for (k, p), g in zip(theta.items(), grads)})
+        if path is not None:  # the path's last point: theta_K and its loss
+            with torch.no_grad():
+                path.add(list(theta.values()), self.objective.loss(theta, support), None)
+        return theta
+
+    def task_meta_gradient(self, task: Task) -> tuple[list[Tensor], dict[str, float]]:
+        path = LeapPath(self.norm, self.use_loss, self.stabilizer)
+        theta = self.adapt(task.support, self.inner_steps, path=path)
+        with torch.no_grad():
+            metrics = self.objective.metrics(self.objective.forward(theta, task.query[0]), task.query[1])
+        return path.gradient, metrics
+
+    def meta_step(self, tasks) -> dict[str, float]:
+        results = self.map_tasks(self.task_meta_gradient, tasks)
+        for i, p in enumerate(self.model.parameters()):
+            total = torch.stack([g[i] for g, _ in results]).sum(0) / len(tasks)  # fixed order
+            p.grad = total if p.grad is None else p.grad + total
+        return {key: sum(m[key] for _, m in results) / len(results) for key in results[0][1]}

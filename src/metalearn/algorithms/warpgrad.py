@@ -1,0 +1,253 @@
+"""WarpGrad (Flennerhag, Rusu, Pascanu, Visin, Yin & Hadsell, ICLR 2020): warped gradient descent.
+
+Network: the task network with a *warp layer* after each of its blocks. Task parameters theta (the
+task network's) adapt; warp parameters phi are shared by all tasks, held fixed during adaptation and
+meta-learned. Their Jacobians precondition theta's gradient. Warp layers (`warp_layers`):
+  conv4: after each [conv, BN, ReLU(, pool)] block,  h <- h + BN(conv3x3(h)), the BN scale starting at 0;
+  MLP:   after each hidden [linear, ReLU],            h <- Omega h + b, starting at Omega = I, b = 0.
+Every warp layer starts as the identity, so WarpGrad starts out as plain SGD on the task network.
+
+Adaptation (`adapt`): theta_{k+1} = theta_k - alpha grad_theta L_S(theta_k; phi), k < K, no graph kept.
+Meta-objective, trajectory agnostic: points theta_k of the adaptation trajectories are constants,
+    J(phi) = mean over tasks and points of  L_Q(theta_k - alpha grad_theta L_S(theta_k; phi); phi)
+(`first_order`: L_Q(theta_k; phi), no step). Its gradient w.r.t. phi backpropagates through one step
+only, never through the trajectory: cost per point does not depend on K.
+
+Meta-training (`mode`):
+  offline (Algorithm 2, the official code's): adapt with phi fixed, keeping `snapshots` points of
+    each trajectory (evenly spaced, theta_0 first) with the task's data in a replay buffer, then the
+    meta-gradient over the buffer. phi changes only after the meta-step, so each task's buffer is
+    used as soon as its trajectory is complete (the same gradient as after the whole meta-batch, with
+    one task's buffer alive per worker instead of all); it lives inside the meta-step, so checkpoints
+    (taken between meta-steps) lose nothing. The loop takes one optimiser step per meta-step: the
+    paper's L updates per buffer become one update on the whole buffer. Memory grows with
+    `snapshots` (default K), not with K.
+  online (Algorithm 1): the meta-gradient at each theta_k is accumulated while the trajectory is
+    produced (every point, no buffer); phi is updated after the meta-batch. With `snapshots` >= K,
+    offline and online compute the same meta-gradient.
+
+Initialisation theta_0 (`init`): none: the task network's seeded initialisation, fixed (not
+meta-learned); maml: Warp-MAML, MAML's meta-gradient through the K warped steps (memory grows with
+K, as MAML's; `first_order`: FOMAML's); leap: Warp-Leap, Leap's path objective on the
+trajectory (`LeapPath` of leap.py; by default as the official Warp-Leap: path length without the
+loss term; `norm`, `use_loss`, `stabilizer` as in Leap).
+
+Names: `warpgrad` (init from hparams, default none), `warpmaml` (init maml), `warpleap` (init leap).
+The official SGD meta-optimiser is replaced by the loop's Adam (train.meta_lr).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from metalearn.algorithms.base import Algorithm, detached
+from metalearn.algorithms.leap import LeapPath
+from metalearn.models import MLP, Conv4
+from metalearn.tasks import Objective, Params, Task
+
+
+class ResidualConvWarp(nn.Module):
+    """h + BN(conv3x3(h)) with the BN scale at 0: the identity until phi is meta-learned."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.BatchNorm2d(channels, track_running_stats=False)  # batch statistics, as the task net
+        nn.init.xavier_uniform_(self.conv.weight)
+        nn.init.zeros_(self.conv.bias)
+        nn.init.zeros_(self.norm.weight)
+
+    def forward(self, h: Tensor) -> Tensor:
+        return h + self.norm(self.conv(h))
+
+
+def linear_warp(features: int) -> nn.Linear:
+    """A linear warp Omega h + b, starting at the identity."""
+    layer = nn.Linear(features, features)
+    with torch.no_grad():
+        layer.weight.copy_(torch.eye(features))
+        layer.bias.zero_()
+    return layer
+
+
+def warp_layers(model: nn.Module) -> nn.ModuleList:
+    """One identity-initialised warp layer per block of the task network."""
+    if isinstance(model, Conv4):
+        return nn.ModuleList(ResidualConvWarp(block[0].out_channels) for block in model.features)
+    if isinstance(model, MLP):
+        return nn.ModuleList(linear_warp(layer.out_features) for layer in model.net[:-1]
+                             if isinstance(layer, nn.Linear))
+    raise TypeError(f"no warp layers defined for {type(model).__name__}")
+
+
+class WarpedNetwork(nn.Module):
+    """The task network (`task`) with `warp` layers interleaved; used through functional_call."""
+
+    def __init__(self, task: nn.Module, warp: nn.ModuleList):
+        super().__init__()
+        self.task, self.warp = task, warp
+
+    def forward(self, x: Tensor) -> Tensor:
+        if isinstance(self.task, Conv4):
+            for block, warp in zip(self.task.features, self.warp):
+                x = warp(block(x))
+            x = x.mean(dim=(2, 3)) if self.task.pooling == "stride" else x.flatten(1)
+            return self.task.head(x)
+        warps = iter(self.warp)
+        for layer in self.task.net:  # MLP: a warp after each hidden layer's ReLU
+            x = layer(x)
+            if isinstance(layer, nn.ReLU):
+                x = next(warps)(x)
+        return x
+
+
+def snapshot_steps(steps: int, snapshots: int) -> set[int]:
+    """`snapshots` trajectory points out of theta_0 .. theta_{steps-1}, evenly spaced, theta_0 first."""
+    count = min(steps, snapshots)
+    return {i * steps // count for i in range(count)}
+
+
+class WarpGrad(Algorithm):
+    name = "warpgrad"
+    default_init = "none"
+    parallel_tasks = True  # per-task code is pure: forward passes through self.warped, autograd only
+
+    def __init__(self, model, objective, hparams: dict[str, Any]):
+        super().__init__(model, objective, hparams)
+        self.inner_lr = float(hparams["inner_lr"])
+        self.inner_steps = int(hparams["inner_steps"])
+        self.mode = hparams.get("mode", "offline")
+        self.init = hparams.get("init", self.default_init)
+        if type(self) is not WarpGrad and self.init != self.default_init:
+            raise ValueError(f"{self.name} meta-learns the initialisation with {self.default_init}, "
+                             f"not init: {self.init}")
+        if self.mode not in ("offline", "online") or self.init not in ("none", "maml", "leap"):
+            raise ValueError(f"mode must be offline|online and init none|maml|leap, not {self.mode}, {self.init}")
+        self.first_order = bool(hparams.get("first_order", False))
+        self.snapshots = int(hparams.get("snapshots", self.inner_steps))
+        self.leap = dict(norm=bool(hparams.get("norm", True)), use_loss=bool(hparams.get("use_loss", False)),
+                         stabilizer=bool(hparams.get("stabilizer", True)))
+        self.warp = warp_layers(model)  # phi
+        if self.init == "none":
+            self.model.requires_grad_(False)  # theta_0 stays the seeded initialisation
+        # Not a registered submodule: its parameters are self.model's and self.warp's.
+        self.warped = Objective(WarpedNetwork(model, self.warp), objective.kind)
+
+    # -- the warped network -----------------------------------------------------------------------
+    def predict(self, params: Params, inputs: Tensor) -> Tensor:
+        """The warped network's outputs with task parameters `params` and the current phi."""
+        return self.warped.forward({f"task.{k}": v for k, v in params.items()}, inputs)
+
+    def task_loss(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
+        return self.warped.criterion(self.predict(params, data[0]), data[1])
+
+    def adapt(self, support, steps=None, create_graph=False, params: Params | None = None) -> Params:
+        """Gradient descent on theta through the warped network, phi fixed; no graph along the
+        trajectory unless `create_graph` (then differentiable w.r.t. the starting point)."""
+        theta = detached(self.initial_params()) if params is None else params
+        for _ in range(self.test_inner_steps if steps is None else steps):
+            theta, _, _ = self.step(theta, support, create_graph)
+        return theta
+
+    def step(self, theta: Params, support, create_graph: bool = False):
+        """(theta - alpha grad_theta L_S(theta; phi), L_S(theta; phi), grad): one adaptation step."""
+        loss = self.task_loss(theta, support)
+        grads = torch.autograd.grad(loss, list(theta.values()), create_graph=create_graph)
+        new = {k: p - self.inner_lr * g for (k, p), g in zip(theta.items(), grads)}
+        return (new if create_graph else detached(new)), loss, grads
+
+    # -- the meta-objective -----------------------------------------------------------------------
+    def warp_meta_loss(self, theta: Params, task: Task) -> Tensor:
+        """J at one trajectory point theta (a constant): one differentiable step from theta on the
+        support set, then the query loss (first_order: the query loss at theta)."""
+        theta = detached(theta)
+        if not self.first_order:
+            theta, _, _ = self.step(theta, task.support, create_graph=True)
+        return self.task_loss(theta, task.query)
+
+    def warp_gradient(self, theta: Params, task: Task) -> list[Tensor]:
+        return list(torch.autograd.grad(self.warp_meta_loss(theta, task), list(self.warp.parameters())))
+
+    def buffer_gradient(self, buffer: list[Params], task: Task) -> list[Tensor]:
+        """Sum of the warp gradients at the buffered points of one task (a running sum)."""
+        total = None
+        for point in buffer:
+            g = self.warp_gradient(point, task)
+            total = g if total is None else [a + b for a, b in zip(total, g)]
+        return total
+
+    def run_task(self, task: Task) -> dict[str, Any]:
+        """Adapt to one task with phi fixed; return its summed warp gradient (offline: over the
+        replay buffer of its trajectory; online: at every point as it is produced) and the
+        initialisation's meta-gradient (maml, leap)."""
+        learn_init = self.init == "maml"
+        differentiable = learn_init and not self.first_order
+        theta = self.initial_params() if learn_init else detached(self.initial_params())
+        keep = snapshot_steps(self.inner_steps, self.snapshots) if self.mode == "offline" else set()
+        buffer, warp_grad = [], None
+        path = LeapPath(**self.leap) if self.init == "leap" else None
+        for k in range(self.inner_steps):
+            point = {name: p.detach() for name, p in theta.items()}  # a constant for the meta-objective
+            if k in keep:
+                buffer.append(point)
+            if self.mode == "online":
+                g = self.warp_gradient(point, task)
+                warp_grad = g if warp_grad is None else [a + b for a, b in zip(warp_grad, g)]
+            theta_next, loss, grads = self.step(theta, task.support, create_graph=differentiable)
+            if path is not None:
+                path.add(list(theta.values()), loss, grads)
+            if learn_init and not differentiable:  # first order: theta_K = theta_0 - sum of constants
+                theta_next = {name: p - self.inner_lr * g.detach() for (name, p), g in zip(theta.items(), grads)}
+            theta = theta_next
+        init_grad = None
+        if learn_init:  # Warp-MAML: d L_Q(theta_K) / d theta_0 through the warped steps
+            query_loss = self.task_loss(theta, task.query)
+            init_grad = list(torch.autograd.grad(query_loss, list(self.model.parameters())))
+            outputs = self.predict(theta, task.query[0]).detach()
+        else:
+            with torch.no_grad():
+                outputs = self.predict(theta, task.query[0])
+        if path is not None:
+            with torch.no_grad():
+                path.add(list(theta.values()), self.task_loss(theta, task.support), None)
+            init_grad = path.gradient
+        if self.mode == "offline":  # Algorithm 2's meta-objective over this task's replay buffer
+            warp_grad = self.buffer_gradient(buffer, task)
+        return {"warp_grad": warp_grad, "init_grad": init_grad, "points": len(buffer) or self.inner_steps,
+                "metrics": self.warped.metrics(outputs, task.query[1])}
+
+    def meta_step(self, tasks) -> dict[str, float]:
+        results = self.map_tasks(self.run_task, tasks)
+        points = sum(r["points"] for r in results)  # J is the mean over tasks and trajectory points
+        _add_grad(self.warp.parameters(), _sum_in_order([r["warp_grad"] for r in results]), 1.0 / points)
+        if self.init != "none":
+            _add_grad(self.model.parameters(), _sum_in_order([r["init_grad"] for r in results]), 1.0 / len(tasks))
+        metrics = [r["metrics"] for r in results]
+        return {key: sum(m[key] for m in metrics) / len(metrics) for key in metrics[0]}
+
+
+def _sum_in_order(gradients: list[list[Tensor]]) -> list[Tensor]:
+    """Sum of per-task gradient lists in list order (timing-independent under map_tasks)."""
+    total = [g.clone() for g in gradients[0]]
+    for grads in gradients[1:]:
+        for t, g in zip(total, grads):
+            t.add_(g)
+    return total
+
+
+def _add_grad(params, grads: list[Tensor], scale: float) -> None:
+    for p, g in zip(params, grads):
+        g = g * scale
+        p.grad = g if p.grad is None else p.grad + g
+
+
+class WarpMAML(WarpGrad):
+    name = "warpmaml"
+    default_init = "maml"
+
+
+class WarpLeap(WarpGrad):
+    name = "warpleap"
+    default_init = "leap"
