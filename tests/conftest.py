@@ -47,3 +47,24 @@ def prepared_small(tmp_path_factory, mirror) -> dict:
     for name in params["benchmarks"]:
         benchmarks.make_episodes(params, name)
     return copy.deepcopy(params)
+
+
+def meta_train_on_sinusoids(algo, iterations: int, meta_batch: int = 5, meta_lr: float = 0.01):
+    """A short, seeded meta-training on MAML's sinusoids (10 shots, 10 queries); returns 100 held-out
+    tasks (50 query points each) from a generator of their own, to score the result on."""
+    import torch
+
+    from metalearn.data.episodes import SinusoidSampler
+
+    sampler = SinusoidSampler(10, 10, torch.Generator().manual_seed(0))
+    optimizer = torch.optim.Adam(algo.parameters(), lr=meta_lr)
+    for _ in range(iterations):
+        optimizer.zero_grad(set_to_none=True)
+        algo.meta_step(sampler.sample(meta_batch))
+        optimizer.step()
+    return SinusoidSampler(10, 50, torch.Generator().manual_seed(123)).sample(100)
+
+
+def held_out_loss(algo, tasks, steps=None) -> float:
+    """Mean query loss over `tasks` after the algorithm's adaptation (`steps`: its test steps)."""
+    return sum(algo.evaluate_task(task, steps)["loss"] for task in tasks) / len(tasks)

@@ -11,7 +11,7 @@ from torch.func import functional_call
 
 from metalearn.algorithms import build_algorithm
 from metalearn.algorithms.leap import LeapPath
-from metalearn.data.episodes import SinusoidSampler
+from conftest import held_out_loss, meta_train_on_sinusoids
 from metalearn.models import MLP
 from metalearn.tasks import Objective, TaskBatch
 
@@ -114,15 +114,6 @@ def test_leap_meta_training_lowers_the_loss_after_k_steps_on_held_out_sinusoids(
     hp = {"inner_lr": 0.01, "inner_steps": 5, "test_inner_steps": 5}
     algo = build_algorithm("leap", model, Objective(model, "regression"), hp)
     untrained = copy.deepcopy(algo)
-    held_out = SinusoidSampler(10, 50, torch.Generator().manual_seed(123)).sample(100)
-    sampler = SinusoidSampler(10, 10, torch.Generator().manual_seed(0))
-    optimizer = torch.optim.Adam(algo.parameters(), lr=0.01)
-    for _ in range(100):
-        optimizer.zero_grad(set_to_none=True)
-        algo.meta_step(sampler.sample(5))
-        optimizer.step()
-
-    def loss(a):
-        return sum(a.evaluate_task(task)["loss"] for task in held_out) / len(held_out)
-
-    assert loss(algo) < 0.8 * loss(untrained), (loss(algo), loss(untrained))
+    held_out = meta_train_on_sinusoids(algo, 100)
+    trained, before = held_out_loss(algo, held_out), held_out_loss(untrained, held_out)
+    assert trained < 0.8 * before, (trained, before)

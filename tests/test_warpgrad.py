@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from metalearn.algorithms import build_algorithm
 from metalearn.algorithms.warpgrad import snapshot_steps
-from metalearn.data.episodes import SinusoidSampler
+from conftest import held_out_loss, meta_train_on_sinusoids
 from metalearn.models import MLP, Conv4
 from metalearn.tasks import Objective, TaskBatch
 
@@ -252,10 +252,6 @@ def test_concurrent_tasks_give_the_same_meta_gradient(name):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
-def held_out_loss(algo, tasks: TaskBatch, steps=None) -> float:
-    return sum(algo.evaluate_task(task, steps)["loss"] for task in tasks) / len(tasks)
-
-
 def test_meta_trained_warp_lowers_the_loss_after_k_steps_on_held_out_sinusoids():
     """MAML's sinusoids, 1-40-40-1 MLP, theta_0 fixed (init none): only the warp is meta-learned."""
     hp = {"inner_lr": 0.01, "inner_steps": 5, "test_inner_steps": 5, "snapshots": 5}
@@ -263,13 +259,7 @@ def test_meta_trained_warp_lowers_the_loss_after_k_steps_on_held_out_sinusoids()
     model = MLP()
     algo = build_algorithm("warpgrad", model, Objective(model, "regression"), hp)
     identity = copy.deepcopy(algo)
-    held_out = SinusoidSampler(10, 50, torch.Generator().manual_seed(123)).sample(100)
-    sampler = SinusoidSampler(10, 10, torch.Generator().manual_seed(0))
-    optimizer = torch.optim.Adam(algo.parameters(), lr=0.01)
-    for _ in range(60):
-        optimizer.zero_grad(set_to_none=True)
-        algo.meta_step(sampler.sample(5))
-        optimizer.step()
+    held_out = meta_train_on_sinusoids(algo, 60)
     trained, untrained = held_out_loss(algo, held_out), held_out_loss(identity, held_out)
     assert torch.equal(algo.model.net[0].weight, identity.model.net[0].weight)  # theta_0 untouched
     assert trained < 0.6 * untrained, (trained, untrained)

@@ -8,8 +8,11 @@ mtnet  The two claims of Lee & Choi (2018) about MT-nets, measured on this proje
   inner_lr  MAML and MT-net meta-trained on `benchmark` (sinusoid) with each inner learning rate:
             the test MSE against alpha; MT-net should be the less sensitive.
   Every run uses the benchmark's settings and the algorithm's hyperparameters from params.yaml, with
-  the study's `iterations` (and, in the sweep, its alpha). A run whose meta-loss diverges is recorded
-  as such (mse empty, status diverged), not dropped.
+  the study's `iterations` (and, in the sweep, its alpha). Test MSE is measured twice on the saved
+  tasks: after the algorithm's test steps (`mse`) and after its training steps (`mse_train_steps`),
+  because with a large alpha the longer test-time adaptation can diverge where the meta-trained one
+  does not. Episodes whose adapted loss is not finite are counted (`diverged_episodes`; the mean is
+  then nan), and a meta-training that diverges is recorded with status diverged, not dropped.
   Outputs: <out>/mtnet.csv (one row per run and layer) and <out>/mtnet.png; the runs' models and
   episodes stay in <out>/mtnet/, so an interrupted study resumes (train.py) and a finished run with
   unchanged settings and code is reused.
@@ -28,8 +31,9 @@ from metalearn import benchmarks
 from metalearn.config import ConfigError, algorithm_params, validate
 
 Log = Callable[[str], None]
-CSV_COLUMNS = ["part", "algorithm", "degree", "inner_lr", "layer", "adapted_fraction", "mse", "ci95",
-               "episodes", "iterations", "train_seconds", "status"]
+CSV_COLUMNS = ["part", "algorithm", "degree", "inner_lr", "layer", "adapted_fraction", "test_steps", "mse",
+               "ci95", "diverged_episodes", "train_steps", "mse_train_steps", "ci95_train_steps",
+               "diverged_episodes_train_steps", "episodes", "iterations", "train_seconds", "status"]
 
 
 def _stderr(message: str) -> None:
@@ -100,18 +104,22 @@ def mtnet_study(params: dict, out: Path, device: str = "auto", log: Log = _stder
                 train(rp, run["name"], run["algorithm"], seed, work, device=device, log=log)
             except TrainingDiverged as exc:
                 log(f"{label}: diverged ({exc})")
-                rows.append({**base, "layer": "", "adapted_fraction": "", "mse": "", "ci95": "", "episodes": 0,
-                             "iterations": "", "train_seconds": "", "status": "diverged"})
+                rows.append({**{k: "" for k in CSV_COLUMNS}, **base, "episodes": 0, "status": "diverged"})
                 continue
             (work / "checkpoint.pt").unlink(missing_ok=True)
         result = evaluate(rp, model, device=device, log=log)
+        short = evaluate(rp, model, device=device, steps=run["hparams"]["inner_steps"], log=log)
         saved = torch.load(model, weights_only=True)
-        log(f"{label}: test mse {result['mean']:.4f} ± {result['ci95']:.4f}")
+        log(f"{label}: test mse {result['mean']:.4f} ± {result['ci95']:.4f} after {result['inner_steps']} steps, "
+            f"{short['mean']:.4f} ± {short['ci95']:.4f} after {short['inner_steps']}")
         fractions = adapted_fractions(saved["state_dict"]) if run["algorithm"] == "mtnet" else [None]
         for layer, fraction in enumerate(fractions):
             rows.append({**base, "layer": layer if fraction is not None else "",
                          "adapted_fraction": "" if fraction is None else round(fraction, 6),
-                         "mse": result["mean"], "ci95": result["ci95"], "episodes": result["episodes"],
+                         "test_steps": result["inner_steps"], "mse": result["mean"], "ci95": result["ci95"],
+                         "diverged_episodes": _not_finite(result), "train_steps": short["inner_steps"],
+                         "mse_train_steps": short["mean"], "ci95_train_steps": short["ci95"],
+                         "diverged_episodes_train_steps": _not_finite(short), "episodes": result["episodes"],
                          "iterations": saved["iterations"], "train_seconds": round(saved["train_seconds"], 2),
                          "status": "ok"})
     out.mkdir(parents=True, exist_ok=True)
@@ -121,6 +129,10 @@ def mtnet_study(params: dict, out: Path, device: str = "auto", log: Log = _stder
         writer.writerows(rows)
     plot_mtnet(rows, out / "mtnet.png")
     return rows
+
+
+def _not_finite(result: dict) -> int:
+    return sum(not math.isfinite(v) for v in result["per_episode"])
 
 
 def plot_mtnet(rows: list[dict], path: Path) -> Path:
@@ -139,21 +151,24 @@ def plot_mtnet(rows: list[dict], path: Path) -> Path:
         left.set_xticks(sorted({r["degree"] for r in degree_rows}))
         left.legend()
     lr_rows = [r for r in rows if r["part"] == "inner_lr" and r["layer"] in ("", 0)]
-    for algorithm in sorted({r["algorithm"] for r in lr_rows}):
-        ok = sorted((r["inner_lr"], r["mse"], r["ci95"]) for r in lr_rows
-                    if r["algorithm"] == algorithm and r["status"] == "ok")
-        if ok:
-            x, y, ci = zip(*ok)
-            ci = [0.0 if math.isnan(c) else c for c in ci]
-            below = [min(c, 0.9 * v) for c, v in zip(ci, y)]  # a log axis cannot show an interval through 0
-            right.errorbar(x, y, yerr=[below, ci], marker="o", capsize=3, label=algorithm)
-        for r in lr_rows:
-            if r["algorithm"] == algorithm and r["status"] != "ok":
-                right.axvline(r["inner_lr"], ls=":", color="grey")
-                right.annotate(f"{algorithm} diverged", (r["inner_lr"], 0.95), xycoords=("data", "axes fraction"),
-                               rotation=90, va="top", fontsize=7)
-    right.set(xscale="log", yscale="log", xlabel="inner learning rate alpha", ylabel="test MSE (after the test steps)",
-              title="Sensitivity to the inner learning rate")
+    for number, algorithm in enumerate(sorted({r["algorithm"] for r in lr_rows})):
+        mine = [r for r in lr_rows if r["algorithm"] == algorithm]
+        for key, style in (("", "-"), ("_train_steps", "--")):
+            points = sorted((r["inner_lr"], r["mse" + key], r["ci95" + key]) for r in mine
+                            if r["status"] == "ok" and math.isfinite(r["mse" + key]))
+            steps = next((r[("test" if not key else "train") + "_steps"] for r in mine if r["status"] == "ok"), "?")
+            if points:
+                x, y, ci = zip(*points)
+                ci = [0.0 if math.isnan(c) else c for c in ci]
+                below = [min(c, 0.9 * v) for c, v in zip(ci, y)]  # a log axis cannot show an interval through 0
+                right.errorbar(x, y, yerr=[below, ci], marker="o", ls=style, capsize=3, color=f"C{number}",
+                               label=f"{algorithm}, {steps} step(s)")
+            for r in mine:  # alphas at which the adaptation diverged in some test episodes
+                if r["status"] != "ok" or not math.isfinite(r["mse" + key]):
+                    right.plot([r["inner_lr"]], [1.0], marker="x", ls="", color=f"C{number}", ms=9,
+                               transform=right.get_xaxis_transform())
+    right.set(xscale="log", yscale="log", xlabel="inner learning rate alpha", ylabel="test MSE",
+              title="Sensitivity to the inner learning rate (x: diverged)")
     if lr_rows:
         right.legend()
     return _save(fig, path)
