@@ -450,3 +450,27 @@ def test_pipeline_trains_and_evaluates_mini_imagenet_and_names_missing_files_bef
     assert dry.returncode != 0
     assert "mini-imagenet-cache-train.pkl" in out and "data.miniimagenet.path" in out, out[-3000:]
     assert "rule train" not in out and "Job stats" not in out
+
+
+def test_every_algorithm_of_the_paper_profile_takes_a_meta_step_on_the_84x84_conv4():
+    """The paper profile configures every implemented algorithm on the ImageNet benchmarks; each builds
+    on the max-pooling conv4 (32 filters) and takes a finite meta-step on 84x84 RGB tasks."""
+    from metalearn.algorithms import ALGORITHMS, build_algorithm
+    from metalearn.config import load_params
+    from metalearn.tasks import TaskBatch
+
+    paper = load_params(ROOT / "params.yaml", "paper")["benchmarks"]
+    for name in ("miniimagenet-5w1s", "miniimagenet-5w5s", "tieredimagenet-5w1s", "tieredimagenet-5w5s"):
+        assert set(paper[name]["algorithms"]) == set(ALGORITHMS), name
+    bench = paper["miniimagenet-5w1s"]
+    x = torch.rand(1, 10, 3, 84, 84, generator=torch.Generator().manual_seed(0))
+    y = torch.arange(5).repeat(2).expand(1, -1)
+    tasks = TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
+    for algorithm, hparams in sorted(bench["algorithms"].items()):
+        torch.manual_seed(0)
+        objective = benchmarks.build_objective(bench)
+        short = {**hparams, "inner_steps": 1, "test_inner_steps": 1, "cg_steps": 1, "snapshots": 1}
+        algo = build_algorithm(algorithm, objective.model, objective, short)
+        metrics = algo.meta_step(tasks)
+        grads = [p.grad for p in algo.parameters() if p.grad is not None]
+        assert grads and all(bool(torch.isfinite(g).all()) for g in grads) and np.isfinite(metrics["loss"]), algorithm
