@@ -165,6 +165,13 @@ def test_every_algorithm_adapts_through_the_interface(tmp_path, algorithm):
     """Each algorithm's own adapt + predict, from folders to a CSV (untrained: only shapes checked,
     plus agreement with calling the interface directly)."""
     params = quick_params(tmp_path)
+    if algorithm not in params["benchmarks"]["omniglot-5w1s"]["algorithms"]:  # paper profile only (warpmaml, ...)
+        from conftest import ROOT
+        from metalearn.config import load_params
+
+        paper = load_params(ROOT / "params.yaml", "paper")["benchmarks"]["omniglot-5w1s"]["algorithms"][algorithm]
+        params = quick_params(tmp_path, benchmarks={"omniglot-5w1s": {"algorithms": {
+            algorithm: {k: v for k, v in paper.items() if k != "iterations"}}}})
     path = save_untrained(params, "omniglot-5w1s", algorithm, tmp_path / "m.pt")
     layout = {f"c{i}": 2 for i in range(5)}
     support = image_folder(tmp_path / "support", layout, drawing)
