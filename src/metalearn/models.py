@@ -2,13 +2,17 @@
 
 Algorithms never mutate these modules: they hold parameters as a dict and call
 ``torch.func.functional_call(model, params, inputs)`` (see `metalearn.tasks.Objective`).
+Each network also runs a whole chunk of tasks, each with its own parameters, in one call
+(``forward_tasks``): a meta-batch's small per-task operations become a few larger ones, which is
+what makes meta-training fast (bench/speed.py); the tests check it against the one-task forward.
 BatchNorm keeps no running statistics: it always normalises with the current batch, as in the
 MAML code, so adaptation and evaluation see the same function of the parameters.
 """
 from __future__ import annotations
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import Tensor, nn
 
 
 def conv_block(in_channels: int, out_channels: int, pooling: str) -> nn.Sequential:
@@ -49,6 +53,24 @@ class Conv4(nn.Module):
         h = h.mean(dim=(2, 3)) if self.pooling == "stride" else h.flatten(1)
         return self.head(h)
 
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """`forward` for many tasks at once: params name -> [tasks, *shape], x [tasks, n, C, H, W]
+        -> [tasks, n, ways]. The tasks ride in the channel dimension, [n, tasks * C, H, W]: one
+        grouped convolution (a group per task) applies every task's filters, and one BatchNorm call
+        normalises every (task, channel) over its own task's n images, as `forward` does."""
+        tasks, n = x.shape[:2]
+        h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
+        for i, (conv, norm, *rest) in enumerate(self.features):
+            weight, bias = params[f"features.{i}.0.weight"], params[f"features.{i}.0.bias"]
+            h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), conv.stride, conv.padding, groups=tasks)
+            h = F.batch_norm(h, None, None, params[f"features.{i}.1.weight"].flatten(),
+                             params[f"features.{i}.1.bias"].flatten(), training=True, eps=norm.eps)
+            for layer in rest:  # ReLU (and max-pooling): per channel, so per task
+                h = layer(h)
+        h = h.mean(dim=(2, 3)) if self.pooling == "stride" else h.flatten(2)
+        features = h.view(n, tasks, -1).transpose(0, 1)  # [tasks, n, features], forward's order
+        return torch.baddbmm(params["head.bias"].unsqueeze(1), features, params["head.weight"].transpose(1, 2))
+
 
 class MLP(nn.Module):
     """Fully connected ReLU network; MAML's sinusoid regressor is MLP(1, [40, 40], 1)."""
@@ -64,6 +86,16 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
+
+    def forward_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
+        """`forward` for many tasks at once: params name -> [tasks, *shape], x [tasks, n, in]
+        -> [tasks, n, out]; each linear layer is one batched matrix product over the tasks."""
+        for i, layer in enumerate(self.net):
+            if isinstance(layer, nn.Linear):
+                x = torch.baddbmm(params[f"net.{i}.bias"].unsqueeze(1), x, params[f"net.{i}.weight"].transpose(1, 2))
+            else:
+                x = layer(x)
+        return x
 
 
 def build_model(bench: dict) -> nn.Module:

@@ -44,6 +44,12 @@ class TaskBatch:
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def split(self, parts: int) -> list["TaskBatch"]:
+        """The batch cut into `parts` consecutive chunks of (nearly) equal size, in task order."""
+        pieces = [t.tensor_split(min(parts, len(self))) for t in
+                  (self.support_x, self.support_y, self.query_x, self.query_y)]
+        return [TaskBatch(*chunk) for chunk in zip(*pieces)]
+
     def to(self, device: torch.device | str) -> "TaskBatch":
         return TaskBatch(*(t.to(device, non_blocking=True) for t in
                            (self.support_x, self.support_y, self.query_x, self.query_y)))
@@ -75,6 +81,30 @@ class Objective:
             shared = {id(t): t for t in (*self.model.parameters(), *self.model.buffers())}
             local.replica, local.source = copy.deepcopy(self.model, memo=shared), self.model
         return local.replica
+
+    # -- many tasks at once: parameters and data stacked along a leading task dimension -----------
+    @property
+    def batches_tasks(self) -> bool:
+        """Whether the network can run a chunk of tasks in one call (`forward_tasks`)."""
+        return hasattr(self.model, "forward_tasks")
+
+    def forward_tasks(self, params: Params, inputs: Tensor) -> Tensor:
+        """Each task's outputs with its own parameters: params name -> [tasks, *shape], inputs
+        [tasks, n, ...] -> [tasks, n, ...]. The network evaluates the tasks together (models.py)."""
+        return self.model.forward_tasks(params, inputs)
+
+    def task_losses(self, outputs: Tensor, targets: Tensor) -> Tensor:
+        """[tasks]: each task's `criterion` (the mean over its own examples)."""
+        losses = self.criterion(outputs.flatten(0, 1), targets.flatten(0, 1), reduction="none")
+        return losses.view(len(outputs), -1).mean(1)
+
+    def task_metrics(self, outputs: Tensor, targets: Tensor, losses: Tensor) -> list[dict[str, float]]:
+        """`metrics` of every task in a stack, from its per-task `losses`."""
+        columns = {"loss": losses.detach()}
+        if self.kind == "classification":
+            columns["accuracy"] = (outputs.argmax(-1) == targets).float().mean(1)  # as `metrics`
+        values = {key: column.tolist() for key, column in columns.items()}
+        return [{key: values[key][i] for key in values} for i in range(len(outputs))]
 
     def loss(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
         inputs, targets = data

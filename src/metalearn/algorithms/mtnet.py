@@ -101,6 +101,7 @@ class TransformedNetwork(nn.Module):
 class TNet(MAML):
     """MAML's inner loop and meta-gradient (maml.py) in the network with T after each layer."""
     name = "tnet"
+    batched_tasks = False  # the network with T has no forward_tasks: one task at a time
 
     def __init__(self, model, objective, hparams: dict[str, Any]):
         super().__init__(model, objective, hparams)
