@@ -8,10 +8,11 @@ learning rate and steps) and takes an Adam step, for
     meta-batch 32, conv4 with 64 filters, 1 inner step (alpha 0.4);
   - MAML second order and first order on sinusoid 10-shot (10 query points), meta-batch 25, MLP 40-40,
     1 inner step (alpha 0.01).
-Each (implementation, setting) runs in a fresh subprocess, so peak memory is its own: `peak_mb` is
-the growth of the process's peak resident memory over its resident memory just before the first
-meta-step (the kernel's peak counter is reset there; on CUDA: torch.cuda.max_memory_allocated). `iters_per_s` is the median over `repeats`
-timed blocks after warm-up. Writes bench/results/speed.csv
+Each implementation runs in a process of its own, so peak memory is its own: `peak_mb` is the
+growth of the process's peak resident memory over its resident memory just before the first
+meta-step (the kernel's peak counter is reset there; on CUDA: torch.cuda.max_memory_allocated).
+The implementations of a setting are timed interleaved (`measure`): `iters_per_s` is the median of
+`repeats` timed blocks after a warm-up step. Writes bench/results/speed.csv
 (columns impl, algorithm, benchmark, iters_per_s, peak_mb) and prints ours / best peer.
 """
 from __future__ import annotations
@@ -149,6 +150,18 @@ def step_torchopt(model, tasks, criterion, inner_lr, first_order):
 STEPS = {"ours": step_ours, "plain": step_plain, "higher": step_higher, "torchopt": step_torchopt}
 
 
+def machine() -> str:
+    """What the timings were taken on: the GPU, or the CPU's model and cores."""
+    if torch.cuda.is_available():
+        return f"{torch.cuda.get_device_name()} (CUDA)"
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        name = platform.processor() or platform.machine()
+    return f"{name}, {torch.get_num_threads()} threads (CPU)"
+
+
 def _status_mb(field: str) -> float:
     """A memory field of /proc/self/status (VmRSS: resident now, VmHWM: peak resident), in MB."""
     with open("/proc/self/status") as f:
@@ -165,8 +178,10 @@ def reset_peak_rss() -> float:
     return _status_mb("VmRSS")
 
 
-def measure(impl: str, algorithm: str, benchmark: str, iterations: int, repeats: int) -> dict:
-    """Run in a fresh process (see `main`): speed and peak memory of one implementation."""
+def worker(impl: str, algorithm: str, benchmark: str) -> None:
+    """One implementation in its own process (see `main`), so its peak memory is its own. Sets up and
+    warms up, says `ready`, then times blocks of meta-iterations on request ("time N" on stdin ->
+    seconds on stdout); "done" -> its peak memory, and it exits."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tasks, criterion = make_problem(benchmark, device)
     step = STEPS[impl](model, tasks, criterion, SETTINGS[benchmark]["inner_lr"], algorithm == "fomaml")
@@ -174,25 +189,53 @@ def measure(impl: str, algorithm: str, benchmark: str, iterations: int, repeats:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     step()  # warm-up
-    times = []
-    for _ in range(repeats):
+    print("ready", flush=True)
+    for line in sys.stdin:
+        command = line.split()
+        if command[0] == "done":
+            break
         if device.type == "cuda":
             torch.cuda.synchronize()
         start = time.perf_counter()
-        for _ in range(iterations):
+        for _ in range(int(command[1])):
             step()
         if device.type == "cuda":
             torch.cuda.synchronize()
-        times.append((time.perf_counter() - start) / iterations)
-    if device.type == "cuda":
-        peak = torch.cuda.max_memory_allocated() / 2**20
-    else:
-        peak = _status_mb("VmHWM") - before
-    return {"impl": impl, "algorithm": algorithm, "benchmark": benchmark,
-            "iters_per_s": round(1 / statistics.median(times), 3), "peak_mb": round(peak, 1)}
+        print(time.perf_counter() - start, flush=True)
+    peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else _status_mb("VmHWM") - before
+    print(json.dumps({"peak_mb": round(peak, 1)}), flush=True)
 
 
-def check_same_gradients(benchmark: str, algorithm: str) -> float:
+def measure(impls: list[str], algorithm: str, benchmark: str, iterations: int, repeats: int) -> list[dict]:
+    """Speed and peak memory of every implementation, interleaved: one worker process each, all set
+    up first; then `repeats` rounds in which each worker in turn (the order rotating) times a block of
+    `iterations` meta-iterations, the others idle. A slow spell of the machine thus hits every
+    implementation alike instead of whichever happened to run then. Reports the median block."""
+    workers = {}
+    for impl in impls:  # one at a time, so set-up and warm-up do not compete either
+        workers[impl] = subprocess.Popen([sys.executable, "-m", "bench.speed", "--_worker", impl, algorithm, benchmark],
+                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                                         cwd=Path(__file__).resolve().parent.parent)
+        if workers[impl].stdout.readline().strip() != "ready":
+            raise RuntimeError(f"the {impl} worker failed to start (its error is above)")
+    seconds = {impl: [] for impl in impls}
+    for round_ in range(repeats):
+        for impl in impls[round_ % len(impls):] + impls[:round_ % len(impls)]:
+            workers[impl].stdin.write(f"time {iterations}\n")
+            workers[impl].stdin.flush()
+            seconds[impl].append(float(workers[impl].stdout.readline()) / iterations)
+    rows = []
+    for impl, process in workers.items():
+        process.stdin.write("done\n")
+        process.stdin.flush()
+        peak = json.loads(process.stdout.readline())["peak_mb"]
+        process.wait()
+        rows.append({"impl": impl, "algorithm": algorithm, "benchmark": benchmark,
+                     "iters_per_s": round(1 / statistics.median(seconds[impl]), 3), "peak_mb": peak})
+    return rows
+
+
+def check_same_gradients(benchmark: str, algorithm: str, impls: list[str]) -> float:
     """Largest difference between any implementation's meta-gradient and the plain loop's, relative to
     the largest entry of the plain loop's (they must agree; per-tensor ratios would be meaningless for
     the conv biases, whose gradient BatchNorm cancels to rounding noise)."""
@@ -201,7 +244,7 @@ def check_same_gradients(benchmark: str, algorithm: str) -> float:
     # In float64: in float32 the support sets' BatchNorm (5 images) amplifies rounding to ~1e-2.
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    for impl in IMPLS:
+    for impl in {"plain", *impls}:
         model, tasks, criterion = make_problem(benchmark, device)
         step = STEPS[impl](model, tasks, criterion, SETTINGS[benchmark]["inner_lr"], algorithm == "fomaml")
         step()  # .grad keeps the meta-gradient of the step (each step starts with zero_grad)
@@ -209,42 +252,39 @@ def check_same_gradients(benchmark: str, algorithm: str) -> float:
     torch.set_default_dtype(dtype)
     ref = torch.cat([r.flatten() for r in grads["plain"]])
     return max(((torch.cat([g.flatten() for g in grads[impl]]) - ref).abs().max() / ref.abs().max()).item()
-               for impl in IMPLS)
+               for impl in impls)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--iterations", type=int, default=5, help="meta-iterations per timed block")
-    parser.add_argument("--repeats", type=int, default=3, help="timed blocks (the median is reported)")
-    parser.add_argument("--impls", nargs="+", default=IMPLS)
+    parser.add_argument("--iterations", type=int, default=5,
+                        help="meta-iterations per timed block (x20 on the sinusoid, whose iterations are short)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed blocks per implementation (the median is reported)")
+    parser.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
+    parser.add_argument("--benchmarks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--out", default=str(RESULTS / "speed.csv"))
-    parser.add_argument("--_one", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args._one:
-        print(json.dumps(measure(*args._one, args.iterations, args.repeats)))
+    if args._worker:
+        worker(*args._worker)
         return
     rows = []
-    for benchmark in SETTINGS:
+    for benchmark in args.benchmarks:
         for algorithm in ("maml", "fomaml"):
             print(f"{benchmark} {algorithm}: meta-gradients differ from the plain loop's by at most "
-                  f"{check_same_gradients(benchmark, algorithm):.1e} (relative, float64)", flush=True)
-            for impl in args.impls:
-                iterations = args.iterations * (20 if benchmark.startswith("sinusoid") else 1)
-                out = subprocess.run([sys.executable, "-m", "bench.speed", "--_one", impl, algorithm, benchmark,
-                                      "--iterations", str(iterations), "--repeats", str(args.repeats)],
-                                     capture_output=True, text=True, check=True)
-                row = json.loads(out.stdout.strip().splitlines()[-1])
+                  f"{check_same_gradients(benchmark, algorithm, args.impls):.1e} (relative, float64)", flush=True)
+            iterations = args.iterations * (20 if benchmark.startswith("sinusoid") else 1)
+            for row in measure(args.impls, algorithm, benchmark, iterations, args.repeats):
                 rows.append(row)
-                print(f"  {impl:9s} {row['iters_per_s']:8.2f} it/s  peak {row['peak_mb']:8.1f} MB", flush=True)
+                print(f"  {row['impl']:9s} {row['iters_per_s']:8.2f} it/s  peak {row['peak_mb']:8.1f} MB", flush=True)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb"])
         writer.writeheader()
         writer.writerows(rows)
-    print(f"\nmachine: {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"torch {torch.__version__}, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
-    for benchmark in SETTINGS:
+    print(f"\nmachine: {machine()}, torch {torch.__version__}")
+    for benchmark in args.benchmarks:
         for algorithm in ("maml", "fomaml"):
             sel = {r["impl"]: r for r in rows if r["benchmark"] == benchmark and r["algorithm"] == algorithm}
             peers = [r for i, r in sel.items() if i != "ours"]
