@@ -48,7 +48,10 @@ def measure(algorithm: str, steps: int, repeats: int) -> dict:
     model = Conv4(1, WAYS).to(device)
     hparams = {**ALGORITHMS[algorithm], "inner_steps": steps, "test_inner_steps": steps}
     algo = build_algorithm(algorithm, model, Objective(model, "classification"), hparams)
-    algo.parallel_tasks = False  # one task's graph at a time: the per-task memory is what is measured
+    # One task's graph at a time, the per-task memory being what is measured: no concurrent tasks,
+    # and no chunks of tasks meta-trained together (the MAML family's default, maml.py).
+    algo.parallel_tasks = False
+    algo.batched_tasks = False
     x = torch.rand(META_BATCH, WAYS * (SHOTS + QUERIES), 1, 28, 28, device=device)
     y = torch.arange(WAYS, device=device).repeat(SHOTS + QUERIES).expand(META_BATCH, -1)
     tasks = TaskBatch(x[:, :WAYS * SHOTS], y[:, :WAYS * SHOTS], x[:, WAYS * SHOTS:], y[:, WAYS * SHOTS:])
