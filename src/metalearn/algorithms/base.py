@@ -66,12 +66,8 @@ class Algorithm(nn.Module):
             return torch.autograd.grad(loss, meta_params, allow_unused=True), metrics
 
         results = self.map_tasks(one_task, tasks)
-        for i, p in enumerate(meta_params):
-            grads = [g[i] for g, _ in results if g[i] is not None]
-            if grads:
-                total = torch.stack(grads).sum(0) / len(tasks)  # fixed order: timing-independent
-                p.grad = total if p.grad is None else p.grad + total
-        return {key: sum(m[key] for _, m in results) / len(results) for key in results[0][1]}
+        add_to_grad(meta_params, [g for g, _ in results], 1.0 / len(tasks))
+        return mean_metrics([m for _, m in results])
 
     # -- shared -----------------------------------------------------------------------------------
     parallel_tasks: bool = False  # opt in once the per-task code is known to be thread-safe
@@ -103,6 +99,21 @@ class Algorithm(nn.Module):
             adapted = self.adapt(task.support, steps)
         with torch.no_grad():
             return self.objective.metrics(self.predict(adapted, task.query[0]), task.query[1])
+
+
+def add_to_grad(params, gradients: list[list[Tensor | None]], scale: float) -> None:
+    """p.grad += scale * the sum of p's gradients over the list (one gradient list per task or
+    chunk; None: p unused), summed in list order, so the result does not depend on thread timing."""
+    for i, p in enumerate(params):
+        grads = [g[i] for g in gradients if g[i] is not None]
+        if grads:
+            total = torch.stack(grads).sum(0) * scale
+            p.grad = total if p.grad is None else p.grad + total
+
+
+def mean_metrics(metrics: list[dict[str, float]]) -> dict[str, float]:
+    """The mean of each metric over tasks."""
+    return {key: sum(m[key] for m in metrics) / len(metrics) for key in metrics[0]}
 
 
 def detached(params: Params) -> Params:

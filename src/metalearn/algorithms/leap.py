@@ -23,7 +23,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metalearn.algorithms.base import Algorithm, detached
+from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
 from metalearn.tasks import Params, Task
 
 
@@ -100,7 +100,5 @@ class Leap(Algorithm):
 
     def meta_step(self, tasks) -> dict[str, float]:
         results = self.map_tasks(self.task_meta_gradient, tasks)
-        for i, p in enumerate(self.model.parameters()):
-            total = torch.stack([g[i] for g, _ in results]).sum(0) / len(tasks)  # fixed order
-            p.grad = total if p.grad is None else p.grad + total
-        return {key: sum(m[key] for _, m in results) / len(results) for key in results[0][1]}
+        add_to_grad(self.model.parameters(), [g for g, _ in results], 1.0 / len(tasks))
+        return mean_metrics([m for _, m in results])

@@ -23,7 +23,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
-from metalearn.algorithms.base import Algorithm, detached
+from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
 from metalearn.tasks import Params, Task, TaskBatch
 
 StepSizes = dict[str, "float | Tensor"]  # per parameter name: a scalar, or a tensor broadcast over it
@@ -96,13 +96,8 @@ class MAML(Algorithm):
             return torch.autograd.grad(losses.sum(), meta_params, allow_unused=True), metrics
 
         results = self.map_tasks(one_chunk, chunks)
-        for i, p in enumerate(meta_params):
-            grads = [g[i] for g, _ in results if g[i] is not None]
-            if grads:
-                total = torch.stack(grads).sum(0) / len(tasks)  # fixed order: timing-independent
-                p.grad = total if p.grad is None else p.grad + total
-        metrics = [m for _, chunk_metrics in results for m in chunk_metrics]
-        return {key: sum(m[key] for m in metrics) / len(metrics) for key in metrics[0]}
+        add_to_grad(meta_params, [g for g, _ in results], 1.0 / len(tasks))
+        return mean_metrics([m for _, chunk_metrics in results for m in chunk_metrics])
 
     def chunk_meta_losses(self, tasks: TaskBatch) -> tuple[Tensor, list[dict[str, float]]]:
         """`task_meta_loss` of every task of a chunk: the losses [tasks] and each task's metrics.

@@ -42,7 +42,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from metalearn.algorithms.base import Algorithm, detached
+from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
 from metalearn.algorithms.leap import LeapPath
 from metalearn.models import MLP, Conv4
 from metalearn.tasks import Objective, Params, Task
@@ -221,26 +221,10 @@ class WarpGrad(Algorithm):
     def meta_step(self, tasks) -> dict[str, float]:
         results = self.map_tasks(self.run_task, tasks)
         points = sum(r["points"] for r in results)  # J is the mean over tasks and trajectory points
-        _add_grad(self.warp.parameters(), _sum_in_order([r["warp_grad"] for r in results]), 1.0 / points)
+        add_to_grad(self.warp.parameters(), [r["warp_grad"] for r in results], 1.0 / points)
         if self.init != "none":
-            _add_grad(self.model.parameters(), _sum_in_order([r["init_grad"] for r in results]), 1.0 / len(tasks))
-        metrics = [r["metrics"] for r in results]
-        return {key: sum(m[key] for m in metrics) / len(metrics) for key in metrics[0]}
-
-
-def _sum_in_order(gradients: list[list[Tensor]]) -> list[Tensor]:
-    """Sum of per-task gradient lists in list order (timing-independent under map_tasks)."""
-    total = [g.clone() for g in gradients[0]]
-    for grads in gradients[1:]:
-        for t, g in zip(total, grads):
-            t.add_(g)
-    return total
-
-
-def _add_grad(params, grads: list[Tensor], scale: float) -> None:
-    for p, g in zip(params, grads):
-        g = g * scale
-        p.grad = g if p.grad is None else p.grad + g
+            add_to_grad(self.model.parameters(), [r["init_grad"] for r in results], 1.0 / len(tasks))
+        return mean_metrics([r["metrics"] for r in results])
 
 
 class WarpMAML(WarpGrad):
