@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q --durations=10  # the slowest tests, so CI logs show where its time goes
 
 # The whole benchmark (failed jobs do not stop the others), then the HTML report.
 reproduce: $(STAMP)
