@@ -12,8 +12,8 @@ network the adapted parameters run in (`predict`: T-nets add their transformatio
 Meta-training runs the meta-batch in chunks of tasks (`batched_tasks`): the network evaluates a
 chunk with every task's own parameters in one call (models.py, `forward_tasks`), and the inner loop
 differentiates the sum of the chunk's task losses, whose gradient with respect to one task's
-parameters is that task's own gradient. Chunks run concurrently, one per core (base.py). The result
-is the one-task-at-a-time loop's, to float rounding (tests/test_maml.py); it is faster because a
+parameters is that task's own gradient. Chunks run concurrently, one per core at a time (base.py).
+The result is the one-task-at-a-time loop's, to float rounding (tests/test_batched.py); faster, as a
 chunk's operations are few and large instead of many and tiny (bench/speed.py).
 """
 from __future__ import annotations
