@@ -8,7 +8,7 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
-    input: pipeline.SUMMARY, pipeline.SUMMARY_MD, pipeline.plot_files(PARAMS),
+    input: pipeline.SUMMARY, pipeline.SUMMARY_MD, pipeline.PAPER_MD, pipeline.plot_files(PARAMS),
            [f for study in pipeline.studies(PARAMS) for f in pipeline.study_outputs(study)]
 
 

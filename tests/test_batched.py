@@ -1,5 +1,6 @@
 """Meta-training chunks of tasks together (maml.py, models.forward_tasks) gives the one-task-at-a-time
-loop's meta-gradients and metrics, for MAML, first-order MAML and every algorithm that takes that path."""
+loop's meta-gradients and metrics, for MAML, first-order MAML and every algorithm that takes that path
+(Meta-SGD; T-net and MT-net through the network with T, mtnet.py)."""
 from __future__ import annotations
 
 import pytest
@@ -7,8 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
+import metalearn.algorithms.maml
 from metalearn.algorithms import ALGORITHMS, build_algorithm
 from metalearn.algorithms.maml import chunk_count
+from metalearn.algorithms.mtnet import TransformedNetwork, transforms
 from metalearn.models import MLP, Conv4
 from metalearn.tasks import Objective, TaskBatch
 
@@ -19,8 +22,8 @@ def _batched_algorithms() -> list[str]:
     return sorted(name for name, cls in ALGORITHMS.items() if getattr(cls, "batched_tasks", False))
 
 
-def test_the_maml_family_without_extra_layers_takes_the_batched_path():
-    assert _batched_algorithms() == ["fomaml", "maml", "metasgd"]
+def test_the_maml_family_takes_the_batched_path():
+    assert {"fomaml", "maml", "metasgd", "mtnet", "tnet"} <= set(_batched_algorithms())
 
 
 def _per_task_parameters(model, tasks: int) -> dict[str, torch.Tensor]:
@@ -44,6 +47,16 @@ def test_forward_tasks_is_each_tasks_own_forward(network):
     for t in range(len(x)):
         alone = functional_call(model, {name: p[t] for name, p in params.items()}, (x[t],))
         torch.testing.assert_close(together[t], alone, rtol=1e-12, atol=1e-12)
+    # The same network with a T (not the identity, shared by the tasks) after every weight layer.
+    transformed = TransformedNetwork(model, transforms(model)).double()
+    with torch.no_grad():
+        for T in transformed.transform:
+            T.weight.add_(0.3 * torch.randn_like(T.weight))
+    params = {f"task.{name}": p for name, p in params.items()}
+    together = transformed.forward_tasks(params, x)
+    for t in range(len(x)):
+        alone = functional_call(transformed, {name: p[t] for name, p in params.items()}, (x[t],))
+        torch.testing.assert_close(together[t], alone, rtol=1e-12, atol=1e-12)
 
 
 def _omniglot_like(tasks: int) -> tuple[Conv4, TaskBatch]:
@@ -55,44 +68,88 @@ def _omniglot_like(tasks: int) -> tuple[Conv4, TaskBatch]:
     return model, TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
 
 
-def _sinusoid_like(tasks: int) -> tuple[MLP, TaskBatch]:
+def _sinusoid_like(tasks: int, informed: bool = False) -> tuple[MLP, TaskBatch]:
+    """`informed`: the tasks carry their amplitude and phase, the network takes them as inputs (oracle)."""
     torch.manual_seed(1)
-    model = MLP(1, (8, 8), 1).double()
+    model = MLP(3 if informed else 1, (8, 8), 1).double()
     x = torch.rand(tasks, 12, 1, dtype=torch.float64) * 10 - 5
-    y = torch.rand(tasks, 1, 1, dtype=torch.float64) * torch.sin(x + torch.rand(tasks, 1, 1, dtype=torch.float64))
-    return model, TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
+    amplitude, phase = torch.rand(2, tasks, 1, 1, dtype=torch.float64)
+    y = amplitude * torch.sin(x + phase)
+    info = torch.cat([amplitude, phase], -1).squeeze(1) if informed else None
+    return model, TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:], info)
+
+
+def _informed_sinusoid_like(tasks: int) -> tuple[MLP, TaskBatch]:
+    return _sinusoid_like(tasks, informed=True)
+
+
+def _problems(name: str) -> list:
+    """The test problems an algorithm applies to: the oracle sees sinusoid parameters, so sinusoids only."""
+    if getattr(ALGORITHMS[name], "sees_task_parameters", False):
+        return [_informed_sinusoid_like]
+    return [_omniglot_like, _sinusoid_like]
 
 
 def _meta_step(name: str, problem, batched: bool, monkeypatch):
     model, tasks = problem
     kind = "classification" if isinstance(model, Conv4) else "regression"
     algo = build_algorithm(name, model, Objective(model, kind), HPARAMS).double()
-    if name == "metasgd":  # learned rates that differ per entry, not the constant start
-        torch.manual_seed(2)
-        with torch.no_grad():
+    torch.manual_seed(2)
+    with torch.no_grad():
+        if name == "metasgd":  # learned rates that differ per entry, not the constant start
             for rate in algo.alpha.values():
                 rate.uniform_(0.02, 0.2)
+        if name in ("tnet", "mtnet"):  # a T that is not the identity: where it sits matters
+            for T in algo.transform:
+                T.weight.add_(0.2 * torch.randn_like(T.weight))
+        if name == "mtnet":  # logits that differ per unit: P(M = 1) from about 0.1 to 0.9
+            for zeta in algo.zeta:
+                zeta.uniform_(-2.0, 2.0)
+    torch.manual_seed(3)  # MT-net draws its masks from the global generator: the same in both paths
     algo.batched_tasks = batched
     calls = []
     forward_tasks = Objective.forward_tasks
-    monkeypatch.setattr(Objective, "forward_tasks", lambda self, *a: calls.append(1) or forward_tasks(self, *a))
+    monkeypatch.setattr(Objective, "forward_tasks",
+                        lambda self, params, x: calls.append(len(x)) or forward_tasks(self, params, x))
     algo.zero_grad(set_to_none=True)
     metrics = algo.meta_step(tasks)
     assert bool(calls) == batched  # the path under test is the one taken
-    return metrics, {k: p.grad.clone() for k, p in algo.named_parameters() if p.grad is not None}
+    return metrics, {k: p.grad.clone() for k, p in algo.named_parameters() if p.grad is not None}, calls
 
 
-@pytest.mark.parametrize("name", _batched_algorithms())
-@pytest.mark.parametrize("problem", [_omniglot_like, _sinusoid_like])
-def test_batched_meta_step_equals_the_one_task_at_a_time_loop(name, problem, monkeypatch):
-    """9 Omniglot-shaped tasks make 3 chunks (4, 4, 1 tasks: a remainder), 9 sinusoid tasks one."""
-    loop_metrics, loop = _meta_step(name, problem(9), batched=False, monkeypatch=monkeypatch)
-    batched_metrics, batched = _meta_step(name, problem(9), batched=True, monkeypatch=monkeypatch)
+def _assert_equal_steps(loop_step, batched_step):
+    (loop_metrics, loop, _), (batched_metrics, batched, _) = loop_step, batched_step
     assert loop.keys() == batched.keys() and len(loop) >= 2
     scale = max(g.abs().max() for g in loop.values())
     for key in loop:
         torch.testing.assert_close(batched[key], loop[key], rtol=1e-9, atol=1e-12 * scale)
     assert batched_metrics == pytest.approx(loop_metrics, rel=1e-9)
+
+
+@pytest.mark.parametrize("name, problem", [(name, problem) for name in _batched_algorithms() for problem in _problems(name)])
+def test_batched_meta_step_equals_the_one_task_at_a_time_loop(name, problem, monkeypatch):
+    """9 Omniglot-shaped tasks make 3 chunks (4, 4, 1 tasks: a remainder), 9 sinusoid tasks one."""
+    loop = _meta_step(name, problem(9), batched=False, monkeypatch=monkeypatch)
+    batched = _meta_step(name, problem(9), batched=True, monkeypatch=monkeypatch)
+    _assert_equal_steps(loop, batched)
+
+
+@pytest.mark.parametrize("name", ["tnet", "mtnet"])
+@pytest.mark.parametrize("problem", [_omniglot_like, _sinusoid_like])
+def test_tnet_and_mtnet_chunks_equal_the_one_task_loop_in_every_meta_parameter(name, problem, monkeypatch):
+    """7 tasks forced into 3 chunks of unequal sizes (3, 2, 2): the meta-gradients of the
+    initialisation, of every T and (MT-net) of every zeta, and the metrics, are the loop's. MT-net's
+    tasks each get their own mask, from the noise the loop draws for them, in task order."""
+    support_numbers = problem(7)[1].support_x[0].numel()
+    monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 3 * support_numbers)  # 3 tasks a chunk
+    loop = _meta_step(name, problem(7), batched=False, monkeypatch=monkeypatch)
+    batched = _meta_step(name, problem(7), batched=True, monkeypatch=monkeypatch)
+    # forward_tasks runs on chunks of 3, 2 and 2 tasks (support for each inner step, then query)
+    assert sorted(batched[2]) == sorted([3, 2, 2] * (HPARAMS["inner_steps"] + 1))
+    kinds = {key.split(".")[0] for key in batched[1]}
+    assert kinds == ({"model", "transform", "zeta"} if name == "mtnet" else {"model", "transform"})
+    assert all(g.abs().sum() > 0 for key, g in batched[1].items() if not key.startswith("model"))
+    _assert_equal_steps(loop, batched)
 
 
 @pytest.mark.parametrize("first_order", [False, True])

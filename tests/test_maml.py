@@ -153,13 +153,18 @@ def test_every_registered_algorithm_runs_its_tasks_concurrently():
 def test_concurrent_tasks_give_the_plain_loops_meta_gradient_for_every_algorithm(name, monkeypatch):
     """Each algorithm's meta-step with its tasks on 3 threads equals the one-task-at-a-time loop,
     for every meta-parameter (initialisation, warp layers, T, mask logits, learned rates)."""
+    from metalearn.algorithms import ALGORITHMS
+
+    informed = getattr(ALGORITHMS[name], "sees_task_parameters", False)  # the oracle: 2 task parameters as inputs
+
     def gradients(parallel: bool):
         torch.manual_seed(0)
-        model = MLP(1, (6, 5), 1).double()
+        model = MLP(3 if informed else 1, (6, 5), 1).double()
         algo = build_algorithm(name, model, Objective(model, "regression"), HPARAMS).double()
         algo.parallel_tasks = parallel
         x = torch.randn(6, 8, 1, dtype=torch.float64)
-        batch = TaskBatch(x[:, :4], torch.sin(3 * x[:, :4]), x[:, 4:], torch.sin(3 * x[:, 4:]))
+        info = torch.randn(6, 2, dtype=torch.float64) if informed else None
+        batch = TaskBatch(x[:, :4], torch.sin(3 * x[:, :4]), x[:, 4:], torch.sin(3 * x[:, 4:]), info)
         torch.manual_seed(1)  # MT-net's mask noise, drawn on the calling thread
         metrics = algo.meta_step(batch)
         return metrics, {k: p.grad.clone() for k, p in algo.named_parameters() if p.grad is not None}

@@ -67,19 +67,107 @@ def test_killed_training_resumes_to_exactly_the_uninterrupted_result(prepared_sm
         assert torch.equal(a[key], b[key]), key
 
 
-def test_nan_loss_stops_with_clear_error_and_keeps_last_good_checkpoint(prepared_small, tmp_path):
-    params = deep_merge(prepared_small, {"benchmarks": {"sinusoid": {
-        "train": {"iterations": 200, "checkpoint_every": 2, "meta_lr": 1e30},
-        "algorithms": {"maml": {"inner_lr": 1e6}}}}})
+def _inject_nonfinite(monkeypatch, at_iteration: int, where: str) -> None:
+    """Make the algorithm's meta-step at `at_iteration` (1-based) report a NaN loss, or leave an
+    infinite meta-gradient, every other step unchanged."""
+    import metalearn.train as train_module
+
+    real_build = train_module.build
+
+    def build(*args, **kwargs):
+        algo = real_build(*args, **kwargs)
+        real_step, calls = algo.meta_step, [0]
+
+        def meta_step(tasks):
+            metrics = real_step(tasks)
+            calls[0] += 1
+            if calls[0] == at_iteration:
+                if where == "loss":
+                    metrics = {**metrics, "loss": float("nan")}
+                else:
+                    next(p for p in algo.parameters() if p.grad is not None).grad.view(-1)[0] = float("inf")
+            return metrics
+
+        algo.meta_step = meta_step
+        return algo
+
+    monkeypatch.setattr(train_module, "build", build)
+
+
+@pytest.mark.parametrize("where", ["loss", "gradient"])
+def test_nan_stops_training_and_keeps_the_last_good_checkpoint(prepared_small, tmp_path, monkeypatch, where):
+    """A NaN at iteration 7 (checkpoints every 2): the error names iteration 7 and the kept checkpoint
+    of iteration 6, which holds exactly the parameters of an uninterrupted 6-iteration run; rerun
+    without the fault, training resumes there and ends as an uninterrupted 10-iteration run."""
+    def params(iterations):
+        return deep_merge(prepared_small, {"benchmarks": {"sinusoid": {
+            "train": {"iterations": iterations, "checkpoint_every": 2, "log_every": 2}}}})
+
+    quiet = lambda s: None  # noqa: E731
+    reference6 = train(params(6), "sinusoid", "maml", 0, tmp_path / "ref6", device="cpu", log=quiet)
+    reference10 = train(params(10), "sinusoid", "maml", 0, tmp_path / "ref10", device="cpu", log=quiet)
     out = tmp_path / "run"
-    with pytest.raises(TrainingDiverged, match="Lower meta_lr or inner_lr") as info:
-        train(params, "sinusoid", "maml", 0, out, device="cpu", log=lambda s: None)
-    assert "became" in str(info.value)
+    with monkeypatch.context() as patch:
+        _inject_nonfinite(patch, 7, where)
+        with pytest.raises(TrainingDiverged, match="Lower meta_lr or inner_lr") as info:
+            train(params(10), "sinusoid", "maml", 0, out, device="cpu", log=quiet)
+    message = str(info.value)
+    assert "at iteration 7" in message and "last good checkpoint (iteration 6)" in message
     assert not (out / "model.pt").exists()
-    if (out / "checkpoint.pt").exists():  # whatever was saved is finite
-        saved = torch.load(out / "checkpoint.pt", weights_only=True)["algorithm"]
-        assert all(torch.isfinite(v).all() for v in saved.values())
-        assert "last good checkpoint" in str(info.value)
+    kept = torch.load(out / "checkpoint.pt", weights_only=True)
+    assert kept["iteration"] == 6
+    expected = _state(reference6)
+    assert kept["algorithm"].keys() == expected.keys()
+    for key, value in expected.items():
+        assert torch.equal(kept["algorithm"][key].cpu(), value), key
+
+    logs = []
+    train(params(10), "sinusoid", "maml", 0, out, device="cpu", log=logs.append)
+    assert "resuming sinusoid/maml/seed0 from iteration 6" in logs
+    final, expected = _state(out / "model.pt"), _state(reference10)
+    for key, value in expected.items():
+        assert torch.equal(final[key], value), key
+
+
+def _rewrite_state(model_path: Path, out: Path, change) -> Path:
+    saved = torch.load(model_path, weights_only=True)
+    saved["state_dict"] = {k: change(k, v) for k, v in saved["state_dict"].items()}
+    torch.save(saved, out)
+    return out
+
+
+def test_evaluation_of_a_zero_model_is_the_mean_square_of_the_episode_file(prepared_small, tmp_path):
+    """A known answer, from the episode file itself: an MLP with all weights and biases zero predicts
+    0, so with 0 adaptation steps each episode's MSE is the mean of y^2 over its query points."""
+    from metalearn import benchmarks
+    from metalearn.data import episodes as ep
+
+    model = train(prepared_small, "sinusoid", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    zero = _rewrite_state(model, tmp_path / "zero.pt", lambda k, v: torch.zeros_like(v))
+    result = evaluate(prepared_small, zero, device="cpu", steps=0, log=lambda s: None)
+    bench = prepared_small["benchmarks"]["sinusoid"]
+    saved = torch.load(benchmarks.episodes_path(prepared_small, "sinusoid"), weights_only=True)["test"]
+    y = saved["amplitude"] * torch.sin(saved["x"] - saved["phase"])  # the sinusoids of MAML: A sin(x - phase)
+    expected = y[:, bench["shots"]:].pow(2).mean(1)
+    assert y.shape == (bench["test_tasks"], bench["shots"] + bench["eval_queries"])
+    assert result["per_episode"] == pytest.approx(expected.tolist(), rel=1e-5)
+    assert result["inner_steps"] == 0 and result["shots"] == bench["shots"]
+    assert ep.sinusoid_tasks(saved, bench["shots"]).query_y.shape[1] == bench["eval_queries"]
+
+
+def test_evaluation_with_a_zero_head_scores_exactly_chance(prepared_small, tmp_path):
+    """A classifier whose output layer is zero gives every class the same score: without adaptation
+    the prediction is class 0 for every query, and the saved episodes hold eval_queries queries per
+    class, so every episode scores exactly 100 / ways percent (not "somewhere in [0, 100]")."""
+    params = deep_merge(prepared_small, {"benchmarks": {"omniglot-5w1s": {"train": {"iterations": 2}}}})
+    model = train(params, "omniglot-5w1s", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    zero_head = _rewrite_state(model, tmp_path / "zero-head.pt",
+                               lambda k, v: torch.zeros_like(v) if k.startswith("model.head.") else v)
+    result = evaluate(params, zero_head, device="cpu", steps=0, log=lambda s: None)
+    ways = params["benchmarks"]["omniglot-5w1s"]["ways"]
+    chance = [100.0 / ways] * params["benchmarks"]["omniglot-5w1s"]["test_tasks"]
+    assert result["per_episode"] == pytest.approx(chance, abs=1e-4)  # float32 means: 0.2 is 0.20000000298
+    assert result["mean"] == pytest.approx(100.0 / ways, abs=1e-4)
 
 
 def test_model_file_loads_without_pickled_code_and_evaluates(prepared_small, tmp_path):

@@ -198,7 +198,13 @@ def test_quick_profile_end_to_end_reruns_and_dvc_round_trip(tmp_path, mirror):
         assert all(r[column] != "" for r in rows if column != "ways" or r["metric"] == "accuracy"), column
     assert {int(r["episodes"]) for r in rows} == {40, 50}  # the quick profile's test episodes
     assert "98.7±0.4" in (project / "results" / "summary.md").read_text()
+    # Paper vs ours: the quick profile's Omniglot runs are on omniglot-small, not the papers' data.
+    paper_rows = {(r["benchmark"], r["algorithm"]): r for r in csv.DictReader(open(project / "results" / "paper.csv"))}
+    assert paper_rows[("omniglot-5w1s", "maml")]["paper_mean"] == "98.7"
+    assert paper_rows[("omniglot-5w1s", "maml")]["verdict"].startswith("not comparable: dataset 'omniglot-small'")
+    assert "| omniglot-5w1s | maml | 3 | 98.7 ± 0.4 |" in (project / "results" / "paper.md").read_text()
     report = (project / "results" / "report.html").read_text(errors="replace")
+    assert "paper.csv" in report
     for plot in pipeline.plot_files(pipeline.load_config(yaml.safe_load((project / "params.yaml").read_text()))):
         assert (project / plot).read_bytes()[:4] == b"\x89PNG"
         assert Path(plot).name in report

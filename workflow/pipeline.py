@@ -20,7 +20,7 @@ from pathlib import Path
 
 import yaml
 
-from metalearn.config import ConfigError, resolve
+from metalearn.config import ConfigError, read_yaml, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
@@ -125,6 +125,8 @@ def eval_json(bench: str, algorithm: str, seed) -> str:
 
 SUMMARY = "results/summary.csv"
 SUMMARY_MD = "results/summary.md"
+PAPER_MD = "results/paper.md"    # paper vs ours (metalearn.paper), written by the aggregation
+PAPER_CSV = "results/paper.csv"
 PLOTS = "results/plots"
 
 
@@ -158,9 +160,10 @@ def study_settings(params: dict, name: str) -> list[dict]:
 
 
 def plot_files(params: dict) -> list[str]:
-    from metalearn.report import plot_paths
+    from metalearn.report import plot_kinds, plot_paths
 
-    return [p.as_posix() for b in sorted(params["benchmarks"]) for p in plot_paths(Path(PLOTS), b)]
+    return [p.as_posix() for b in sorted(params["benchmarks"])
+            for p in plot_paths(Path(PLOTS), b, plot_kinds(params["benchmarks"][b]))]
 
 
 # ----------------------------------------------------------------------------- params slices
@@ -255,7 +258,7 @@ def dvc_stages(raw: dict) -> dict:
         "cmd": COMMANDS["aggregate"].format(profile=profile, evals=" ".join(evals),
                                             histories=" ".join(histories), summary=SUMMARY, plots=PLOTS),
         "deps": evals + histories,
-        "outs": [SUMMARY, SUMMARY_MD] + plot_files(params)}
+        "outs": [SUMMARY, SUMMARY_MD, PAPER_MD, PAPER_CSV] + plot_files(params)}
     return {"stages": stages}
 
 
@@ -264,7 +267,7 @@ DVC_HEADER = ("# Generated from params.yaml by `python workflow/pipeline.py dvc-
 
 
 def dvc_yaml_text(root: Path = ROOT) -> str:
-    raw = yaml.safe_load((root / PARAMS_FILE).read_text())
+    raw = read_yaml(root / PARAMS_FILE)  # strict: duplicate keys are refused, as everywhere
     return DVC_HEADER + yaml.safe_dump(dvc_stages(raw), sort_keys=False, width=1000)
 
 

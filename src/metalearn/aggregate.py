@@ -11,6 +11,8 @@ import csv
 import json
 from pathlib import Path
 
+from metalearn.config import BadFile, BadInput
+from metalearn import paper
 from metalearn.evaluate import mean_ci95
 
 COLUMNS = ["benchmark", "algorithm", "ways", "shots", "metric", "mean", "ci95", "episodes",
@@ -33,27 +35,14 @@ def summarise(results: list[dict]) -> list[dict]:
     return rows
 
 
-# The papers' headline numbers (test accuracy %, +- 95% CI; ../shared/design/ALGORITHMS.md), by
-# (task family, ways, shots) and algorithm name in params.yaml. The papers use the full Omniglot
-# (1623 characters) and 40k-60k meta-iterations: compare only runs of the `paper` profile to them.
-PAPER_NUMBERS: dict[tuple[str, int, int], dict[str, str]] = {
-    ("omniglot", 5, 1): {"maml": "98.7±0.4", "fomaml": "98.3±0.5", "imaml": "99.16±0.35 (GD), 99.50±0.26 (HF)",
-                         "mtnet": "99.5"},
-    ("omniglot", 5, 5): {"maml": "99.9±0.1", "fomaml": "99.2±0.2", "imaml": "99.67±0.12 (GD), 99.74±0.11 (HF)"},
-    ("omniglot", 20, 1): {"maml": "95.8±0.3", "fomaml": "89.4±0.5", "imaml": "94.46±0.42 (GD), 96.18±0.36 (HF)",
-                          "mtnet": "96.2"},
-    ("omniglot", 20, 5): {"maml": "98.9±0.2", "fomaml": "97.9±0.1", "imaml": "98.69±0.1 (GD), 99.14±0.1 (HF)"},
-    ("miniimagenet", 5, 1): {"maml": "48.70±1.84", "fomaml": "48.07±1.75", "imaml": "48.96±1.84 (GD)",
-                             "mtnet": "51.70±1.84", "warpgrad": "52.3±0.8 (Warp-MAML)"},
-    ("miniimagenet", 5, 5): {"maml": "63.11±0.92", "warpgrad": "68.4±0.6 (Warp-MAML)"},
-}
-
-
 def paper_number(row: dict) -> str:
-    family = str(row["benchmark"]).split("-")[0]
-    if row["ways"] == "" or row["metric"] != "accuracy":
-        return ""
-    return PAPER_NUMBERS.get((family, int(row["ways"]), int(row["shots"])), {}).get(row["algorithm"], "")
+    """The papers' number for a summary row's benchmark and algorithm at its own test steps
+    (src/metalearn/paper_numbers.yaml; results/paper.md has them all, with sources and verdicts)."""
+    for number in paper.paper_numbers():
+        if ((number["benchmark"], number["algorithm"], number["metric"]) == (row["benchmark"], row["algorithm"], row["metric"])
+                and number.get("steps") is None):
+            return f"{number['mean']:g}" + ("" if number.get("ci95") is None else f"±{number['ci95']:g}")
+    return ""
 
 
 def paired(results: list[dict]) -> list[dict]:
@@ -94,8 +83,9 @@ def markdown(rows: list[dict], pairs: list[dict] | None = None) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(str(row[c]) for c in COLUMNS) + f" | {paper_number(row)} |" for row in rows]
     lines += ["", "mean ± ci95: accuracy in %, regression as MSE; ci95 = 1.96·std/√episodes over all episodes "
-              "of all seeds. `paper`: the papers' numbers for the same ways/shots (full Omniglot, 40k–60k "
-              "meta-iterations: only the `paper` profile is comparable)."]
+              "of all seeds. `paper`: the papers' number for the same benchmark protocol (results/paper.md: "
+              "all of them, with sources, test steps and verdicts; the papers use the full Omniglot and "
+              "40k–70k meta-iterations: only the `paper` and `regression` profiles are comparable)."]
     if pairs:
         lines += ["", "## Paired comparisons on the shared test episodes", "",
                   "| benchmark | a | b | metric | mean(a − b) | ci95 | episodes | a better | ties |",
@@ -105,17 +95,91 @@ def markdown(rows: list[dict], pairs: list[dict] | None = None) -> str:
     return "\n".join(lines) + "\n"
 
 
+# An evaluation file's fields (metalearn.evaluate) and their types.
+RESULT_FIELDS = {"benchmark": str, "algorithm": str, "seed": int, "split": str, "shots": int, "metric": str,
+                 "episodes": int, "inner_steps": int, "train_seconds": (int, float), "per_episode": list}
+# What runs pooled into one row (one benchmark and algorithm) must share; across the algorithms of a
+# benchmark (paired comparisons) the same minus inner_steps, which is each algorithm's own.
+RUN_SETTINGS = ("split", "ways", "shots", "metric", "episodes", "inner_steps")
+
+
+def _read_json(path: Path, what: str, redo: str):
+    if not path.is_file():
+        raise BadFile(f"{path}: no such {what}" + ("" if not path.exists() else " (a folder)") + f"; {redo}")
+    try:
+        return json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise BadFile(f"{path}: not a readable {what} (truncated, or another kind of file: "
+                      f"{type(exc).__name__}); {redo}") from None
+
+
+def read_evaluation(path: Path) -> dict:
+    """An evaluation file (`metalearn evaluate --out`), checked; problems are BadFile naming it."""
+    redo = "evaluate the model again (`metalearn evaluate`) or leave the file out"
+    result = _read_json(Path(path), "evaluation file", redo)
+    if not isinstance(result, dict):
+        raise BadFile(f"{path}: not an evaluation file (it holds a {type(result).__name__}); {redo}")
+    wrong = [key for key, kind in RESULT_FIELDS.items()
+             if not isinstance(result.get(key), kind) or isinstance(result.get(key), bool)]
+    if not wrong:
+        values = result["per_episode"]
+        if result["metric"] not in ("accuracy", "mse"):
+            wrong.append("metric")
+        if not (result.get("ways") is None or type(result.get("ways")) is int):
+            wrong.append("ways")
+        if not values or len(values) != result["episodes"] or not all(
+                isinstance(v, (int, float)) and not isinstance(v, bool) for v in values):
+            wrong.append("per_episode")
+    if wrong:
+        raise BadFile(f"{path}: not an evaluation file of metalearn (missing or wrong: {', '.join(wrong)}); {redo}")
+    return result
+
+
+def check_runs(results: list[dict], paths: list[Path]) -> None:
+    """Refuse what would pool wrongly: the same run twice (a second 'seed' narrows the interval),
+    and runs of one benchmark evaluated under different settings."""
+    seen: dict[tuple, Path] = {}
+    for result, path in zip(results, paths):
+        run = (result["benchmark"], result["algorithm"], result["seed"])
+        if run in seen:
+            same = " (the same file twice)" if Path(seen[run]).resolve() == Path(path).resolve() else ""
+            raise BadInput(f"{seen[run]} and {path}: both are {run[0]}/{run[1]}/seed{run[2]}{same}; "
+                           "give each run's evaluation once")
+        seen[run] = path
+    first: dict[tuple, tuple[dict, Path]] = {}
+    for result, path in zip(results, paths):
+        for group, keys in (((result["benchmark"], result["algorithm"]), RUN_SETTINGS),
+                            ((result["benchmark"],), RUN_SETTINGS[:-1])):
+            other, other_path = first.setdefault(group, (result, path))
+            differ = [f"{k} {other.get(k)!r} vs {result.get(k)!r}" for k in keys if other.get(k) != result.get(k)]
+            if differ:
+                raise BadInput(f"{other_path} and {path}: runs of {'/'.join(group)} evaluated with different "
+                               f"settings ({'; '.join(differ)}); evaluate them alike, or aggregate them separately")
+
+
 def _read_history(path: Path) -> list[dict]:
-    return json.loads(path.read_text())
+    history = _read_json(Path(path), "training history", "train the run again or leave the file out")
+    if not (isinstance(history, list) and all(isinstance(h, dict) and isinstance(h.get("iteration"), int)
+                                              for h in history)):
+        raise BadFile(f"{path}: not a training history (history.json of `metalearn train`); leave it out")
+    return history
 
 
 def aggregate(inputs: list[Path], out_csv: Path, histories: list[Path] | None = None,
-              plots_dir: Path | None = None) -> str:
-    """Write the CSV and Markdown tables (and the figures with `plots_dir`); returns the Markdown.
+              plots_dir: Path | None = None, settings: dict[str, dict] | None = None) -> str:
+    """Write the CSV and Markdown tables, paper.md/paper.csv (paper vs ours; `settings`: params.yaml's
+    benchmarks, which the papers' numbers are checked against) and, with `plots_dir`, the figures;
+    returns the Markdown.
 
     `histories`: the runs' history.json files (models/<benchmark>/<algorithm>/seed<s>/history.json,
     the folder names give benchmark and algorithm), for the meta-training curves."""
-    results = [json.loads(p.read_text()) for p in inputs]
+    results = [read_evaluation(p) for p in inputs]
+    check_runs(results, inputs)
+    curves: dict[tuple[str, str], list[list[dict]]] = {}
+    for path in (histories or []) if plots_dir is not None else []:  # read (and checked) before writing
+        # .../<benchmark>/<algorithm>/seed<s>/history.json
+        bench, algorithm = path.parent.parent.parent.name, path.parent.parent.name
+        curves.setdefault((bench, algorithm), []).append(_read_history(path))
     rows = summarise(results)
     pairs = paired(results)
     out_csv.parent.mkdir(parents=True, exist_ok=True)
@@ -125,16 +189,14 @@ def aggregate(inputs: list[Path], out_csv: Path, histories: list[Path] | None = 
         writer.writerows(rows)
     table = markdown(rows, pairs)
     out_csv.with_suffix(".md").write_text("# Results\n\n" + table)
+    # Paper vs ours (metalearn.paper): results/paper.md and paper.csv beside the summary
+    paper.write(paper.paper_rows(results, settings), out_csv.with_name("paper.md"))
     if plots_dir is not None:
         from metalearn import report
 
-        curves: dict[tuple[str, str], list[list[dict]]] = {}
-        for path in histories or []:
-            # .../<benchmark>/<algorithm>/seed<s>/history.json
-            bench, algorithm = path.parent.parent.parent.name, path.parent.parent.name
-            curves.setdefault((bench, algorithm), []).append(_read_history(path))
         for bench in sorted({r["benchmark"] for r in rows}):
             report.plot_benchmark(bench, [r for r in rows if r["benchmark"] == bench],
                                   [p for p in pairs if p["benchmark"] == bench],
-                                  {a: h for (b, a), h in curves.items() if b == bench}, plots_dir)
+                                  {a: h for (b, a), h in curves.items() if b == bench}, plots_dir,
+                                  [r for r in results if r["benchmark"] == bench])
     return table

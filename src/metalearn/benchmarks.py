@@ -35,8 +35,16 @@ def objective_kind(bench: dict) -> str:
     return "regression" if bench["task"] in ("sinusoid", "polynomial") else "classification"
 
 
-def build_objective(bench: dict) -> Objective:
-    return Objective(build_model(bench), objective_kind(bench))
+def build_objective(bench: dict, extra_inputs: int = 0) -> Objective:
+    return Objective(build_model(bench, extra_inputs), objective_kind(bench))
+
+
+def task_parameter_count(bench: dict) -> int:
+    """How many true parameters a task of this benchmark has (what the oracle baseline is given):
+    sinusoids: amplitude and phase, and the frequency where it varies."""
+    if bench["task"] != "sinusoid":
+        raise ValueError(f"task {bench['task']!r}: only sinusoid tasks expose their parameters (oracle baseline)")
+    return 3 if bench.get("frequency") else 2
 
 
 def metric_name(bench: dict) -> str:
@@ -61,7 +69,7 @@ def load_split_pools(params: dict, bench: dict) -> dict[str, tuple[torch.Tensor,
 
 def train_sampler(params: dict, bench: dict, generator: torch.Generator, device: torch.device):
     if bench["task"] == "sinusoid":
-        return ep.SinusoidSampler(bench["shots"], bench["queries"], generator, device)
+        return ep.SinusoidSampler(bench["shots"], bench["queries"], generator, device, bench.get("frequency"))
     if bench["task"] == "polynomial":
         return ep.PolynomialSampler(bench["degree"], bench["shots"], bench["queries"], generator, device)
     if bench["task"] in imagenet.DATASETS:
@@ -77,7 +85,7 @@ class StaleEpisodes(RuntimeError):
 
 
 EPISODE_SETTINGS = ("task", "dataset", "split", "split_seed", "ways", "shots", "eval_queries",
-                    "episode_seed", "val_tasks", "test_tasks", "degree")
+                    "episode_seed", "val_tasks", "test_tasks", "degree", "frequency")
 
 
 def episode_settings(bench: dict) -> dict:
@@ -116,9 +124,7 @@ def eval_batches(params: dict, bench_name: str, split: str, device: torch.device
         make = ep.sinusoid_tasks if bench["task"] == "sinusoid" else ep.polynomial_tasks
         tasks = make(saved, bench["shots"])
         for start in range(0, len(tasks), chunk):
-            end = start + chunk
-            yield TaskBatch(tasks.support_x[start:end], tasks.support_y[start:end],
-                            tasks.query_x[start:end], tasks.query_y[start:end]).to(device)
+            yield tasks.slice(start, start + chunk).to(device)
         return
     if bench["task"] in imagenet.DATASETS:
         images, offsets = load_split_pools(params, bench)[split]

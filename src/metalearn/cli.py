@@ -11,15 +11,79 @@
                                              adapt a trained model to your own classes (metalearn.adapt)
 
 Every subcommand takes --params (default params.yaml) and --profile, and validates them first.
+
+Exit codes: 0 done; 1 the work failed (a download, a diverged training, a full disk, ...); 2 bad input
+(a setting, file or flag, named in the message with what to do); 3 a bug in metalearn (traceback).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 from pathlib import Path
 
 from metalearn import benchmarks
-from metalearn.config import ConfigError, data_mirror, load_params
+from metalearn.config import BadInput, ConfigError, benchmark, data_mirror, load_params
+
+EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 1, 2, 3
+
+
+# -- flags and outputs, checked before any work ----------------------------------------------------
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative; give 0 or more")
+    return value
+
+
+def _seed(text: str) -> int:
+    value = _nonnegative_int(text)
+    if value > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"{value} is too large for a seed; give 0 to {2**32 - 1}")
+    return value
+
+
+def _device(text: str) -> str:
+    import torch
+
+    if text == "auto":
+        return text
+    try:
+        device = torch.device(text)
+    except (RuntimeError, ValueError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a device; give auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise argparse.ArgumentTypeError(f"{text!r}: CUDA is not available on this machine; use auto or cpu")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise argparse.ArgumentTypeError(f"{text!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    elif device.type != "cpu" and device.type != "mps":
+        raise argparse.ArgumentTypeError(f"{text!r}: metalearn runs on cpu or cuda devices")
+    return text
+
+
+def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
+    """Fail before any work when an output cannot be written where it is asked for."""
+    path = Path(path)
+    kind = "folder" if folder else "file"
+    if path.exists():
+        if folder != path.is_dir():
+            raise BadInput(f"{flag} {path}: exists as a {'file' if folder else 'folder'}; give a {kind} path")
+        if not os.access(path, os.W_OK | (os.X_OK if folder else 0)):
+            raise BadInput(f"{flag} {path}: not writable; choose another {kind} or fix its permissions")
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise BadInput(f"{flag} {path}: {parent} is a file, so no {kind} can be made below it; choose another path")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise BadInput(f"{flag} {path}: cannot create it, {parent} is not writable; choose another {kind}")
 
 
 def _datasets(params: dict, requested: str | None) -> list[str]:
@@ -73,6 +137,8 @@ def cmd_prepare(params: dict, args) -> None:
 def cmd_split(params: dict, args) -> None:
     names = [args.benchmark] if args.benchmark else sorted(params["benchmarks"])
     for name in names:
+        benchmark(params, name)  # an unknown name: ConfigError naming the benchmarks there are
+    for name in names:
         path = benchmarks.make_episodes(params, name)
         print(f"episodes of {name} -> {path}", file=sys.stderr)
 
@@ -80,7 +146,11 @@ def cmd_split(params: dict, args) -> None:
 def cmd_train(params: dict, args) -> None:
     from metalearn.train import train
 
+    from metalearn.train import run_config
+
     out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
+    run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError for an unknown -b / -a
+    check_writable(out, "--out", folder=True)
     if not args.track:
         path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
     else:
@@ -95,6 +165,7 @@ def cmd_train(params: dict, args) -> None:
 def cmd_evaluate(params: dict, args) -> None:
     from metalearn.evaluate import evaluate, write_json
 
+    check_writable(args.out, "--out")
     result = evaluate(params, Path(args.model), split=args.split, device=args.device, steps=args.steps)
     write_json(result, Path(args.out))
     if args.track:
@@ -110,17 +181,21 @@ def cmd_aggregate(params: dict, args) -> None:
     from metalearn.aggregate import aggregate
 
     plots = Path(args.plots) if args.plots else None
+    check_writable(args.out, "--out")
+    check_writable(Path(args.out).with_suffix(".md"), "--out (its .md)")
+    if plots is not None:
+        check_writable(plots, "--plots", folder=True)
     table = aggregate([Path(p) for p in args.inputs], Path(args.out),
-                      histories=[Path(p) for p in args.histories], plots_dir=plots)
+                      histories=[Path(p) for p in args.histories], plots_dir=plots,
+                      settings=params["benchmarks"])
     print(table, file=sys.stderr)
     if args.track:
-        import json
-
         from metalearn import tracking
-        from metalearn.aggregate import summarise
+        from metalearn.aggregate import read_evaluation, summarise
 
-        results = [json.loads(Path(p).read_text()) for p in args.inputs]
-        files = [Path(args.out), Path(args.out).with_suffix(".md")] + sorted(plots.glob("*.png") if plots else [])
+        results = [read_evaluation(Path(p)) for p in args.inputs]
+        files = [Path(args.out), Path(args.out).with_suffix(".md"), Path(args.out).with_name("paper.md"),
+                 Path(args.out).with_name("paper.csv")] + sorted(plots.glob("*.png") if plots else [])
         tracking.log_summary(params, summarise(results), results, files)
 
 
@@ -129,12 +204,18 @@ def cmd_study(params: dict, args) -> None:
 
     if not (params.get("studies") or {}).get(args.study):
         raise ConfigError(f"studies.{args.study}: not configured in params.yaml (profile {params.get('profile')})")
+    check_writable(args.out, "--out", folder=True)
     mtnet_study(params, Path(args.out), device=args.device)
 
 
 def cmd_adapt(params: dict | None, args) -> None:
     from metalearn.adapt import adapt
+    from metalearn.train import read_model_file
 
+    text = str(args.model)
+    if "://" not in text and not text.startswith(("runs:/", "models:/")) and Path(text).exists():
+        read_model_file(Path(text) / "model.pt" if Path(text).is_dir() else Path(text))  # BadFile, named
+    check_writable(args.out, "--out")
     result = adapt(args.model, Path(args.support), Path(args.query), steps=args.steps, head=args.head,
                    device=args.device)
     result.write_csv(Path(args.out))
@@ -170,17 +251,18 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", parents=[common, tracked], help="meta-train one algorithm on one benchmark")
     p.add_argument("--benchmark", "-b", required=True)
     p.add_argument("--algorithm", "-a", required=True)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="output folder (default models/<benchmark>/<algorithm>/seed<seed>)")
-    p.add_argument("--device", default="auto", help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--device", default="auto", type=_device, help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common, tracked], help="score a trained model on the saved episodes")
     p.add_argument("--model", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--split", default="test", choices=["val", "test"])
-    p.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the algorithm's test steps)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--steps", type=_nonnegative_int, default=None,
+                   help="adaptation steps (default: the algorithm's test steps)")
+    p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("aggregate", parents=[common, tracked], help="results table from evaluation files")
@@ -193,7 +275,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("study", parents=[common], help="run a study of params.yaml's `studies` (metalearn.studies)")
     p.add_argument("study", choices=["mtnet"])
     p.add_argument("--out", default="results/studies")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("adapt", help="adapt a trained model to your own classes and classify images")
@@ -201,28 +283,53 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--support", required=True, help="folder with one subfolder of a few images per class")
     p.add_argument("--query", required=True, help="folder of images to classify (in class subfolders: accuracy too)")
     p.add_argument("--out", default="predictions.csv")
-    p.add_argument("--steps", type=int, default=None, help="adaptation steps (default: the algorithm's test steps)")
+    p.add_argument("--steps", type=_nonnegative_int, default=None,
+                   help="adaptation steps (default: the algorithm's test steps)")
     p.add_argument("--head", default="auto", choices=["auto", "trained", "zero"],
                    help="output layer: trained head, or zero-initialised (auto: zero when the classes differ in number)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=cmd_adapt)
     return top
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parser().parse_args(argv)
+    """Run one subcommand; the one place where expected failures become a message and an exit code
+    (see the module's docstring). Only a bug shows a traceback."""
+    try:
+        args = parser().parse_args(argv)
+    except SystemExit as exc:  # argparse printed its message (a bad flag names itself) or --help
+        return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    import torch
+
     from metalearn.adapt import AdaptError
     from metalearn.benchmarks import StaleEpisodes
     from metalearn.data.download import DownloadError
     from metalearn.train import TrainingDiverged
 
+    def error(message: str, code: int) -> int:
+        print(f"metalearn {args.command}: error: {message}", file=sys.stderr)
+        return code
+
     try:
         # adapt needs no params.yaml: the model file carries its settings
         params = None if args.command == "adapt" else load_params(args.params, args.profile)
         args.func(params, args)
-    except (ConfigError, DownloadError, TrainingDiverged, StaleEpisodes, AdaptError) as exc:
-        print(f"metalearn {args.command}: error: {exc}", file=sys.stderr)
-        return 2 if isinstance(exc, ConfigError) else 1
+    except (BadInput, AdaptError, StaleEpisodes) as exc:  # ConfigError, BadFile: bad input
+        return error(str(exc), EXIT_BAD_INPUT)
+    except (DownloadError, TrainingDiverged) as exc:
+        return error(str(exc), EXIT_FAILED)
+    except (MemoryError, torch.OutOfMemoryError) as exc:
+        return error(f"out of memory ({str(exc).splitlines()[0] if str(exc) else 'MemoryError'}); use a smaller "
+                     "meta_batch, fewer shots/queries, or another device", EXIT_FAILED)
+    except OSError as exc:  # the machine, not the code: disk full, permissions, ...
+        return error(f"{exc}" + (f" ({exc.filename})" if exc.filename and str(exc.filename) not in str(exc) else ""),
+                     EXIT_FAILED)
+    except KeyboardInterrupt:
+        return error("interrupted", 130)
+    except Exception:  # noqa: BLE001 -- anything else is a bug: show it, and ask for a report
+        traceback.print_exc()
+        return error("this is a bug in metalearn, not a problem with your input: please report it with "
+                     "the command line and the traceback above", EXIT_BUG)
     return 0
 
 

@@ -7,6 +7,8 @@ names the offending key, e.g. ``benchmarks.omniglot-5w1s.ways``.
 from __future__ import annotations
 
 import copy
+import io
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -18,8 +20,87 @@ SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
 MIRROR_ENV = "METALEARN_DATA_MIRROR"
 
 
-class ConfigError(ValueError):
+class BadInput(ValueError):
+    """Input the user can fix (a setting, a file, a flag); the message names it and says what to do.
+    `metalearn` reports it without a traceback and exits with code 2."""
+
+
+class ConfigError(BadInput):
     """An invalid params.yaml; the message names the key."""
+
+
+class BadFile(BadInput):
+    """A file that cannot be used as given (missing, unreadable, truncated, of another kind); the
+    message names the file."""
+
+
+class DuplicateKey(yaml.constructor.ConstructorError):
+    pass
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one
+    silently); the error names the key path and both lines."""
+
+    def construct_document(self, node):
+        self._paths = {}
+        self._record_paths(node, "")
+        return super().construct_document(node)
+
+    def _record_paths(self, node, path: str) -> None:
+        if id(node) in self._paths:  # an alias: already seen
+            return
+        self._paths[id(node)] = path
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = key_node.value if isinstance(key_node, yaml.ScalarNode) else "?"
+                self._record_paths(value_node, f"{path}.{key}" if path else str(key))
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                self._record_paths(item, f"{path}[{i}]")
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key = self.construct_object(key_node, deep=True)
+                try:
+                    first = seen.setdefault(key, key_node)
+                except TypeError:  # unhashable key: the base class reports it
+                    continue
+                if first is not key_node:
+                    parent = getattr(self, "_paths", {}).get(id(node), "")
+                    where = f"{parent}.{key}" if parent else str(key)
+                    raise DuplicateKey(
+                        None, None, f"{where}: duplicate key (lines {first.start_mark.line + 1} and "
+                        f"{key_node.start_mark.line + 1}); keep one of them", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str, name: str = "<text>"):
+    """YAML text -> Python objects with `StrictLoader` (raises yaml.YAMLError)."""
+    stream = io.StringIO(text)
+    stream.name = name  # shown in the error's location
+    return yaml.load(stream, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
+
+
+def read_yaml(path: str | os.PathLike, what: str = "params.yaml"):
+    """A YAML file read strictly; every failure is a ConfigError naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"{path}: no such file (run from the project root or pass --params)")
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read it as {what} ({exc}); pass a YAML text file") from None
+    try:
+        return load_yaml(text, str(path))
+    except DuplicateKey as exc:
+        raise ConfigError(f"{path}: {exc.problem}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
 
 
 def deep_merge(base: dict, overlay: dict) -> dict:
@@ -35,36 +116,90 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
+def _profiles(raw: dict) -> dict:
+    """raw['profiles'], checked to be a mapping of overlays (mappings) before anything uses it."""
+    profiles = raw.get("profiles")
+    if profiles is None:
+        return {}
+    if not isinstance(profiles, dict):
+        raise ConfigError(f"profiles: expected a mapping of profile name -> overlay, not {_kind(profiles)}; "
+                          "e.g. `profiles: {quick: {seeds: [0]}}`")
+    for key, overlay in profiles.items():
+        if not isinstance(key, str):
+            raise ConfigError(f"profiles.{key}: a profile name must be text, not {_kind(key)}; quote it")
+        if not (overlay is None or isinstance(overlay, dict)):
+            raise ConfigError(f"profiles.{key}: expected a mapping (an overlay of params.yaml's keys), "
+                              f"not {_kind(overlay)}; use {{}} for no changes")
+    return profiles
+
+
 def apply_profile(raw: dict, profile: str | None = None) -> dict:
     """The configuration with profile `profile` (default: raw['profile']) merged in."""
-    profiles = raw.get("profiles") or {}
+    profiles = _profiles(raw)
+    if not isinstance(raw.get("profile", ""), str) or not isinstance(profile or "", str):
+        raise ConfigError(f"profile: expected a profile name, not {_kind(raw.get('profile'))}")
     name = profile or raw.get("profile") or "default"
     # A file without `profiles:` is already merged (e.g. written by a test): its `profile` is a label.
     known = set(profiles) | {"default"} | (set() if profiles else {raw.get("profile")})
     if name not in known:
-        raise ConfigError(f"profile: unknown profile {name!r}; params.yaml defines {sorted(known - {None})}")
+        raise ConfigError(f"profile: unknown profile {name!r}; params.yaml defines "
+                          f"{sorted(map(str, known - {None}))}")
     merged = deep_merge({k: v for k, v in raw.items() if k != "profiles"}, profiles.get(name) or {})
     merged["profile"] = name
     return merged
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", dict: "a mapping", str: "a string", bool: "a boolean", int: "a number",
+            float: "a number", type(None): "empty (null)"}.get(type(value), type(value).__name__)
+
+
+def _value_problems(node: Any, path: str = "") -> list[str]:
+    """What a JSON schema cannot say: numbers must be finite (YAML's .nan/.inf), keys must be text."""
+    problems = []
+    if isinstance(node, float) and not math.isfinite(node):
+        problems.append(f"{path or '(top level)'}: {node} is not a finite number; give a finite value")
+    elif isinstance(node, dict):
+        for key, value in node.items():
+            where = f"{path}.{key}" if path else str(key)
+            if not isinstance(key, str):
+                problems.append(f"{where}: keys must be text, not {_kind(key)}; quote it")
+            problems += _value_problems(value, where)
+    elif isinstance(node, list):
+        for i, item in enumerate(node):
+            problems += _value_problems(item, f"{path}[{i}]")
+    return problems
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
     return ".".join(str(p) for p in error.absolute_path) or "(top level)"
 
 
+_VALIDATORS: dict[tuple, jsonschema.Draft202012Validator] = {}
+
+
+def _validator() -> jsonschema.Draft202012Validator:
+    """The schema's validator, read once per version of the file (parsing it dominates a validation)."""
+    stat = SCHEMA_PATH.stat()
+    key = (stat.st_mtime_ns, stat.st_size)
+    if key not in _VALIDATORS:
+        _VALIDATORS.clear()
+        _VALIDATORS[key] = jsonschema.Draft202012Validator(yaml.safe_load(SCHEMA_PATH.read_text()))
+    return _VALIDATORS[key]
+
+
 def validate_schema(params: dict, where: str = "params.yaml") -> None:
-    schema = yaml.safe_load(SCHEMA_PATH.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(params), key=lambda e: list(e.absolute_path))
-    if not errors:
+    validator = _validator()
+    errors = sorted(validator.iter_errors(params), key=lambda e: [str(p) for p in e.absolute_path])
+    lines = _value_problems(params)
+    if not errors and not lines:
         return
-    lines = []
     for error in errors:
         # For "unknown key" errors the offending key is in the message, not the path: add it.
         key = _key_path(error)
         if error.validator == "additionalProperties":
             extra = set(error.instance) - set(error.schema.get("properties", {}))
-            key = ", ".join(f"{key}.{name}" if error.absolute_path else name for name in sorted(extra))
+            key = ", ".join(f"{key}.{name}" if error.absolute_path else str(name) for name in sorted(extra, key=str))
             lines.append(f"{key}: unknown key (allowed here: {sorted(error.schema.get('properties', {}))})")
         elif error.validator == "not" and error.validator_value == {}:  # `key: {not: {}}` = forbidden
             lines.append(f"{key}: not allowed for this kind of benchmark")
@@ -153,13 +288,7 @@ def validate(params: dict, where: str = "params.yaml") -> dict:
 def load_params(path: str | os.PathLike = "params.yaml", profile: str | None = None) -> dict:
     """Read params.yaml, then `resolve` it."""
     path = Path(path)
-    if not path.exists():
-        raise ConfigError(f"{path}: no such file (run from the project root or pass --params)")
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return resolve(raw, profile, where=str(path))
+    return resolve(read_yaml(path), profile, where=str(path))
 
 
 def resolve(raw: Any, profile: str | None = None, where: str = "params.yaml") -> dict:
@@ -167,7 +296,7 @@ def resolve(raw: Any, profile: str | None = None, where: str = "params.yaml") ->
     the selected one, merged."""
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
-    for name in raw.get("profiles") or {}:
+    for name in _profiles(raw):
         validate(apply_profile(raw, name), where=f"{where} (profile {name})")
     params = apply_profile(raw, profile)
     return validate(params, where=f"{where} (profile {params['profile']})")

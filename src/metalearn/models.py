@@ -98,10 +98,11 @@ class MLP(nn.Module):
         return x
 
 
-def build_model(bench: dict) -> nn.Module:
-    """The network a benchmark's settings call for."""
+def build_model(bench: dict, extra_inputs: int = 0) -> nn.Module:
+    """The network a benchmark's settings call for (`extra_inputs`: more input features than the
+    task's x, e.g. the oracle baseline's true task parameters)."""
     if bench["model"] == "mlp":
-        return MLP()
+        return MLP(in_features=1 + extra_inputs)
     if bench["model"] == "conv4":
         return Conv4(1, bench["ways"], filters=64, pooling="stride", image_size=28)
     if bench["model"] == "conv4-maxpool":

@@ -5,6 +5,11 @@
   <benchmark>-paired.png  paired comparison on the shared episodes: mean per-episode difference
                           between two algorithms with its 95% CI (an interval excluding 0 is a
                           difference the episodes resolve)
+and, for benchmarks evaluated after every number of test steps (`eval_curve`):
+  <benchmark>-steps.png   test score against the number of gradient steps at test time, each
+                          algorithm with its 95% CI band (MAML's Figure 2, right)
+  <benchmark>-fits.png    sinusoids: a few test tasks, their support points and the functions the
+                          algorithms fit after 0, 1 and all test steps (MAML's Figure 2, left)
 """
 from __future__ import annotations
 
@@ -18,8 +23,15 @@ import matplotlib.pyplot as plt  # noqa: E402
 KINDS = ("curves", "scores", "paired")
 
 
-def plot_paths(folder: Path, benchmark: str) -> list[Path]:
-    return [Path(folder) / f"{benchmark}-{kind}.png" for kind in KINDS]
+def plot_kinds(bench: dict) -> tuple[str, ...]:
+    """The figures of a benchmark, from its params.yaml settings."""
+    if not bench.get("eval_curve"):
+        return KINDS
+    return KINDS + (("steps", "fits") if bench["task"] == "sinusoid" else ("steps",))
+
+
+def plot_paths(folder: Path, benchmark: str, kinds: tuple[str, ...] = KINDS) -> list[Path]:
+    return [Path(folder) / f"{benchmark}-{kind}.png" for kind in kinds]
 
 
 def _save(fig, path: Path) -> Path:
@@ -88,8 +100,67 @@ def plot_paired(pairs: list[dict], title: str, path: Path) -> Path:
     return _save(fig, path)
 
 
+def plot_steps(results: list[dict], title: str, path: Path) -> Path:
+    """Test score against the number of test steps, per algorithm (seeds pooled), with 95% CI bands."""
+    from metalearn.evaluate import mean_ci95
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    by_algorithm: dict[str, list[dict]] = {}
+    for r in results:
+        by_algorithm.setdefault(r["algorithm"], []).append(r)
+    for algorithm, runs in sorted(by_algorithm.items()):
+        steps = min(len(r["per_episode_curve"]) for r in runs)
+        points = [mean_ci95([v for r in runs for v in r["per_episode_curve"][s]]) for s in range(steps)]
+        means = [m for m, _ in points]
+        ax.plot(range(steps), means, marker="o", ms=3, label=algorithm)
+        ax.fill_between(range(steps), [m - c for m, c in points], [m + c for m, c in points], alpha=0.2)
+    metric = results[0]["metric"] if results else ""
+    ax.set(xlabel="number of gradient steps at test time", title=f"{title}: test {metric} vs steps (95% CI)",
+           ylabel="test accuracy (%)" if metric == "accuracy" else f"test {metric}")
+    if metric == "mse":
+        ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def plot_fits(results: list[dict], title: str, path: Path) -> Path:
+    """Rows: test tasks; columns: algorithms. The true sinusoid, the support points and the fitted
+    function after 0, 1 and all test steps (the first seed's run of each algorithm)."""
+    runs = {}
+    for r in sorted(results, key=lambda r: r["seed"]):
+        if "examples" in r:
+            runs.setdefault(r["algorithm"], r)
+    algorithms = sorted(runs)
+    count = min((len(r["examples"]["tasks"]) for r in runs.values()), default=0)
+    fig, axes = plt.subplots(max(count, 1), max(len(algorithms), 1), squeeze=False,
+                             figsize=(3.3 * max(len(algorithms), 1), 2.4 * max(count, 1)), sharex=True)
+    for column, algorithm in enumerate(algorithms):
+        x = runs[algorithm]["examples"]["x"]
+        for row in range(count):
+            ax, task = axes[row][column], runs[algorithm]["examples"]["tasks"][row]
+            ax.plot(x, task["truth"], color="black", lw=1.2, label="true function")
+            for number, (steps, prediction) in enumerate(sorted(task["predictions"].items(), key=lambda kv: int(kv[0]))):
+                ax.plot(x, prediction, lw=1, ls=("--", "-.", "-")[min(number, 2)], label=f"after {steps} steps")
+            ax.plot(task["support_x"], task["support_y"], "^", color="tab:red", ms=5, label="support points")
+            if row == 0:
+                ax.set_title(algorithm)
+            ax.grid(alpha=0.3)
+    if algorithms and count:
+        axes[0][0].legend(fontsize=7)
+    fig.suptitle(f"{title}: fitted test tasks")
+    return _save(fig, path)
+
+
 def plot_benchmark(benchmark: str, rows: list[dict], pairs: list[dict],
-                   histories: dict[str, list[list[dict]]], folder: Path) -> list[Path]:
+                   histories: dict[str, list[list[dict]]], folder: Path,
+                   results: list[dict] | None = None) -> list[Path]:
     curves, scores, paired = plot_paths(folder, benchmark)
-    return [plot_curves(histories, benchmark, curves), plot_scores(rows, benchmark, scores),
-            plot_paired(pairs, benchmark, paired)]
+    written = [plot_curves(histories, benchmark, curves), plot_scores(rows, benchmark, scores),
+               plot_paired(pairs, benchmark, paired)]
+    results = results or []
+    if results and all("per_episode_curve" in r for r in results):
+        written.append(plot_steps(results, benchmark, Path(folder) / f"{benchmark}-steps.png"))
+        if any("examples" in r for r in results):
+            written.append(plot_fits(results, benchmark, Path(folder) / f"{benchmark}-fits.png"))
+    return written

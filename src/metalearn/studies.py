@@ -46,9 +46,13 @@ def mtnet_runs(params: dict) -> list[dict]:
     base = benchmarks_copy(params, study["benchmark"])
     train = {**base["train"], "iterations": study["iterations"]}
     runs = []
+    # The polynomials share the sinusoid benchmark's shots, queries, episodes and training settings;
+    # sinusoid-only settings (frequency, eval_curve) do not apply to them.
+    polynomial = {k: v for k, v in base.items() if k not in ("frequency", "eval_curve")}
     for degree in study["degrees"]:
-        bench = {**base, "task": "polynomial", "degree": degree, "train": train}
+        bench = {**polynomial, "task": "polynomial", "degree": degree, "train": train}
         hparams = {k: v for k, v in algorithm_params(params, study["benchmark"], "mtnet").items() if k != "iterations"}
+        hparams["inner_lr"] = study.get("degree_inner_lr", hparams["inner_lr"])
         runs.append({"part": "degree", "algorithm": "mtnet", "degree": degree, "inner_lr": hparams["inner_lr"],
                      "name": f"polynomial-d{degree}", "bench": bench, "hparams": hparams})
     for algorithm in study["algorithms"]:

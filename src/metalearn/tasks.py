@@ -27,6 +27,13 @@ class Task:
 
 
 @dataclass
+class InformedTask(Task):
+    """A task with its true parameters (sinusoid: amplitude, phase (, frequency)): what the oracle
+    baseline is given as extra inputs. Meta-learners never read them."""
+    info: Tensor | None = None
+
+
+@dataclass
 class TaskBatch:
     """A meta-batch of same-shaped supervised tasks, stacked along a leading task dimension."""
 
@@ -34,25 +41,32 @@ class TaskBatch:
     support_y: Tensor
     query_x: Tensor
     query_y: Tensor
+    info: Tensor | None = None  # [tasks, k]: the tasks' true parameters, where the task family has them
 
     def __len__(self) -> int:
         return self.support_x.shape[0]
 
     def __getitem__(self, i: int) -> Task:
-        return Task((self.support_x[i], self.support_y[i]), (self.query_x[i], self.query_y[i]))
+        support, query = (self.support_x[i], self.support_y[i]), (self.query_x[i], self.query_y[i])
+        return Task(support, query) if self.info is None else InformedTask(support, query, self.info[i])
 
     def __iter__(self):
         return (self[i] for i in range(len(self)))
 
+    def _tensors(self) -> list[Tensor]:
+        return [t for t in (self.support_x, self.support_y, self.query_x, self.query_y, self.info) if t is not None]
+
     def split(self, parts: int) -> list["TaskBatch"]:
         """The batch cut into `parts` consecutive chunks of (nearly) equal size, in task order."""
-        pieces = [t.tensor_split(min(parts, len(self))) for t in
-                  (self.support_x, self.support_y, self.query_x, self.query_y)]
+        pieces = [t.tensor_split(min(parts, len(self))) for t in self._tensors()]
         return [TaskBatch(*chunk) for chunk in zip(*pieces)]
 
+    def slice(self, start: int, end: int) -> "TaskBatch":
+        """Tasks start..end-1, in order."""
+        return TaskBatch(*(t[start:end] for t in self._tensors()))
+
     def to(self, device: torch.device | str) -> "TaskBatch":
-        return TaskBatch(*(t.to(device, non_blocking=True) for t in
-                           (self.support_x, self.support_y, self.query_x, self.query_y)))
+        return TaskBatch(*(t.to(device, non_blocking=True) for t in self._tensors()))
 
 
 class Objective:

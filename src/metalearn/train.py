@@ -20,8 +20,8 @@ import torch
 
 from metalearn import benchmarks
 from metalearn.adapt import preprocessing_for
-from metalearn.algorithms import build_algorithm
-from metalearn.config import algorithm_params, benchmark
+from metalearn.algorithms import ALGORITHMS, build_algorithm
+from metalearn.config import BadFile, algorithm_params, benchmark
 
 MODEL_FORMAT = 1
 
@@ -48,7 +48,7 @@ def run_config(params: dict, bench_name: str, algorithm: str, seed: int) -> dict
     bench = benchmark(params, bench_name)
     # Evaluation-only settings are left out: changing them must not invalidate a trained model.
     settings = {k: v for k, v in bench.items()
-                if k not in ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed")}
+                if k not in ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed", "eval_curve")}
     return {"benchmark": bench_name, "algorithm": algorithm, "seed": seed, "settings": settings,
             "hparams": algorithm_params(params, bench_name, algorithm)}
 
@@ -76,7 +76,8 @@ def build(params: dict, bench_name: str, algorithm: str, seed: int, device: torc
     """The algorithm (with a seeded initialisation) for a benchmark, on `device`."""
     bench = benchmark(params, bench_name)
     torch.manual_seed(seed)
-    objective = benchmarks.build_objective(bench)
+    informed = getattr(ALGORITHMS.get(algorithm), "sees_task_parameters", False)  # the oracle baseline
+    objective = benchmarks.build_objective(bench, benchmarks.task_parameter_count(bench) if informed else 0)
     algo = build_algorithm(algorithm, objective.model, objective, algorithm_params(params, bench_name, algorithm))
     return algo.to(device)
 
@@ -102,8 +103,8 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoint_path = out_dir / "checkpoint.pt"
     start, history, elapsed = 0, [], 0.0
-    if checkpoint_path.exists():
-        state = torch.load(checkpoint_path, map_location=dev, weights_only=True)
+    state = read_checkpoint(checkpoint_path, dev, log)
+    if state is not None:
         if state.get("config_hash") == digest:
             algo.load_state_dict(state["algorithm"])
             optimizer.load_state_dict(state["optimizer"])
@@ -115,7 +116,7 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
             log(f"ignoring {checkpoint_path}: it belongs to other settings")
 
     def save_checkpoint(iteration: int) -> None:
-        _atomic_save({"config_hash": digest, "iteration": iteration, "algorithm": algo.state_dict(),
+        _atomic_save({"config_hash": digest, "config": config, "iteration": iteration, "algorithm": algo.state_dict(),
                       "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
                       "torch_rng": torch.get_rng_state(),
                       "history": history, "train_seconds": elapsed}, checkpoint_path)
@@ -167,13 +168,86 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     return model_path
 
 
+CHECKPOINT_KEYS = ("config_hash", "iteration", "algorithm", "optimizer", "generator", "torch_rng", "history",
+                   "train_seconds")
+
+
+def read_checkpoint(path: Path, device: torch.device, log: Callable[[str], None]) -> dict | None:
+    """The checkpoint at `path`, or None when there is none; an unreadable one (truncated by a full
+    disk, ...) is set aside as ``checkpoint.pt.corrupt`` (never deleted) so training restarts cleanly."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        problem = None if isinstance(state, dict) and all(k in state for k in CHECKPOINT_KEYS) else \
+            "not a training checkpoint"
+    except Exception as exc:  # torch raises several types (RuntimeError, OSError, EOFError, pickle errors)
+        problem = f"unreadable (truncated or foreign; torch.load: {type(exc).__name__})"
+    if problem is None:
+        return state
+    aside = path.with_name(path.name + ".corrupt")
+    number = 1
+    while aside.exists():
+        number += 1
+        aside = path.with_name(f"{path.name}.corrupt{number}")
+    os.replace(path, aside)
+    log(f"warning: {path} is {problem}; moved it to {aside} and training starts from iteration 0")
+    return None
+
+
+def _describe(saved: Any) -> str | None:
+    """What a torch file that is not a model is, when it is one of metalearn's other files."""
+    if not isinstance(saved, dict):
+        return f"holds a {type(saved).__name__}, not a metalearn model"
+    if "optimizer" in saved and "iteration" in saved:
+        return "is a training checkpoint, not a model: pass the model.pt that training writes beside it when it ends"
+    if "settings" in saved and ("test" in saved or "val" in saved):
+        return "is a file of saved episodes (`metalearn split`), not a model"
+    if "images" in saved or "shape" in saved:
+        return "is a prepared data set, not a model"
+    return None
+
+
+def read_model_file(path: Path) -> dict:
+    """A model file's record, checked: every problem is a BadFile naming the file and what to do."""
+    path = Path(path)
+    retrain = "train it again (`metalearn train`) or pass another model.pt"
+    if path.is_dir():
+        raise BadFile(f"{path}: a folder, not a model file; pass {path / 'model.pt'}")
+    if not path.exists():
+        raise BadFile(f"{path}: no such model file; {retrain}")
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types (RuntimeError, EOFError, UnpicklingError, ...)
+        # (torch's own message is left out: it suggests weights_only=False, i.e. running the file's code)
+        raise BadFile(f"{path}: not a readable model file (truncated, or not written by `metalearn train`; "
+                      f"torch.load: {type(exc).__name__}); {retrain}") from None
+    kind = _describe(saved)
+    if kind is None and saved.get("format") != MODEL_FORMAT:
+        kind = (f"has model format {saved.get('format')!r}; this version of metalearn reads format {MODEL_FORMAT}"
+                if "format" in saved else "is not a metalearn model (no format)")
+    if kind is None:
+        config = saved.get("config")
+        fields = {"benchmark": str, "algorithm": str, "seed": int, "settings": dict, "hparams": dict}
+        if not isinstance(config, dict) or any(not isinstance(config.get(k), t) for k, t in fields.items()) \
+                or not isinstance(saved.get("state_dict"), dict):
+            kind = "lacks its settings (config) or its parameters (state_dict)"
+    if kind is not None:
+        raise BadFile(f"{path}: {kind}; {retrain}")
+    return saved
+
+
 def load_model(path: Path, device: str = "auto"):
     """(algorithm, saved record) from a model file written by `train`; no pickled code is loaded."""
     dev = pick_device(device)
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    saved = read_model_file(path)
     config = saved["config"]
     params = {"benchmarks": {config["benchmark"]: {**config["settings"],
                                                    "algorithms": {config["algorithm"]: config["hparams"]}}}}
-    algo = build({**params, "data": {}}, config["benchmark"], config["algorithm"], config["seed"], dev)
-    algo.load_state_dict(saved["state_dict"])
+    try:
+        algo = build({**params, "data": {}}, config["benchmark"], config["algorithm"], config["seed"], dev)
+        algo.load_state_dict(saved["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise BadFile(f"{path}: its settings or parameters do not make a {config['algorithm']} model "
+                      f"({type(exc).__name__}: {str(exc)[:300]}); train it again (`metalearn train`)") from None
     return algo, saved

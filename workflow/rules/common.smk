@@ -8,6 +8,7 @@ from snakemake.utils import validate
 
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 import pipeline  # noqa: E402
+from metalearn.config import read_yaml  # noqa: E402
 
 configfile: pipeline.PARAMS_FILE
 
@@ -15,7 +16,10 @@ configfile: pipeline.PARAMS_FILE
 def _effective_config(config):
     """params.yaml is the single configuration: the command line may only pick the profile, since
     the jobs' commands read params.yaml themselves."""
-    on_disk = yaml.safe_load(Path(pipeline.PARAMS_FILE).read_text()) or {}
+    # Read strictly (a duplicate key is an error, as in `metalearn`) and validated first, so that a
+    # bad value is reported by its key rather than as a difference from Snakemake's own reading.
+    on_disk = read_yaml(pipeline.PARAMS_FILE) or {}
+    pipeline.load_config(on_disk, config.get("profile"))
     changed = sorted(k for k in set(config) | set(on_disk)
                      if k != "profile" and config.get(k) != on_disk.get(k))
     if changed:
@@ -25,7 +29,10 @@ def _effective_config(config):
     return pipeline.load_config(config, config.get("profile"))
 
 
-PARAMS = _effective_config(config)  # ConfigError (key named) before any job starts
+try:
+    PARAMS = _effective_config(config)  # ConfigError (key named) before any job starts
+except pipeline.ConfigError as _error:  # a message naming the key, without Snakemake's stack of files
+    sys.exit(f"ConfigError: {_error}")
 # The same schema again through Snakemake's validator; set_default=False because defaults live in
 # params.yaml, and Snakemake's default-setting extension cannot read the schema's `false` subschemas.
 validate(PARAMS, "../schemas/params.schema.yaml", set_default=False)

@@ -19,6 +19,9 @@ rule aggregate:
         summary=report(pipeline.SUMMARY, caption="../report/summary.rst", category="Summary",
                        labels={"table": "summary.csv"}),
         markdown=pipeline.SUMMARY_MD,
+        paper_md=pipeline.PAPER_MD,
+        paper=report(pipeline.PAPER_CSV, caption="../report/paper.rst", category="Paper vs ours",
+                     labels={"table": "paper.csv"}),
         plots=[_report_plot(p) for p in pipeline.plot_files(PARAMS)],
     shell: AGGREGATE_CMD
 
@@ -37,4 +40,7 @@ for _study in pipeline.studies(PARAMS):
             runs=pipeline.study_settings(PARAMS, _study),
         threads: JOB_THREADS
         resources: **JOB_RESOURCES
+        # A study trains its runs one after another: the longest job of a profile, so it starts first
+        # and the other jobs fill the remaining cores beside it.
+        priority: 10
         shell: cmd("study", study="{params.study}", out=pipeline.STUDIES)

@@ -14,6 +14,7 @@ from metalearn.algorithms.leap import Leap
 from metalearn.algorithms.maml import FOMAML, MAML
 from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.algorithms.mtnet import MTNet, TNet
+from metalearn.algorithms.pretrained import Oracle, Pretrained
 from metalearn.algorithms.warpgrad import WarpGrad, WarpLeap, WarpMAML
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -27,6 +28,8 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "tnet": TNet,
     "mtnet": MTNet,
     "metasgd": MetaSGD,
+    "pretrained": Pretrained,  # baselines (MAML's regression study): no meta-learning
+    "oracle": Oracle,
 }
 
 

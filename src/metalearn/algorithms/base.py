@@ -100,6 +100,20 @@ class Algorithm(nn.Module):
         with torch.no_grad():
             return self.objective.metrics(self.predict(adapted, task.query[0]), task.query[1])
 
+    def evaluate_task_curve(self, task: Task, steps: int) -> list[dict[str, float]]:
+        """`evaluate_task` after 0, 1, ..., `steps` adaptation steps (the test error against the number
+        of gradient steps, as MAML's Figure 2). Algorithms whose adaptation is a sequence of steps
+        override this to take each step once (maml.py)."""
+        return [self.evaluate_task(task, s) for s in range(steps + 1)]
+
+    def adapted_predictions(self, task: Task, inputs: Tensor, steps: int) -> Tensor:
+        """The network's outputs at `inputs` after adapting to the task's support set in `steps`
+        steps (the report's fitted curves)."""
+        with torch.enable_grad():
+            adapted = self.adapt(task.support, steps)
+        with torch.no_grad():
+            return self.predict(adapted, inputs)
+
 
 def add_to_grad(params, gradients: list[list[Tensor | None]], scale: float) -> None:
     """p.grad += scale * the sum of p's gradients over the list (one gradient list per task or

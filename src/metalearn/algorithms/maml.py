@@ -7,7 +7,8 @@ First order (FOMAML): the inner gradients are constants, so d theta'/d theta = I
 
 The inner loop is shared by the MAML family, which differs only in two places: the step size of
 each parameter (`step_sizes`: alpha here; Meta-SGD's learned rates; MT-net's alpha * mask) and the
-network the adapted parameters run in (`predict`: T-nets add their transformations).
+network the adapted parameters run in (`predict`, and `predict_tasks` for a chunk of tasks:
+T-nets add their transformations).
 
 Meta-training runs the meta-batch in chunks of tasks (`batched_tasks`): the network evaluates a
 chunk with every task's own parameters in one call (models.py, `forward_tasks`), and the inner loop
@@ -27,6 +28,7 @@ from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_met
 from metalearn.tasks import Params, Task, TaskBatch
 
 StepSizes = dict[str, "float | Tensor"]  # per parameter name: a scalar, or a tensor broadcast over it
+# (in a chunk, over [tasks, *shape]: a rate per task, e.g. MT-net's alpha * mask, has that leading dim)
 
 # On the CPU a chunk holds about this many support-set numbers: small enough that its activations
 # stay in the cores' caches, large enough that its operations are few and large. Measured with
@@ -76,6 +78,19 @@ class MAML(Algorithm):
             params = {name: p - rates[name] * g for (name, p), g in zip(params.items(), grads)}
         return params
 
+    def evaluate_task_curve(self, task: Task, steps: int) -> list[dict[str, float]]:
+        """The query metrics after 0, 1, ..., `steps` inner steps, each step taken once: the same
+        numbers as `evaluate_task(task, s)` for every s (tests/test_regression.py)."""
+        params = detached(self.initial_params())
+        curve = []
+        for step in range(steps + 1):
+            if step:
+                with torch.enable_grad():
+                    params = detached(self.adapt(task.support, 1, params=params))
+            with torch.no_grad():
+                curve.append(self.objective.metrics(self.predict(params, task.query[0]), task.query[1]))
+        return curve
+
     def task_meta_loss(self, task: Task, step_sizes: StepSizes | None = None):
         adapted = self.adapt(task.support, self.inner_steps, create_graph=not self.first_order,
                              params=self.initial_params(), step_sizes=step_sizes)
@@ -99,18 +114,23 @@ class MAML(Algorithm):
         add_to_grad(meta_params, [g for g, _ in results], 1.0 / len(tasks))
         return mean_metrics([m for _, chunk_metrics in results for m in chunk_metrics])
 
-    def chunk_meta_losses(self, tasks: TaskBatch) -> tuple[Tensor, list[dict[str, float]]]:
+    def chunk_meta_losses(self, tasks: TaskBatch, step_sizes: StepSizes | None = None
+                          ) -> tuple[Tensor, list[dict[str, float]]]:
         """`task_meta_loss` of every task of a chunk: the losses [tasks] and each task's metrics.
         Each task's parameters start as theta (expanded: one copy per task, sharing theta's memory,
-        so their gradients flow back to theta and add up over the tasks)."""
+        so their gradients flow back to theta and add up over the tasks). `step_sizes` as in
+        `descend`, broadcast over [tasks, *shape] (default: `step_sizes()`, the same for every task)."""
         theta = {name: p.expand(len(tasks), *p.shape) for name, p in self.initial_params().items()}
         adapted = self.descend(
-            lambda p: self.objective.task_losses(self.objective.forward_tasks(p, tasks.support_x),
-                                                 tasks.support_y).sum(),
-            theta, self.inner_steps, create_graph=not self.first_order)
-        outputs = self.objective.forward_tasks(adapted, tasks.query_x)
+            lambda p: self.objective.task_losses(self.predict_tasks(p, tasks.support_x), tasks.support_y).sum(),
+            theta, self.inner_steps, create_graph=not self.first_order, step_sizes=step_sizes)
+        outputs = self.predict_tasks(adapted, tasks.query_x)
         losses = self.objective.task_losses(outputs, tasks.query_y)
         return losses, self.objective.task_metrics(outputs.detach(), tasks.query_y, losses)
+
+    def predict_tasks(self, params: Params, inputs: Tensor) -> Tensor:
+        """`predict` for a chunk of tasks: params name -> [tasks, *shape], inputs [tasks, n, ...]."""
+        return self.objective.forward_tasks(params, inputs)
 
 
 class FOMAML(MAML):

@@ -129,27 +129,39 @@ def _uniform(shape, bounds, generator) -> Tensor:
     return torch.rand(*shape, generator=generator) * (high - low) + low
 
 
-def draw_sinusoids(n_tasks: int, n_points: int, generator: torch.Generator) -> dict[str, Tensor]:
-    """Task parameters and input points, as in the MAML paper: y = A sin(x - phase)."""
-    return {"amplitude": _uniform((n_tasks, 1), SINUSOID["amplitude"], generator),
-            "phase": _uniform((n_tasks, 1), SINUSOID["phase"], generator),
-            "x": _uniform((n_tasks, n_points), SINUSOID["x"], generator)}
+def draw_sinusoids(n_tasks: int, n_points: int, generator: torch.Generator,
+                   frequency: tuple[float, float] | None = None) -> dict[str, Tensor]:
+    """Task parameters and input points, as in the MAML paper: y = A sin(x - phase). With a
+    `frequency` range (MT-net's protocol, yoonholee/MT-net data_generator.py): y = A sin(f x - phase),
+    f drawn from it after the phase; without one nothing else is drawn, so MAML's tasks stay the same."""
+    drawn = {"amplitude": _uniform((n_tasks, 1), SINUSOID["amplitude"], generator),
+             "phase": _uniform((n_tasks, 1), SINUSOID["phase"], generator)}
+    if frequency is not None:
+        drawn["frequency"] = _uniform((n_tasks, 1), tuple(frequency), generator)
+    drawn["x"] = _uniform((n_tasks, n_points), SINUSOID["x"], generator)
+    return drawn
 
 
 def sinusoid_tasks(episodes: dict[str, Tensor], shots: int) -> TaskBatch:
+    """Support: the first `shots` points of each task, query: the rest. `info` holds the task's
+    true parameters [amplitude, phase(, frequency)], the oracle baseline's extra inputs."""
     x = episodes["x"]
-    y = episodes["amplitude"] * torch.sin(x - episodes["phase"])
+    frequency = episodes.get("frequency")
+    y = episodes["amplitude"] * torch.sin((x if frequency is None else frequency * x) - episodes["phase"])
+    info = torch.cat([episodes[k] for k in ("amplitude", "phase", "frequency") if k in episodes], dim=1)
     x, y = x.unsqueeze(-1), y.unsqueeze(-1)  # [B, points, 1]
-    return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:])
+    return TaskBatch(x[:, :shots], y[:, :shots], x[:, shots:], y[:, shots:], info)
 
 
 class SinusoidSampler:
-    def __init__(self, shots: int, queries: int, generator: torch.Generator, device="cpu"):
+    def __init__(self, shots: int, queries: int, generator: torch.Generator, device="cpu",
+                 frequency: tuple[float, float] | None = None):
         self.shots, self.queries, self.generator, self.device = shots, queries, generator, device
+        self.frequency = frequency
 
     def sample(self, batch: int) -> TaskBatch:
-        return sinusoid_tasks(draw_sinusoids(batch, self.shots + self.queries, self.generator),
-                              self.shots).to(self.device)
+        drawn = draw_sinusoids(batch, self.shots + self.queries, self.generator, self.frequency)
+        return sinusoid_tasks(drawn, self.shots).to(self.device)
 
 
 # -- regression (polynomials of a given degree; Lee & Choi 2018) -----------------------------------
@@ -200,7 +212,8 @@ def make_eval_episodes(bench: dict, split_class_counts: dict[str, int] | None) -
     episodes = {}
     for split, count in (("val", bench["val_tasks"]), ("test", bench["test_tasks"])):
         if bench["task"] == "sinusoid":
-            episodes[split] = draw_sinusoids(count, bench["shots"] + bench["eval_queries"], generator)
+            episodes[split] = draw_sinusoids(count, bench["shots"] + bench["eval_queries"], generator,
+                                             bench.get("frequency"))
         else:
             classes, drawings = draw_episodes(count, split_class_counts[split], 20, bench["ways"],
                                               bench["shots"] + bench["eval_queries"], generator)

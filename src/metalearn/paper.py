@@ -1,0 +1,120 @@
+"""Paper vs ours: every published number (paper_numbers.yaml) beside our result for the same
+benchmark, algorithm and number of test steps, with a verdict.
+
+Verdicts, in this order:
+  not comparable      the run's settings differ from what the paper's number assumes (`requires`,
+                      e.g. omniglot-small instead of the full Omniglot)
+  within the paper's CI   |ours - paper| <= the paper's 95% CI half-width; when the paper gives no CI:
+                      the paper's number lies within our 95% CI
+  budget-limited      outside, and we trained for less than half the paper's meta-iterations
+  below / above       outside at (at least half) the paper's budget; for MSE below is better, for
+                      accuracy above is better (said in the verdict)
+"""
+from __future__ import annotations
+
+import csv
+import functools
+from pathlib import Path
+
+from metalearn.config import read_yaml
+from metalearn.evaluate import mean_ci95
+
+NUMBERS_PATH = Path(__file__).with_name("paper_numbers.yaml")
+COLUMNS = ["benchmark", "algorithm", "metric", "steps", "paper_mean", "paper_ci95", "source", "ours_mean",
+           "ours_ci95", "episodes", "iterations_ratio", "verdict"]
+
+
+@functools.lru_cache(maxsize=4)
+def paper_numbers(path: Path = NUMBERS_PATH) -> list[dict]:
+    return read_yaml(path, what="the papers' numbers") or []
+
+
+def our_score(runs: list[dict], steps: int | None) -> tuple[float, float, int, int] | None:
+    """Mean, 95% CI, episodes and test steps of one benchmark x algorithm, seeds pooled, after `steps`
+    test steps (None: the runs' own test steps). None when the runs have no score at that step count."""
+    values: list[float] = []
+    for run in runs:
+        if steps is None or steps == run["inner_steps"]:
+            values += run["per_episode"]
+        elif "per_episode_curve" in run and steps < len(run["per_episode_curve"]):
+            values += run["per_episode_curve"][steps]
+        else:
+            return None
+    mean, ci95 = mean_ci95(values)
+    return mean, ci95, len(values), runs[0]["inner_steps"] if steps is None else steps
+
+
+def verdict(paper: dict, mean: float, ci95: float, ratio: float | None, mismatch: list[str]) -> str:
+    if mismatch:
+        return "not comparable: " + "; ".join(mismatch)
+    lower_is_better = paper["metric"] == "mse"
+    if paper.get("ci95") is not None:
+        if abs(mean - paper["mean"]) <= paper["ci95"]:
+            return "within the paper's CI"
+    elif abs(mean - paper["mean"]) <= ci95:
+        return "within our CI (the paper gives none)"
+    side = "below" if mean < paper["mean"] else "above"
+    better = (side == "below") == lower_is_better
+    word = f"{side} ({'better' if better else 'worse'})"
+    if ratio is not None and ratio < 0.5:
+        return f"budget-limited ({100 * ratio:.0f}% of the paper's meta-iterations), {word}"
+    return word
+
+
+def paper_rows(results: list[dict], settings: dict[str, dict] | None = None,
+               numbers: list[dict] | None = None) -> list[dict]:
+    """One row per published number whose benchmark and algorithm are among `results` (evaluation
+    records). `settings`: each benchmark's params.yaml settings, to check a number's `requires`."""
+    numbers = paper_numbers() if numbers is None else numbers
+    groups: dict[tuple[str, str], list[dict]] = {}
+    for r in results:
+        groups.setdefault((r["benchmark"], r["algorithm"]), []).append(r)
+    rows = []
+    for paper in numbers:
+        runs = groups.get((paper["benchmark"], paper["algorithm"]))
+        if not runs or runs[0]["metric"] != paper["metric"]:
+            continue
+        score = our_score(runs, paper.get("steps"))
+        if score is None:
+            continue
+        mean, ci95, episodes, steps = score
+        iterations = [r.get("iterations") for r in runs]
+        ratio = (sum(iterations) / len(iterations) / paper["iterations"]
+                 if paper.get("iterations") and all(iterations) else None)
+        bench = (settings or {}).get(paper["benchmark"], {})
+        mismatch = [f"{key} {bench.get(key)!r}, the paper's {value!r}"
+                    for key, value in (paper.get("requires") or {}).items() if bench.get(key) != value]
+        rows.append({"benchmark": paper["benchmark"], "algorithm": paper["algorithm"], "metric": paper["metric"],
+                     "steps": steps, "paper_mean": paper["mean"],
+                     "paper_ci95": "" if paper.get("ci95") is None else paper["ci95"], "source": paper["source"],
+                     "ours_mean": round(mean, 4), "ours_ci95": round(ci95, 4), "episodes": episodes,
+                     "iterations_ratio": "" if ratio is None else round(ratio, 3),
+                     "verdict": verdict(paper, mean, ci95, ratio, mismatch)})
+    return rows
+
+
+def markdown(rows: list[dict]) -> str:
+    lines = ["# Paper vs ours", "",
+             "Every published number (src/metalearn/paper_numbers.yaml, with its source) for which this run "
+             "has a result: same benchmark protocol, algorithm and test steps. Accuracy in %, regression as "
+             "MSE; ± is the 95% CI (ours: 1.96·std/√episodes over the saved test episodes, seeds pooled). "
+             "`iterations`: our meta-iterations ÷ the paper's.", "",
+             "| benchmark | algorithm | steps | paper | source | ours | iterations | verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        paper = f"{r['paper_mean']}" + (f" ± {r['paper_ci95']}" if r["paper_ci95"] != "" else "")
+        lines.append(f"| {r['benchmark']} | {r['algorithm']} | {r['steps']} | {paper} | {r['source']} | "
+                     f"{r['ours_mean']:.4g} ± {r['ours_ci95']:.2g} | {r['iterations_ratio']} | {r['verdict']} |")
+    if not rows:
+        lines.append("| (no result of this run has a published number) | | | | | | | |")
+    return "\n".join(lines) + "\n"
+
+
+def write(rows: list[dict], out_md: Path) -> None:
+    """results/paper.md and, beside it, paper.csv (the HTML report's table)."""
+    out_md.parent.mkdir(parents=True, exist_ok=True)
+    out_md.write_text(markdown(rows))
+    with open(out_md.with_suffix(".csv"), "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
