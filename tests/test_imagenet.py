@@ -314,7 +314,9 @@ def test_the_paper_profile_configures_imagenet_benchmarks_with_the_maml_settings
     mini = params["benchmarks"]["miniimagenet-5w1s"]
     assert (mini["model"], mini["ways"], mini["shots"], mini["queries"], mini["train"]["meta_batch"]) == (
         "conv4-maxpool", 5, 1, 15, 4)
-    assert mini["algorithms"]["maml"] == {"inner_lr": 0.01, "inner_steps": 5, "test_inner_steps": 10}
+    assert mini["algorithms"]["maml"] == {"inner_lr": 0.01, "inner_steps": 5, "test_inner_steps": 10,
+                                          # the MAML code's inner loss and test batches (tests/test_protocols.py)
+                                          "inner_loss": "sum_over_shots", "eval_query_batch": "shots"}
     assert any(name.startswith("tieredimagenet") for name in params["benchmarks"])
     for profile in ("default", "quick"):  # the data are not available everywhere
         assert not any("imagenet" in name for name in load_params(ROOT / "params.yaml", profile)["benchmarks"])

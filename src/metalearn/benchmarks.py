@@ -76,8 +76,13 @@ def train_sampler(params: dict, bench: dict, generator: torch.Generator, device:
         images, offsets = load_split_pools(params, bench)["train"]
         return ep.PoolSampler(images.to(device), offsets.to(device), bench["ways"], bench["shots"],
                               bench["queries"], generator)
-    pool = ep.with_rotations(load_split_images(params, bench)["train"]).to(device)
-    return ep.ClassificationSampler(pool, bench["ways"], bench["shots"], bench["queries"], generator)
+    # rotations (Omniglot): `classes` (default) adds every class turned by 90, 180 and 270 degrees as
+    # new meta-training classes; `per_task` (cbfinn/maml data_generator.py) turns each class of each
+    # task by a random multiple of 90 degrees, at meta-test too (saved with the episodes)
+    pool = load_split_images(params, bench)["train"]
+    per_task = bench.get("rotations", "classes") == "per_task"
+    pool = (pool if per_task else ep.with_rotations(pool)).to(device)
+    return ep.ClassificationSampler(pool, bench["ways"], bench["shots"], bench["queries"], generator, per_task)
 
 
 class StaleEpisodes(RuntimeError):
@@ -85,7 +90,7 @@ class StaleEpisodes(RuntimeError):
 
 
 EPISODE_SETTINGS = ("task", "dataset", "split", "split_seed", "ways", "shots", "eval_queries",
-                    "episode_seed", "val_tasks", "test_tasks", "degree", "frequency")
+                    "episode_seed", "val_tasks", "test_tasks", "degree", "frequency", "rotations")
 
 
 def episode_settings(bench: dict) -> dict:
@@ -136,4 +141,5 @@ def eval_batches(params: dict, bench_name: str, split: str, device: torch.device
     for start in range(0, saved["classes"].shape[0], chunk):
         classes = saved["classes"][start:start + chunk]
         drawings = saved["drawings"][start:start + chunk]
-        yield ep.gather_tasks(images, classes, drawings, bench["shots"]).to(device)
+        rotations = saved["rotations"][start:start + chunk] if "rotations" in saved else None
+        yield ep.gather_tasks(images, classes, drawings, bench["shots"], rotations).to(device)

@@ -6,7 +6,12 @@ Each network also runs a whole chunk of tasks, each with its own parameters, in 
 (``forward_tasks``): a meta-batch's small per-task operations become a few larger ones, which is
 what makes meta-training fast (bench/speed.py); the tests check it against the one-task forward.
 BatchNorm keeps no running statistics: it always normalises with the current batch, as in the
-MAML code, so adaptation and evaluation see the same function of the parameters.
+MAML code, so adaptation and evaluation see the same function of the parameters. Conv4 offers two
+BatchNorms (`batch_norm`): `affine` (PyTorch's: scale and offset, eps 1e-5; adapted by the inner loop
+like every parameter) and `maml`, the MAML code's (cbfinn/maml utils.py `normalize`, i.e.
+tf.contrib.layers.batch_norm's defaults): an offset only, eps 1e-3, and the offset is not among the
+adapted weights there, so the network lists it in `meta_only` and the MAML family leaves it out of
+its inner loop (algorithms/maml.py `initial_params`): it is meta-learned only.
 """
 from __future__ import annotations
 
@@ -15,13 +20,55 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 
-def conv_block(in_channels: int, out_channels: int, pooling: str) -> nn.Sequential:
+Params = dict[str, Tensor]
+
+
+class OffsetBatchNorm(nn.Module):
+    """The MAML code's BatchNorm (tf.contrib.layers.batch_norm defaults: center=True, scale=False,
+    epsilon=0.001), with the current batch's statistics: (x - mean) / sqrt(var + 1e-3) + beta; no scale."""
+
+    weight = None  # no scale gamma (as nn.BatchNorm2d(affine=False) says it)
+
+    def __init__(self, channels: int, eps: float = 1e-3):
+        super().__init__()
+        self.eps = eps
+        self.bias = nn.Parameter(torch.zeros(channels))  # beta, tf's zeros initializer
+
+    def forward(self, x: Tensor) -> Tensor:
+        # A constant scale of 1, not None: torch's double backward of batch_norm (second-order MAML,
+        # iMAML's Hessian-vector products) fails without a weight tensor.
+        return F.batch_norm(x, None, None, torch.ones_like(self.bias), self.bias, training=True, eps=self.eps)
+
+
+def batch_norm_layer(channels: int, kind: str) -> nn.Module:
+    if kind == "affine":
+        return nn.BatchNorm2d(channels, track_running_stats=False)
+    if kind == "maml":
+        return OffsetBatchNorm(channels)
+    raise ValueError(f"batch_norm must be 'affine' or 'maml', not {kind!r}")
+
+
+def conv_block(in_channels: int, out_channels: int, pooling: str, batch_norm: str = "affine") -> nn.Sequential:
     if pooling == "stride":  # MAML's Omniglot network: strided convolutions, no pooling
         conv = nn.Conv2d(in_channels, out_channels, 3, stride=2, padding=1)
-        return nn.Sequential(conv, nn.BatchNorm2d(out_channels, track_running_stats=False), nn.ReLU())
+        return nn.Sequential(conv, batch_norm_layer(out_channels, batch_norm), nn.ReLU())
     conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)  # mini-ImageNet: 2x2 max-pooling
-    return nn.Sequential(conv, nn.BatchNorm2d(out_channels, track_running_stats=False), nn.ReLU(),
-                         nn.MaxPool2d(2))
+    return nn.Sequential(conv, batch_norm_layer(out_channels, batch_norm), nn.ReLU(), nn.MaxPool2d(2))
+
+
+def batch_norm_tasks(norm: nn.Module, h: Tensor, params: Params, prefix: str, tasks: int) -> Tensor:
+    """`norm` applied to a chunk laid out [n, tasks * C, H, W]: every (task, channel) normalised over
+    its own task's n images. Its scale and offset are each task's from `params` ([tasks, C], named
+    prefix + "weight" / "bias"), or, where `params` lacks one (`meta_only`: not adapted), the module's
+    own, shared by the tasks; none where the layer has none (the MAML code's: no scale)."""
+    def per_task(name: str) -> Tensor | None:
+        if prefix + name in params:
+            return params[prefix + name].flatten()
+        own = getattr(norm, name, None)
+        if own is None:  # no scale (the MAML code's): a constant 1, as OffsetBatchNorm.forward
+            return torch.ones(h.shape[1], dtype=h.dtype, device=h.device)
+        return own.repeat(tasks)
+    return F.batch_norm(h, None, None, per_task("weight"), per_task("bias"), training=True, eps=norm.eps)
 
 
 class Conv4(nn.Module):
@@ -29,23 +76,35 @@ class Conv4(nn.Module):
 
     pooling='stride': 64 filters, stride 2, features averaged over space (MAML, Omniglot 28x28).
     pooling='max': 32 filters, 2x2 max-pooling, features flattened (MAML, mini-ImageNet 84x84).
+    batch_norm: 'affine' or 'maml' (see the module docstring).
+    head_init: the output layer's weights, 'xavier' (Xavier-uniform, as the convolutions) or 'normal'
+    (standard normal, std 1: cbfinn/maml maml.py construct_conv_weights, w5 = tf.random_normal, for
+    every data set but mini-ImageNet); biases start at zero either way.
     """
 
     def __init__(self, in_channels: int, ways: int, filters: int = 64, pooling: str = "stride",
-                 image_size: int = 28):
+                 image_size: int = 28, batch_norm: str = "affine", head_init: str = "xavier"):
         super().__init__()
         if pooling not in ("stride", "max"):
             raise ValueError(f"pooling must be 'stride' or 'max', not {pooling!r}")
+        if head_init not in ("xavier", "normal"):
+            raise ValueError(f"head_init must be 'xavier' or 'normal', not {head_init!r}")
         self.pooling = pooling
         channels = [in_channels] + [filters] * 4
-        self.features = nn.Sequential(*(conv_block(channels[i], channels[i + 1], pooling) for i in range(4)))
+        self.features = nn.Sequential(*(conv_block(channels[i], channels[i + 1], pooling, batch_norm)
+                                        for i in range(4)))
+        # parameters meta-learned but never adapted by the inner loop: the MAML code's BatchNorm offsets
+        self.meta_only = tuple(f"features.{i}.1.bias" for i in range(4)) if batch_norm == "maml" else ()
         size = image_size
         for _ in range(4):
             size = size // 2
         self.head = nn.Linear(filters if pooling == "stride" else filters * size * size, ways)
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
-                nn.init.xavier_uniform_(module.weight)
+                if module is self.head and head_init == "normal":
+                    nn.init.normal_(module.weight, std=1.0)
+                else:
+                    nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -63,8 +122,7 @@ class Conv4(nn.Module):
         for i, (conv, norm, *rest) in enumerate(self.features):
             weight, bias = params[f"features.{i}.0.weight"], params[f"features.{i}.0.bias"]
             h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), conv.stride, conv.padding, groups=tasks)
-            h = F.batch_norm(h, None, None, params[f"features.{i}.1.weight"].flatten(),
-                             params[f"features.{i}.1.bias"].flatten(), training=True, eps=norm.eps)
+            h = batch_norm_tasks(norm, h, params, f"features.{i}.1.", tasks)
             for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                 h = layer(h)
         h = h.mean(dim=(2, 3)) if self.pooling == "stride" else h.flatten(2)
@@ -103,8 +161,10 @@ def build_model(bench: dict, extra_inputs: int = 0) -> nn.Module:
     task's x, e.g. the oracle baseline's true task parameters)."""
     if bench["model"] == "mlp":
         return MLP(in_features=1 + extra_inputs)
+    # the MAML code's network choices (params.yaml, benchmarks.<b>.batch_norm / head_init)
+    choices = {"batch_norm": bench.get("batch_norm", "affine"), "head_init": bench.get("head_init", "xavier")}
     if bench["model"] == "conv4":
-        return Conv4(1, bench["ways"], filters=64, pooling="stride", image_size=28)
+        return Conv4(1, bench["ways"], filters=64, pooling="stride", image_size=28, **choices)
     if bench["model"] == "conv4-maxpool":
-        return Conv4(3, bench["ways"], filters=32, pooling="max", image_size=84)
+        return Conv4(3, bench["ways"], filters=32, pooling="max", image_size=84, **choices)
     raise ValueError(f"unknown model {bench['model']!r}")

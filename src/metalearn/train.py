@@ -86,6 +86,16 @@ def _all_finite(algo: torch.nn.Module) -> bool:
     return all(p.grad is None or bool(torch.isfinite(p.grad).all()) for p in algo.parameters())
 
 
+def clip_meta_grad(algo: torch.nn.Module, limit: float | None) -> None:
+    """Clamp every meta-gradient entry to [-limit, limit] (None: leave them), before the optimizer
+    step: cbfinn/maml maml.py, `tf.clip_by_value(grad, -10, 10)` on mini-ImageNet (train.clip_meta_grad)."""
+    if limit is None:
+        return
+    for p in algo.parameters():
+        if p.grad is not None:
+            p.grad.clamp_(-limit, limit)
+
+
 def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
           device: str = "auto", tracker: Tracker | None = None,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
@@ -141,6 +151,7 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
             raise TrainingDiverged(
                 f"{bench_name}/{algorithm}/seed{seed}: meta-loss or meta-gradient became "
                 f"{metrics['loss']} at iteration {iteration}; {kept}. Lower meta_lr or inner_lr.")
+        clip_meta_grad(algo, cfg.get("clip_meta_grad"))
         optimizer.step()
         elapsed += time.perf_counter() - tick
         window_iters += 1

@@ -20,9 +20,16 @@ Relation to the official code (aravindr93/imaml_dev), read to fix these choices:
   (cg_damping 1, lam_damping 10) computes what the official runs computed; both 0 is the exact system.
 - Its `--lam_lr` (learning lam by its own meta-gradient) is 0 in every published command and marked
   untested there: lam is a fixed hyperparameter here.
-- Its inner loop runs plain SGD on L_S and then one step on the proximal term alone; we follow the
-  paper and descend G itself, so phi is (approximately) the point the implicit gradient assumes.
-  The same proximal problem is solved at meta-test time (`adapt`).
+- Its inner loop (examples/omniglot_implicit_maml.py: `learn_task`, then one `inner_opt` step on
+  `regularization_loss(w_k, lam)`) runs `inner_steps` plain SGD steps on L_S and then one step of
+  the same size on the proximal term alone, phi <- phi - inner_lr * lam * (phi - theta). By default
+  (`proximal: objective`) we follow the paper and descend G itself, so phi is (approximately) the
+  point the implicit gradient assumes; `proximal: final_step` is the official code's order (gd only).
+- Its meta-test adaptation (examples/measure_accuracy.py, run with `--lam 0.0` in examples/README.md)
+  is the same loop with lam = 0: plain gradient descent on L_S, no proximal pull. `test_lam` is the
+  lam of meta-test adaptation (`adapt` without `lam`); default: `lam`, the proximal problem of training.
+- Its outer Adam has eps 1e-3 (implicit_maml/learner_model.py); the training loop's Adam (train.py)
+  has PyTorch's 1e-8, for every algorithm.
 Memory does not depend on `inner_steps`: only phi* and one Hessian-vector-product graph live.
 """
 from __future__ import annotations
@@ -79,6 +86,12 @@ class IMAML(Algorithm):
         self.inner_solver = hparams.get("inner_solver", "gd")
         if self.inner_solver not in ("gd", "hf"):
             raise ValueError(f"inner_solver must be 'gd' or 'hf', not {self.inner_solver!r}")
+        self.proximal = hparams.get("proximal", "objective")  # see the module docstring
+        if self.proximal not in ("objective", "final_step"):
+            raise ValueError(f"proximal must be 'objective' or 'final_step', not {self.proximal!r}")
+        if self.proximal == "final_step" and self.inner_solver != "gd":
+            raise ValueError("proximal 'final_step' (the official code's inner loop) needs inner_solver gd")
+        self.test_lam = float(hparams.get("test_lam", self.lam))  # lam of meta-test adaptation
 
     def hessian_operator(self, params: Params, support):
         """v -> (Hessian of L_S at `params`) v. The gradient graph is built once and reused by every
@@ -86,50 +99,63 @@ class IMAML(Algorithm):
         params = detached(params)
         inputs = list(params.values())
         grads = torch.autograd.grad(self.objective.loss(params, support), inputs, create_graph=True)
-        return lambda v: list(torch.autograd.grad(grads, inputs, grad_outputs=v, retain_graph=True))
 
-    def proximal_objective(self, phi: Params, theta: Params, support) -> Tensor:
-        """G(phi) = L_S(phi) + lam/2 ||phi - theta||^2, the inner problem."""
+        def product(v: list[Tensor]) -> list[Tensor]:
+            # A parameter whose gradient is linear in every parameter (the MAML code's BatchNorm offset,
+            # models.py) has no second-order graph: its Hessian rows are zero, not missing.
+            hv = torch.autograd.grad(grads, inputs, grad_outputs=v, retain_graph=True, allow_unused=True)
+            return [torch.zeros_like(p) if h is None else h for p, h in zip(inputs, hv)]
+        return product
+
+    def proximal_objective(self, phi: Params, theta: Params, support, lam: float | None = None) -> Tensor:
+        """G(phi) = L_S(phi) + lam/2 ||phi - theta||^2, the inner problem (lam: default `lam`)."""
         distance = sum(((p - t) ** 2).sum() for p, t in zip(phi.values(), theta.values()))
-        return self.objective.loss(phi, support) + 0.5 * self.lam * distance
+        return self.objective.loss(phi, support) + 0.5 * (self.lam if lam is None else lam) * distance
 
-    def line_search(self, phi: Params, theta: Params, support, direction: list[Tensor],
+    def line_search(self, phi: Params, theta: Params, support, lam: float, direction: list[Tensor],
                     slope: Tensor, shrink: float = 0.5, tries: int = 10) -> float:
         """Backtracking (Armijo) step size t for phi - t * direction, from the full Newton step t = 1;
         `slope` = grad G . direction. Returns 0 if no tried step decreases G."""
         with torch.no_grad():
-            start = self.proximal_objective(phi, theta, support)
+            start = self.proximal_objective(phi, theta, support, lam)
             t = 1.0
             for _ in range(tries):
                 trial = {k: p - t * d for (k, p), d in zip(phi.items(), direction)}
-                if self.proximal_objective(trial, theta, support) <= start - 1e-4 * t * slope:
+                if self.proximal_objective(trial, theta, support, lam) <= start - 1e-4 * t * slope:
                     return t
                 t *= shrink
         return 0.0
 
-    def adapt(self, support, steps=None, create_graph=False, params: Params | None = None) -> Params:
+    def adapt(self, support, steps=None, create_graph=False, params: Params | None = None,
+              lam: float | None = None) -> Params:
         """phi* of the proximal inner problem, as fresh leaves: no graph to theta (`create_graph`
-        is ignored: the meta-gradient is implicit, never backpropagated through these steps)."""
+        is ignored: the meta-gradient is implicit, never backpropagated through these steps).
+        `lam`: the proximal strength (default `test_lam`, meta-test's; meta-training passes `lam`)."""
+        lam = self.test_lam if lam is None else lam
         theta = {k: v.detach() for k, v in (params or self.initial_params()).items()}
         phi = detached(theta)
+        # proximal 'final_step' (official code): the steps descend L_S alone (lam 0), then one step on the pull
+        step_lam = 0.0 if self.proximal == "final_step" else lam
         for _ in range(self.test_inner_steps if steps is None else steps):
-            objective = self.proximal_objective(phi, theta, support)
+            objective = self.proximal_objective(phi, theta, support, step_lam)
             grads = list(torch.autograd.grad(objective, list(phi.values())))
             if self.inner_solver == "hf":  # truncated Newton: (H + lam I) d = grad G by CG, then search
                 hessian = self.hessian_operator(phi, support)
                 direction = conjugate_gradient(
-                    lambda v: [h + self.lam * vi for h, vi in zip(hessian(v), v)], grads, self.cg_steps)
+                    lambda v: [h + lam * vi for h, vi in zip(hessian(v), v)], grads, self.cg_steps)
                 del hessian  # free the Hessian graph before the line search's forward passes
-                step = self.line_search(phi, theta, support, direction, dot(grads, direction))
+                step = self.line_search(phi, theta, support, lam, direction, dot(grads, direction))
                 update = [step * d for d in direction]
             else:
                 update = [self.inner_lr * g for g in grads]
             phi = {k: (p - u).detach().requires_grad_() for (k, p), u in zip(phi.items(), update)}
+        if self.proximal == "final_step" and lam:  # phi <- phi - inner_lr * grad (lam/2)||phi - theta||^2
+            phi = {k: (p - self.inner_lr * lam * (p - theta[k])).detach().requires_grad_() for k, p in phi.items()}
         return phi
 
     def task_meta_gradient(self, task: Task) -> tuple[list[Tensor], dict[str, float]]:
         """g = ((1 + cg_damping) I + H / (lam + lam_damping))^{-1} grad L_Q(phi*), by CG."""
-        phi = self.adapt(task.support, self.inner_steps)
+        phi = self.adapt(task.support, self.inner_steps, lam=self.lam)
         outputs = self.objective.forward(phi, task.query[0])
         loss = self.objective.criterion(outputs, task.query[1])
         query_grad = list(torch.autograd.grad(loss, list(phi.values())))

@@ -10,6 +10,23 @@ each parameter (`step_sizes`: alpha here; Meta-SGD's learned rates; MT-net's alp
 network the adapted parameters run in (`predict`, and `predict_tasks` for a chunk of tasks:
 T-nets add their transformations).
 
+Protocol points of the MAML code that are settings (default: our own choice; params.yaml's paper profile:
+the official ones):
+- `inner_loss`: the support loss the inner step differentiates. `mean` (default): the mean
+  cross-entropy over the N*K support examples. `sum_over_shots`: cbfinn/maml utils.py `xent`, each
+  example's cross-entropy divided by K, summed by tf.gradients (maml.py), i.e. N times the mean: the
+  step is N*alpha times the mean loss's gradient. Classification only: the MAML code's regression
+  loss (utils.py `mse`) is a mean, as ours. Used wherever the inner loop runs: one task (`adapt`,
+  also at evaluation) and chunks of tasks (`chunk_meta_losses`).
+- `eval_query_batch`: how evaluation feeds a task's query images to the network, which matters
+  because BatchNorm normalises with the batch's statistics. `all` (default): in one batch. `shots`:
+  in batches of K images per class, K = the support set's shots, as the MAML code's test episodes
+  hold them (main.py: DataGenerator(update_batch_size * 2), K support + K query images per class;
+  for Omniglot also the shape of its training query batches). Classification only.
+- Parameters the network marks `meta_only` (models.py: the MAML code's BatchNorm offsets, which are
+  not among its adapted `weights`) stay out of theta' (`initial_params`): the inner loop never
+  moves them, the network reads its own copy, and the meta-gradient reaches them directly.
+
 Meta-training runs the meta-batch in chunks of tasks (`batched_tasks`): the network evaluates a
 chunk with every task's own parameters in one call (models.py, `forward_tasks`), and the inner loop
 differentiates the sum of the chunk's task losses, whose gradient with respect to one task's
@@ -56,18 +73,44 @@ class MAML(Algorithm):
         self.inner_lr = float(hparams["inner_lr"])
         self.inner_steps = int(hparams["inner_steps"])
         self.first_order = bool(hparams.get("first_order", type(self).first_order))
+        self.inner_loss = hparams.get("inner_loss", "mean")  # see the module docstring
+        if self.inner_loss not in ("mean", "sum_over_shots"):
+            raise ValueError(f"inner_loss must be 'mean' or 'sum_over_shots', not {self.inner_loss!r}")
+        if self.inner_loss == "sum_over_shots" and objective.kind != "classification":
+            raise ValueError("inner_loss 'sum_over_shots' is for classification: the MAML code's "
+                             "regression loss (utils.py mse) is a mean")
+        self.eval_query_batch = hparams.get("eval_query_batch", "all")  # see the module docstring
+        if self.eval_query_batch not in ("all", "shots"):
+            raise ValueError(f"eval_query_batch must be 'all' or 'shots', not {self.eval_query_batch!r}")
+        if self.eval_query_batch == "shots" and objective.kind != "classification":
+            raise ValueError("eval_query_batch 'shots' is for classification (batches of K images per class)")
+
+    def initial_params(self) -> Params:
+        """theta, the parameters the inner loop adapts: the network's, less its `meta_only` ones."""
+        meta_only = set(getattr(self.model, "meta_only", ()))
+        return {name: p for name, p in self.model.named_parameters() if name not in meta_only}
 
     def step_sizes(self) -> StepSizes:
-        """The inner loop's step size per parameter: alpha for all."""
-        return {name: self.inner_lr for name, _ in self.model.named_parameters()}
+        """The inner loop's step size per adapted parameter: alpha for all."""
+        return {name: self.inner_lr for name in self.initial_params()}
+
+    def support_loss(self, losses: Tensor, outputs: Tensor) -> Tensor:
+        """The inner loop's loss from the criterion's `losses` (a task's mean, or [tasks] of them) and
+        the `outputs` [..., N]: the mean itself, or (`sum_over_shots`, cbfinn/maml utils.py xent)
+        sum_i l_i / K = N * mean, as the N*K support examples hold K per class."""
+        return losses if self.inner_loss == "mean" else losses * outputs.shape[-1]
 
     def adapt(self, support, steps=None, create_graph=False, params: Params | None = None,
               step_sizes: StepSizes | None = None) -> Params:
         """theta <- theta - step_size (.) grad L_S(theta), `steps` times (default: the test steps)."""
         params = detached(self.initial_params()) if params is None else params
         inputs, targets = support
-        return self.descend(lambda p: self.objective.criterion(self.predict(p, inputs), targets), params,
-                            self.test_inner_steps if steps is None else steps, create_graph, step_sizes)
+
+        def loss(p: Params) -> Tensor:
+            outputs = self.predict(p, inputs)
+            return self.support_loss(self.objective.criterion(outputs, targets), outputs)
+        return self.descend(loss, params, self.test_inner_steps if steps is None else steps, create_graph,
+                            step_sizes)
 
     def descend(self, loss: Callable[[Params], Tensor], params: Params, steps: int, create_graph: bool,
                 step_sizes: StepSizes | None = None) -> Params:
@@ -77,6 +120,30 @@ class MAML(Algorithm):
             grads = torch.autograd.grad(loss(params), list(params.values()), create_graph=create_graph)
             params = {name: p - rates[name] * g for (name, p), g in zip(params.items(), grads)}
         return params
+
+    def predict_query(self, params: Params, task: Task) -> Tensor:
+        """The adapted network's outputs on the task's query images, fed to it as `eval_query_batch`
+        says: all at once, or in batches of K per class (K = shots; the images of each class in order)."""
+        inputs, targets = task.query
+        if self.eval_query_batch == "all":
+            return self.predict(params, inputs)
+        shots = len(task.support[1]) // len(task.support[1].unique())
+        per_class = [(targets == c).nonzero().flatten() for c in targets.unique()]
+        outputs = None
+        for start in range(0, max(len(i) for i in per_class), shots):
+            batch = torch.cat([i[start:start + shots] for i in per_class])
+            predicted = self.predict(params, inputs[batch])
+            if outputs is None:
+                outputs = predicted.new_empty(len(targets), *predicted.shape[1:])
+            outputs[batch] = predicted
+        return outputs
+
+    def evaluate_task(self, task: Task, steps: int | None = None) -> dict[str, float]:
+        """Adapt on the support set, then measure on the query set (`predict_query`)."""
+        with torch.enable_grad():
+            adapted = self.adapt(task.support, steps)
+        with torch.no_grad():
+            return self.objective.metrics(self.predict_query(adapted, task), task.query[1])
 
     def evaluate_task_curve(self, task: Task, steps: int) -> list[dict[str, float]]:
         """The query metrics after 0, 1, ..., `steps` inner steps, each step taken once: the same
@@ -88,7 +155,7 @@ class MAML(Algorithm):
                 with torch.enable_grad():
                     params = detached(self.adapt(task.support, 1, params=params))
             with torch.no_grad():
-                curve.append(self.objective.metrics(self.predict(params, task.query[0]), task.query[1]))
+                curve.append(self.objective.metrics(self.predict_query(params, task), task.query[1]))
         return curve
 
     def task_meta_loss(self, task: Task, step_sizes: StepSizes | None = None):
@@ -121,9 +188,12 @@ class MAML(Algorithm):
         so their gradients flow back to theta and add up over the tasks). `step_sizes` as in
         `descend`, broadcast over [tasks, *shape] (default: `step_sizes()`, the same for every task)."""
         theta = {name: p.expand(len(tasks), *p.shape) for name, p in self.initial_params().items()}
-        adapted = self.descend(
-            lambda p: self.objective.task_losses(self.predict_tasks(p, tasks.support_x), tasks.support_y).sum(),
-            theta, self.inner_steps, create_graph=not self.first_order, step_sizes=step_sizes)
+
+        def support_loss(p: Params) -> Tensor:
+            outputs = self.predict_tasks(p, tasks.support_x)
+            return self.support_loss(self.objective.task_losses(outputs, tasks.support_y), outputs).sum()
+        adapted = self.descend(support_loss, theta, self.inner_steps, create_graph=not self.first_order,
+                               step_sizes=step_sizes)
         outputs = self.predict_tasks(adapted, tasks.query_x)
         losses = self.objective.task_losses(outputs, tasks.query_y)
         return losses, self.objective.task_metrics(outputs.detach(), tasks.query_y, losses)

@@ -23,8 +23,9 @@ class MetaSGD(MAML):
     def __init__(self, model, objective, hparams):
         super().__init__(model, objective, hparams)
         # alpha, one rate per parameter entry; keys are parameter names with '.' -> '-'
+        # (the adapted parameters only: none for the network's `meta_only` ones, maml.py)
         self.alpha = nn.ParameterDict({name.replace(".", "-"): nn.Parameter(torch.full_like(p, self.inner_lr))
-                                       for name, p in model.named_parameters()})
+                                       for name, p in self.initial_params().items()})
 
     def step_sizes(self) -> StepSizes:
-        return {name: self.alpha[name.replace(".", "-")] for name, _ in self.model.named_parameters()}
+        return {name: self.alpha[name.replace(".", "-")] for name in self.initial_params()}

@@ -21,8 +21,9 @@ first order with `first_order`).
 Which layers (official code, yoonholee/MT-net, `share_M`): every weight layer, the output layer
 included, gets a T and a mask (MLP 1-40-40-1: 3 layers; conv4: 4 convolutions and the head).
 The official code keeps BatchNorm outside the inner loop altogether (as the official MAML code);
-here MAML adapts BatchNorm's scale and shift, so MT-net does too, masked with their channel's unit,
-which keeps T = I, M = 1 exactly MAML.
+with conv4's `batch_norm: affine` (default) MAML adapts BatchNorm's scale and shift, so MT-net does
+too, masked with their channel's unit, which keeps T = I, M = 1 exactly MAML; with `batch_norm: maml`
+(the official network: offset only, meta-learned, not adapted) neither adapts it.
 
 Masks at meta-test time: the official code samples them as during meta-training. So does
 `eval_mask: sample` (default), from a generator seeded by the episode's support set, so an
@@ -48,17 +49,21 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.algorithms.maml import MAML, StepSizes
-from metalearn.models import MLP, Conv4
+from metalearn.models import MLP, Conv4, batch_norm_tasks
 from metalearn.tasks import Objective, Params, Task, TaskBatch
 
 
 # -- the layers: which parameters form one layer's units ------------------------------------------
 
 def weight_layers(model: nn.Module) -> list[tuple[int, list[str]]]:
-    """(output units, names of the parameters with one row per unit) of every weight layer, in
-    forward order. conv4: each block's convolution with its BatchNorm, then the head."""
+    """(output units, names of the adapted parameters with one row per unit) of every weight layer,
+    in forward order. conv4: each block's convolution with its BatchNorm's scale and offset (those
+    it has and the inner loop adapts: the MAML code's BatchNorm has no scale, and its offset is
+    meta-learned only, `Conv4.meta_only`), then the head."""
     if isinstance(model, Conv4):
-        layers = [(block[0].out_channels, [f"features.{i}.{j}.{p}" for j in (0, 1) for p in ("weight", "bias")])
+        adapted = {name for name, _ in model.named_parameters()} - set(model.meta_only)
+        layers = [(block[0].out_channels, [name for j in (0, 1) for p in ("weight", "bias")
+                                           if (name := f"features.{i}.{j}.{p}") in adapted])
                   for i, block in enumerate(model.features)]
         return layers + [(model.head.out_features, ["head.weight", "head.bias"])]
     if isinstance(model, MLP):
@@ -117,8 +122,7 @@ class TransformedNetwork(nn.Module):
                 # of the shared T [C, C] with every task's channels [n, tasks, C, H*W] (8% faster per
                 # meta-step than a grouped 1x1 convolution with T repeated per task).
                 h = torch.matmul(T.weight.flatten(1), h.unflatten(1, (tasks, -1)).flatten(3)).view_as(h)
-                h = F.batch_norm(h, None, None, params[f"task.features.{i}.1.weight"].flatten(),
-                                 params[f"task.features.{i}.1.bias"].flatten(), training=True, eps=norm.eps)
+                h = batch_norm_tasks(norm, h, params, f"task.features.{i}.1.", tasks)
                 for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                     h = layer(h)
             h = h.mean(dim=(2, 3)) if self.task.pooling == "stride" else h.flatten(2)

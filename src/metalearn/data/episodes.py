@@ -1,7 +1,7 @@
 """Episodes: sampled on the fly for meta-training, generated once and saved for evaluation.
 
-Saved episodes hold indices only (classes and drawings for classification; task parameters and
-input points for regression), so every algorithm is evaluated on the identical episodes. All
+Saved episodes hold indices only (classes, drawings and, with `rotations: per_task`, each class's
+multiple of 90 degrees for classification; task parameters and input points for regression), so every algorithm is evaluated on the identical episodes. All
 sampling is tensor indexing driven by one ``torch.Generator``: no Python loop per image, and the
 generator's state is checkpointed so a resumed training draws the same episodes.
 """
@@ -25,6 +25,23 @@ def with_rotations(images: Tensor) -> Tensor:
     return torch.stack(rotated, dim=1).flatten(0, 1)
 
 
+def draw_rotations(n_episodes: int, ways: int, generator: torch.Generator) -> Tensor:
+    """[E, ways] multiples of 90 degrees (0-3), uniform and independent: one per class of each
+    episode (cbfinn/maml data_generator.py: `tf.multinomial(tf.log([[1., 1., 1., 1.]]), num_classes)`
+    per task, in meta-training and at test alike)."""
+    return torch.randint(4, (n_episodes, ways), generator=generator)
+
+
+def rotate_classes(picked: Tensor, rotations: Tensor) -> Tensor:
+    """picked [B, ways, n, H, W] with class (b, w)'s images rotated by rotations[b, w] x 90 degrees
+    counter-clockwise (torch.rot90, as tf.image.rot90)."""
+    out = picked.clone()
+    for k in (1, 2, 3):
+        chosen = rotations == k
+        out[chosen] = torch.rot90(picked[chosen], k, dims=(-2, -1))
+    return out
+
+
 def draw_episodes(n_episodes: int, n_classes: int, n_drawings: int, ways: int, per_class: int,
                   generator: torch.Generator) -> tuple[Tensor, Tensor]:
     """Class indices [E, ways] (distinct per episode) and drawing indices [E, ways, per_class]."""
@@ -33,14 +50,18 @@ def draw_episodes(n_episodes: int, n_classes: int, n_drawings: int, ways: int, p
     return classes, drawings
 
 
-def gather_tasks(images: Tensor, classes: Tensor, drawings: Tensor, shots: int) -> TaskBatch:
+def gather_tasks(images: Tensor, classes: Tensor, drawings: Tensor, shots: int,
+                 rotations: Tensor | None = None) -> TaskBatch:
     """Build a TaskBatch from uint8 images [C, D, H, W] and episode indices.
 
     Support: the first `shots` drawings of each class, query: the rest; label = position of the
     class in the episode. Inputs are float in [0, 1] with a channel axis: [B, ways*n, 1, H, W].
+    `rotations` [B, ways] (rotations: per_task): each class's images turned by that many 90 degrees.
     """
     batch, ways, per_class = drawings.shape
     picked = images[classes.unsqueeze(-1), drawings]  # [B, ways, per_class, H, W]
+    if rotations is not None:
+        picked = rotate_classes(picked, rotations)
     picked = picked.unsqueeze(3).float().div_(255.0)  # channel axis
     labels = torch.arange(ways, device=images.device).view(1, ways, 1).expand(batch, ways, per_class)
     support_x, query_x = picked[:, :, :shots], picked[:, :, shots:]
@@ -50,17 +71,22 @@ def gather_tasks(images: Tensor, classes: Tensor, drawings: Tensor, shots: int) 
 
 
 class ClassificationSampler:
-    """On-the-fly N-way K-shot meta-training tasks over a class pool held on the device as uint8."""
+    """On-the-fly N-way K-shot meta-training tasks over a class pool held on the device as uint8.
+    `rotate`: each class of a task turned by a random multiple of 90 degrees (`draw_rotations`),
+    drawn after the classes and drawings."""
 
-    def __init__(self, images: Tensor, ways: int, shots: int, queries: int, generator: torch.Generator):
+    def __init__(self, images: Tensor, ways: int, shots: int, queries: int, generator: torch.Generator,
+                 rotate: bool = False):
         self.images, self.ways, self.shots, self.queries = images, ways, shots, queries
-        self.generator = generator
+        self.generator, self.rotate = generator, rotate
 
     def sample(self, batch: int) -> TaskBatch:
         classes, drawings = draw_episodes(batch, self.images.shape[0], self.images.shape[1],
                                           self.ways, self.shots + self.queries, self.generator)
+        rotations = draw_rotations(batch, self.ways, self.generator) if self.rotate else None
         device = self.images.device
-        return gather_tasks(self.images, classes.to(device), drawings.to(device), self.shots)
+        return gather_tasks(self.images, classes.to(device), drawings.to(device), self.shots,
+                            None if rotations is None else rotations.to(device))
 
 
 # -- classification over classes of different sizes (mini-/tiered-ImageNet) -----------------------
@@ -218,6 +244,8 @@ def make_eval_episodes(bench: dict, split_class_counts: dict[str, int] | None) -
             classes, drawings = draw_episodes(count, split_class_counts[split], 20, bench["ways"],
                                               bench["shots"] + bench["eval_queries"], generator)
             episodes[split] = {"classes": classes, "drawings": drawings}
+            if bench.get("rotations") == "per_task":  # part of the episode: saved with it
+                episodes[split]["rotations"] = draw_rotations(count, bench["ways"], generator)
     return episodes
 
 

@@ -8,7 +8,8 @@ Cache: ``<root>/prepared/<variant>.pt`` holds ``images`` uint8 [classes, 20, 28,
 resized with Lanczos as in the MAML code) and ``classes``, names like ``background/Greek/character01``;
 a JSON manifest beside it lists the classes and the archives' checksums.
 
-Splits (class indices into the cache; 90-degree rotations are added to meta-training by the sampler)
+Splits (class indices into the cache; rotations by multiples of 90 degrees come later: the sampler adds
+rotated classes to meta-training, or with `rotations: per_task` turns each task's classes, benchmarks.py)
   maml  characters shuffled with `split_seed`; the first 1200 are meta-training, of which the last
         100 are validation; the remaining 423 are meta-test (as the MAML code).
   lake  background alphabets for meta-training and validation (100 characters drawn with

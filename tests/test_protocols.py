@@ -1,0 +1,476 @@
+"""Each paper's own protocol (issue #14): the points where the official code differs from the
+defaults are settings, whose defaults keep the defaults' results and whose values in params.yaml's
+paper profile are the official ones. Each test knows the answer the official code gives."""
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+import yaml
+from torch.func import functional_call
+
+from conftest import ROOT, quick_params
+from metalearn import benchmarks
+from metalearn.algorithms import build_algorithm
+from metalearn.algorithms.maml import MAML
+from metalearn.config import load_params
+from metalearn.data import episodes as ep
+from metalearn.models import MLP, Conv4, build_model
+from metalearn.tasks import Objective, TaskBatch
+from metalearn.train import clip_meta_grad, train
+
+MAML_FAMILY = ["maml", "fomaml", "metasgd", "tnet", "mtnet"]
+
+
+def _tasks(tasks: int = 3, ways: int = 5, shots: int = 2, queries: int = 2, seed: int = 0) -> TaskBatch:
+    """A fixed batch of N-way K-shot tasks of 28x28 images, float64."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(tasks, ways * (shots + queries), 1, 28, 28, generator=g, dtype=torch.float64)
+    y = torch.arange(ways).repeat(shots + queries).expand(tasks, -1)
+    n = ways * shots
+    return TaskBatch(x[:, :n], y[:, :n], x[:, n:], y[:, n:])
+
+
+def _algorithm(name: str, ways: int = 5, inner_steps: int = 1, **model_choices):
+    torch.manual_seed(0)
+    model = Conv4(1, ways, filters=8, **model_choices).double()
+    hparams = {"inner_lr": 0.3, "inner_steps": inner_steps, "test_inner_steps": inner_steps,
+               "inner_loss": "sum_over_shots"}
+    algo = build_algorithm(name, model, Objective(model, "classification"), hparams).double()
+    with torch.no_grad():  # a T that is not the identity, so T-/MT-nets' path is really exercised
+        for T in getattr(algo, "transform", []):
+            T.weight.add_(0.1 * torch.randn_like(T.weight))
+    return algo
+
+
+def _official_step(algo, support, shots: int) -> dict[str, torch.Tensor]:
+    """cbfinn/maml: fast_weights = weights - update_lr * tf.gradients(xent, weights), xent = each
+    example's softmax cross-entropy / K (utils.py); tf.gradients of the vector sums over examples."""
+    theta = {k: v.detach().requires_grad_() for k, v in algo.initial_params().items()}
+    x, y = support
+    per_example = F.cross_entropy(algo.predict(theta, x), y, reduction="none")
+    grads = torch.autograd.grad((per_example / shots).sum(), list(theta.values()))
+    return {k: p - algo.inner_lr * g for (k, p), g in zip(theta.items(), grads)}
+
+
+def _all_units(algo):
+    """MT-net's step sizes with every unit's mask 1 (so the step is the plain one)."""
+    return {name: torch.ones((), dtype=torch.float64) for name in algo.initial_params()}
+
+
+# -- 1. inner-loss scale -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", MAML_FAMILY)
+def test_sum_over_shots_step_is_the_maml_codes_xent_step(name):
+    """One inner step = theta - alpha * sum_i grad l_i / K (= N alpha x the mean loss's gradient),
+    in the one-task path (`adapt`, what evaluation runs) and in the chunked path."""
+    ways, shots = 5, 2
+    algo = _algorithm(name, ways)
+    tasks = _tasks(ways=ways, shots=shots)
+    extra = {"masks": _all_units(algo)} if name == "mtnet" else {}
+    for task in tasks:
+        expected = _official_step(algo, task.support, shots)
+        adapted = algo.adapt(task.support, 1, **extra)
+        assert adapted.keys() == expected.keys()
+        for key in expected:
+            torch.testing.assert_close(adapted[key], expected[key], rtol=1e-10, atol=1e-12)
+        # evaluation adapts the same way (its query loss is the official step's)
+        if name != "mtnet":
+            query_loss = F.cross_entropy(algo.predict(expected, task.query[0]), task.query[1]).item()
+            assert algo.evaluate_task(task, 1)["loss"] == pytest.approx(query_loss, rel=1e-9)
+    # the chunked path (meta-training): each task's query loss after the official step
+    # (MT-net: MAML's chunk with alpha M, M = 1, which its own chunk_meta_losses calls with the drawn M)
+    step_sizes = algo.masked_step_sizes(_all_units(algo)) if name == "mtnet" else None
+    losses, _ = MAML.chunk_meta_losses(algo, tasks, step_sizes)
+    for t, task in enumerate(tasks):
+        adapted = _official_step(algo, task.support, shots)
+        expected = F.cross_entropy(algo.predict(adapted, task.query[0]), task.query[1])
+        torch.testing.assert_close(losses[t], expected, rtol=1e-10, atol=1e-12)
+
+
+def test_sum_over_shots_is_n_times_the_mean_step_and_mean_is_the_default():
+    tasks = _tasks(tasks=1, ways=5, shots=1)
+    task = tasks[0]
+    algo = _algorithm("maml", 5)
+    theta = algo.initial_params()
+    summed = algo.adapt(task.support, 1)
+    algo.inner_loss = "mean"
+    mean = algo.adapt(task.support, 1)
+    for key in theta:  # the step taken is 5 (= N) times as long
+        torch.testing.assert_close(summed[key] - theta[key], 5 * (mean[key] - theta[key]), rtol=1e-9, atol=1e-12)
+    default = build_algorithm("maml", algo.model, algo.objective, {"inner_lr": 0.3, "inner_steps": 1,
+                                                                    "test_inner_steps": 1})
+    assert default.inner_loss == "mean"
+
+
+def test_sum_over_shots_is_refused_for_regression():
+    """The MAML code's regression loss (utils.py mse) is tf.reduce_mean: a mean, as ours."""
+    model = MLP()
+    with pytest.raises(ValueError, match="mse"):
+        build_algorithm("maml", model, Objective(model, "regression"),
+                        {"inner_lr": 0.01, "inner_steps": 1, "test_inner_steps": 1, "inner_loss": "sum_over_shots"})
+
+
+# -- 2. BatchNorm as the MAML code's -------------------------------------------------------------
+
+def test_maml_batch_norm_has_an_offset_no_scale_and_eps_1e_3():
+    model = Conv4(1, 5, filters=8, batch_norm="maml")
+    names = {name for name, _ in model.named_parameters()}
+    for i, (_, norm, *_) in enumerate(model.features):
+        assert f"features.{i}.1.weight" not in names and f"features.{i}.1.bias" in names
+        assert norm.eps == 1e-3
+    assert set(model.meta_only) == {f"features.{i}.1.bias" for i in range(4)}
+    norm = model.features[0][1]
+    with torch.no_grad():
+        norm.bias.copy_(torch.linspace(-1, 1, 8))
+    h = torch.randn(6, 8, 5, 5)
+    mean, var = h.mean(dim=(0, 2, 3), keepdim=True), h.var(dim=(0, 2, 3), unbiased=False, keepdim=True)
+    expected = (h - mean) / torch.sqrt(var + 1e-3) + norm.bias.view(1, -1, 1, 1)
+    torch.testing.assert_close(norm(h), expected, rtol=1e-5, atol=1e-5)
+    assert Conv4(1, 5, filters=8).meta_only == ()  # the default (affine) adapts everything
+
+
+@pytest.mark.parametrize("name", MAML_FAMILY)
+def test_maml_batch_norm_offset_is_meta_learned_but_not_adapted(name):
+    algo = _algorithm(name, batch_norm="maml", inner_steps=2)
+    offsets = [f"features.{i}.1.bias" for i in range(4)]
+    with torch.no_grad():
+        for key in offsets:
+            algo.model.get_parameter(key).normal_(0, 0.1)
+    tasks = _tasks()
+    extra = {"masks": _all_units(algo)} if name == "mtnet" else {}
+    adapted = algo.adapt(tasks[0].support, 2, **extra)
+    assert not set(offsets) & set(adapted)  # no inner update: the network's own beta is used
+    assert all(not torch.equal(adapted[k], algo.model.get_parameter(k)) for k in ("features.0.0.weight", "head.bias"))
+    if name == "metasgd":
+        assert not any(key.replace(".", "-") in algo.alpha for key in offsets)
+    for batched in (True, False):  # both meta-training paths give beta a (nonzero) meta-gradient
+        algo.zero_grad(set_to_none=True)
+        algo.batched_tasks = batched
+        torch.manual_seed(1)
+        algo.meta_step(tasks)
+        for key in offsets:
+            grad = algo.model.get_parameter(key).grad
+            assert grad is not None and grad.abs().sum() > 0
+        grads = {n: p.grad.clone() for n, p in algo.named_parameters() if p.grad is not None}
+        if batched:
+            chunked = grads
+    for n, g in grads.items():  # the chunked path's meta-gradient is the one-task loop's
+        torch.testing.assert_close(chunked[n], g, rtol=1e-8, atol=1e-10)
+
+
+def test_forward_tasks_with_maml_batch_norm_is_each_tasks_own_forward():
+    """models.forward_tasks (the chunked path) with beta shared, not in the per-task parameters."""
+    from metalearn.algorithms.mtnet import TransformedNetwork, transforms
+
+    torch.manual_seed(0)
+    for model, x in ((Conv4(1, 5, filters=8, batch_norm="maml"), torch.rand(3, 4, 1, 28, 28)),
+                     (Conv4(3, 5, filters=6, pooling="max", image_size=84, batch_norm="maml"), torch.rand(3, 4, 3, 84, 84))):
+        model, x = model.double(), x.double()
+        with torch.no_grad():
+            for key in model.meta_only:
+                model.get_parameter(key).normal_()
+        params = {name: p.detach() + 0.1 * torch.randn(len(x), *p.shape, dtype=p.dtype)
+                  for name, p in model.named_parameters() if name not in model.meta_only}
+        together = model.forward_tasks(params, x)
+        for t in range(len(x)):
+            alone = functional_call(model, {name: p[t] for name, p in params.items()}, (x[t],))
+            torch.testing.assert_close(together[t], alone, rtol=1e-12, atol=1e-12)
+        transformed = TransformedNetwork(model, transforms(model)).double()
+        tparams = {f"task.{name}": p for name, p in params.items()}
+        together = transformed.forward_tasks(tparams, x)
+        for t in range(len(x)):
+            alone = functional_call(transformed, {name: p[t] for name, p in tparams.items()}, (x[t],))
+            torch.testing.assert_close(together[t], alone, rtol=1e-12, atol=1e-12)
+
+
+# -- 3. the output layer's initialisation --------------------------------------------------------
+
+def test_normal_head_init_is_the_maml_codes_w5():
+    """cbfinn/maml maml.py construct_conv_weights: w5 = tf.random_normal (mean 0, std 1), b5 = 0."""
+    torch.manual_seed(0)
+    model = build_model({"model": "conv4", "ways": 20, "head_init": "normal"})
+    w = model.head.weight  # 20 x 64 = 1280 draws
+    assert abs(w.mean().item()) < 0.1 and 0.93 < w.std().item() < 1.07
+    assert (model.head.bias == 0).all()
+    torch.manual_seed(0)
+    default = build_model({"model": "conv4", "ways": 20})  # Xavier-uniform: |w| <= sqrt(6 / (64 + 20))
+    assert default.head.weight.abs().max().item() <= (6 / 84) ** 0.5
+    # the rest of the network is initialised as before, draw for draw
+    for (name, p), (_, q) in zip(model.named_parameters(), default.named_parameters()):
+        if not name.startswith("head."):
+            assert torch.equal(p, q), name
+
+
+# -- 4. rotations by a random multiple of 90 degrees per class and task ---------------------------
+
+def _images(classes: int = 30, size: int = 28) -> torch.Tensor:
+    return torch.randint(0, 256, (classes, 20, size, size), generator=torch.Generator().manual_seed(0),
+                         dtype=torch.uint8)
+
+
+def test_per_task_rotations_turn_each_class_by_its_drawn_multiple_of_90_degrees():
+    images, ways, shots, queries = _images(), 5, 1, 2
+    sampler = ep.ClassificationSampler(images, ways, shots, queries, torch.Generator().manual_seed(3), rotate=True)
+    replay = torch.Generator().manual_seed(3)
+    tasks = sampler.sample(40)
+    classes, drawings = ep.draw_episodes(40, len(images), 20, ways, shots + queries, replay)
+    rotations = ep.draw_rotations(40, ways, replay)
+    assert set(rotations.unique().tolist()) == {0, 1, 2, 3}
+    for b in range(40):
+        for w in range(ways):
+            picked = images[classes[b, w], drawings[b, w]].float() / 255  # [shots + queries, H, W]
+            turned = torch.rot90(picked, int(rotations[b, w]), dims=(-2, -1))  # counter-clockwise, as tf rot90
+            assert torch.equal(tasks.support_x[b, w, 0], turned[0])
+            assert torch.equal(tasks.query_x[b, w * queries:(w + 1) * queries, 0], turned[1:])
+
+
+def _fake_prepared(tmp_path: Path, **bench) -> dict:
+    """Quick params over a stand-in omniglot-small cache (random images, 242 characters)."""
+    params = quick_params(tmp_path, benchmarks={"omniglot-5w1s": bench})
+    path = benchmarks.prepared_path(params, "omniglot-small")
+    path.parent.mkdir(parents=True)
+    torch.save({"images": _images(242), "classes": [f"background/A/character{i:03d}" for i in range(242)]}, path)
+    return params
+
+
+def test_per_task_rotations_are_saved_with_the_test_episodes(tmp_path):
+    params = _fake_prepared(tmp_path, rotations="per_task")
+    bench = params["benchmarks"]["omniglot-5w1s"]
+    assert benchmarks.episode_settings(bench)["rotations"] == "per_task"
+    saved = ep.load_episodes(benchmarks.make_episodes(params, "omniglot-5w1s"))
+    images = benchmarks.load_split_images(params, bench)["test"]
+    rotations = saved["test"]["rotations"]
+    assert rotations.shape == (bench["test_tasks"], bench["ways"]) and set(rotations.unique().tolist()) <= {0, 1, 2, 3}
+    assert len(rotations.unique()) > 1
+    tasks = next(benchmarks.eval_batches(params, "omniglot-5w1s", "test", torch.device("cpu"), chunk=1000))
+    for b in range(len(tasks)):
+        for w in range(bench["ways"]):
+            image = images[saved["test"]["classes"][b, w], saved["test"]["drawings"][b, w, 0]].float() / 255
+            assert torch.equal(tasks.support_x[b, w, 0], torch.rot90(image, int(rotations[b, w]), dims=(-2, -1)))
+
+
+def test_default_rotations_keep_the_saved_episodes_and_the_rotated_classes(tmp_path):
+    """Default (classes): episodes as before (no rotations in them or in their settings), and the
+    meta-training pool holds every class in its four rotations."""
+    params = _fake_prepared(tmp_path)
+    bench = params["benchmarks"]["omniglot-5w1s"]
+    assert "rotations" not in benchmarks.episode_settings(bench)
+    saved = ep.load_episodes(benchmarks.make_episodes(params, "omniglot-5w1s"))
+    generator = torch.Generator().manual_seed(bench["episode_seed"])  # the episodes' recipe before the setting
+    for split, count in (("val", bench["val_tasks"]), ("test", bench["test_tasks"])):
+        classes, drawings = ep.draw_episodes(count, omniglot_sizes(bench)[split], 20, bench["ways"],
+                                             bench["shots"] + bench["eval_queries"], generator)
+        assert set(saved[split]) == {"classes", "drawings"}
+        assert torch.equal(saved[split]["classes"], classes) and torch.equal(saved[split]["drawings"], drawings)
+    sampler = benchmarks.train_sampler(params, bench, torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert not sampler.rotate and len(sampler.images) == 4 * omniglot_sizes(bench)["train"]
+    per_task = benchmarks.train_sampler(_fake_prepared(tmp_path / "b", rotations="per_task"), {**bench, "rotations": "per_task"},
+                                        torch.Generator().manual_seed(0), torch.device("cpu"))
+    assert per_task.rotate and len(per_task.images) == omniglot_sizes(bench)["train"]
+
+
+def omniglot_sizes(bench: dict) -> dict[str, int]:
+    from metalearn.data import omniglot
+    return omniglot.split_sizes(bench["dataset"], bench["split"])
+
+
+# -- 6. BatchNorm statistics of the query images at evaluation --------------------------------------
+
+@pytest.mark.parametrize("name", MAML_FAMILY)
+def test_eval_query_batch_shots_normalises_k_query_images_per_class_at_a_time(name):
+    """cbfinn/maml main.py tests on episodes of K support + K query images per class
+    (DataGenerator(update_batch_size * 2)): each forward pass sees K query images of every class."""
+    algo = _algorithm(name, 5, batch_norm="maml")
+    algo.eval_query_batch = "shots"
+    ways, shots, per_class = 5, 2, 6
+    task = _tasks(tasks=1, ways=ways, shots=shots, queries=per_class)[0]
+    # saved episodes hold the query images class by class (episodes.gather_tasks)
+    query_x = task.query[0].view(per_class, ways, 1, 28, 28).transpose(0, 1).reshape(-1, 1, 28, 28)
+    query_y = torch.arange(ways).repeat_interleave(per_class)
+    task = type(task)(task.support, (query_x, query_y))
+    adapted = algo.adapt(task.support, 1)  # (MT-net: the episode's own mask, as evaluation draws it)
+    expected = torch.empty(ways * per_class, ways, dtype=torch.float64)
+    for start in range(0, per_class, shots):  # the official batches: images start..start+K-1 of every class
+        batch = torch.cat([torch.arange(c * per_class + start, c * per_class + start + shots) for c in range(ways)])
+        expected[batch] = algo.predict(adapted, query_x[batch])
+    with torch.no_grad():
+        torch.testing.assert_close(algo.predict_query(adapted, task), expected, rtol=1e-10, atol=1e-12)
+        whole = algo.predict(adapted, query_x)
+    assert not torch.allclose(whole, expected)  # the batch statistics differ, so the setting matters
+    metrics = algo.evaluate_task(task, 1)
+    expected_accuracy = (expected.argmax(-1) == query_y).double().mean().item()
+    assert metrics["accuracy"] == pytest.approx(expected_accuracy)
+    assert algo.evaluate_task_curve(task, 1)[1]["accuracy"] == pytest.approx(expected_accuracy)
+    algo.eval_query_batch = "all"  # the default: one batch
+    torch.testing.assert_close(algo.predict_query(adapted, task), whole.detach())
+
+
+# -- 7. iMAML: where the proximal term enters, and lam at meta-test --------------------------------
+
+def _imaml(**hp):
+    torch.manual_seed(0)
+    model = Conv4(1, 5, filters=8).double()
+    hparams = {"inner_lr": 0.1, "inner_steps": 3, "test_inner_steps": 3, "lam": 2.0, "cg_steps": 2, **hp}
+    return build_algorithm("imaml", model, Objective(model, "classification"), hparams).double()
+
+
+def _sgd(algo, theta, support, steps):
+    phi = {k: v.detach().clone().requires_grad_() for k, v in theta.items()}
+    for _ in range(steps):
+        grads = torch.autograd.grad(F.cross_entropy(algo.predict(phi, support[0]), support[1]), list(phi.values()))
+        phi = {k: (p - algo.inner_lr * g).detach().requires_grad_() for (k, p), g in zip(phi.items(), grads)}
+    return phi
+
+
+def test_imaml_final_step_is_the_official_inner_loop_and_test_lam_its_evaluation():
+    """aravindr93/imaml_dev omniglot_implicit_maml.py: learn_task (n SGD steps on L_S), then one SGD
+    step on regularization_loss(w_k, lam); measure_accuracy.py --lam 0.0: the same with lam 0."""
+    algo = _imaml(proximal="final_step", test_lam=0.0)
+    task = _tasks(tasks=1)[0]
+    theta = algo.initial_params()
+    plain = _sgd(algo, theta, task.support, 3)
+    official = {k: p - 0.1 * 2.0 * (p - theta[k]) for k, p in plain.items()}
+    trained = algo.adapt(task.support, 3, lam=algo.lam)  # what meta-training adapts to
+    tested = algo.adapt(task.support)  # what evaluation adapts to (test_lam = 0)
+    for k in theta:
+        torch.testing.assert_close(trained[k], official[k], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(tested[k], plain[k], rtol=1e-10, atol=1e-12)
+    query_loss = F.cross_entropy(algo.predict(plain, task.query[0]), task.query[1]).item()
+    assert algo.evaluate_task(task)["loss"] == pytest.approx(query_loss, rel=1e-9)
+
+
+def test_imaml_defaults_descend_the_proximal_objective_with_lam_at_test():
+    algo = _imaml()
+    assert algo.proximal == "objective" and algo.test_lam == algo.lam
+    task = _tasks(tasks=1)[0]
+    theta = {k: v.detach() for k, v in algo.initial_params().items()}
+    phi = {k: v.clone().requires_grad_() for k, v in theta.items()}
+    for _ in range(3):
+        grads = torch.autograd.grad(algo.proximal_objective(phi, theta, task.support), list(phi.values()))
+        phi = {k: (p - 0.1 * g).detach().requires_grad_() for (k, p), g in zip(phi.items(), grads)}
+    for k, p in algo.adapt(task.support).items():
+        torch.testing.assert_close(p, phi[k], rtol=1e-10, atol=1e-12)
+    with pytest.raises(ValueError, match="gd"):
+        _imaml(proximal="final_step", inner_solver="hf")
+
+
+# -- 8. Meta-SGD: one step --------------------------------------------------------------------------
+
+def test_paper_profile_metasgd_adapts_in_one_step_in_training_and_test():
+    params = load_params(ROOT / "params.yaml", "paper")
+    configured = {name: b["algorithms"]["metasgd"] for name, b in params["benchmarks"].items()
+                  if "metasgd" in b["algorithms"]}
+    assert {"omniglot-5w1s", "omniglot-20w1s", "miniimagenet-5w1s", "sinusoid"} <= set(configured)
+    for name, hp in configured.items():
+        assert hp["inner_steps"] == 1 and hp["test_inner_steps"] == 1, name
+
+
+# -- 9. meta-gradient clipping ------------------------------------------------------------------------
+
+def test_clip_meta_grad_clamps_each_entry_before_the_adam_step():
+    layer = torch.nn.Linear(3, 1)
+    layer.weight.grad = torch.tensor([[100.0, -100.0, 5.0]])
+    layer.bias.grad = None
+    clip_meta_grad(layer, 10.0)
+    assert layer.weight.grad.tolist() == [[10.0, -10.0, 5.0]]
+    optimizer = torch.optim.Adam(layer.parameters(), lr=1e-3)
+    optimizer.step()
+    # Adam's first moment holds (1 - beta1) x the clipped gradient: 10, not 100, reached it
+    assert optimizer.state[layer.weight]["exp_avg"][0].tolist() == pytest.approx([1.0, -1.0, 0.5])
+    clip_meta_grad(layer, None)  # the default: no clipping
+    assert layer.weight.grad.tolist() == [[10.0, -10.0, 5.0]]
+
+
+def test_training_loop_clips_the_meta_gradient(tmp_path):
+    """train.clip_meta_grad in the loop: a tiny limit bounds what reaches Adam (first moment)."""
+    params = quick_params(tmp_path, benchmarks={"sinusoid": {
+        "train": {"meta_batch": 2, "iterations": 1, "checkpoint_every": 1, "clip_meta_grad": 1e-6}}})
+    train(params, "sinusoid", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+    assert state and all(s["exp_avg"].abs().max().item() <= 0.1 * 1e-6 * (1 + 1e-6) for s in state.values())
+
+
+# -- the paper profile: every point at the official setting -------------------------------------------
+
+# (benchmark-level key or algorithms.<a>.key, official value, where the official code says so)
+OMNIGLOT_MAML = [
+    ("inner_loss", "sum_over_shots", "cbfinn/maml utils.py xent (softmax cross-entropy / update_batch_size)"),
+    ("batch_norm", "maml", "cbfinn/maml utils.py normalize (tf.contrib.layers.batch_norm defaults)"),
+    ("head_init", "normal", "cbfinn/maml maml.py construct_conv_weights (w5 = tf.random_normal)"),
+    ("rotations", "per_task", "cbfinn/maml data_generator.py make_data_tensor (`# and FLAGS.train`)"),
+]
+IMAGENET_MAML = [
+    ("inner_loss", "sum_over_shots", "cbfinn/maml utils.py xent"),
+    ("batch_norm", "maml", "cbfinn/maml utils.py normalize"),
+    ("head_init", "xavier", "cbfinn/maml maml.py construct_conv_weights (w5: xavier_initializer, miniimagenet)"),
+    ("train.clip_meta_grad", 10, "cbfinn/maml maml.py construct_model (tf.clip_by_value(grad, -10, 10), miniimagenet)"),
+]
+OFFICIAL = {
+    "omniglot-5w1s": OMNIGLOT_MAML,
+    "omniglot-20w1s": OMNIGLOT_MAML,
+    **{name: IMAGENET_MAML for name in ("miniimagenet-5w1s", "miniimagenet-5w5s",
+                                        "tieredimagenet-5w1s", "tieredimagenet-5w5s")},
+}
+MAML_CODE_EVALUATION = [
+    ("eval_query_batch", "shots", "cbfinn/maml main.py (test: DataGenerator(update_batch_size * 2), K queries per class)"),
+]
+IMAML = [  # the iMAML code's protocol, on every benchmark of the paper profile it has (regression: none)
+    ("imaml.proximal", "final_step",
+     "aravindr93/imaml_dev examples/omniglot_implicit_maml.py (learn_task, then a step on regularization_loss)"),
+    ("imaml.test_lam", 0.0, "aravindr93/imaml_dev examples/README.md (measure_accuracy.py --lam 0.0)"),
+]
+for name in OFFICIAL:
+    OFFICIAL[name] = OFFICIAL[name] + MAML_CODE_EVALUATION + IMAML
+EVERYWHERE = [  # every benchmark of the paper profile where the algorithm is configured
+    ("metasgd.inner_steps", 1, "Li et al. 2017 (Meta-SGD), Section 3: one adaptation step"),
+    ("metasgd.test_inner_steps", 1, "Li et al. 2017 (Meta-SGD): one step at meta-test too"),
+]
+DEFAULTS = {"inner_loss": "mean", "eval_query_batch": "all", "batch_norm": "affine", "head_init": "xavier", "rotations": "classes",
+            "train.clip_meta_grad": None}
+
+
+def _setting(bench: dict, key: str):
+    if key.startswith("train."):
+        return bench["train"].get(key.split(".", 1)[1])
+    return bench.get(key, DEFAULTS[key])
+
+
+def test_paper_profile_uses_the_official_settings():
+    params = load_params(ROOT / "params.yaml", "paper")
+    wrong = []
+    for bench_name, table in OFFICIAL.items():
+        bench = params["benchmarks"][bench_name]
+        for key, official, source in table:
+            if key in ("inner_loss", "eval_query_batch"):  # MAML-family algorithm settings (regression: n/a)
+                for algo in MAML_FAMILY:
+                    if algo in bench["algorithms"]:
+                        value = bench["algorithms"][algo].get(key, DEFAULTS[key])
+                        if value != official:
+                            wrong.append(f"{bench_name}.{algo}.{key} = {value}, official {official} ({source})")
+            elif key.startswith("imaml."):
+                value = bench["algorithms"]["imaml"].get(key.split(".")[1])
+                if value != official:
+                    wrong.append(f"{bench_name}.{key} = {value}, official {official} ({source})")
+            elif _setting(bench, key) != official:
+                wrong.append(f"{bench_name}.{key} = {_setting(bench, key)}, official {official} ({source})")
+    for bench_name, bench in params["benchmarks"].items():
+        for key, official, source in EVERYWHERE:
+            algo, hp = key.split(".")
+            if algo in bench["algorithms"] and bench["algorithms"][algo][hp] != official:
+                wrong.append(f"{bench_name}.{key} = {bench['algorithms'][algo][hp]}, official {official} ({source})")
+    assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("profile", ["default", "quick"])
+def test_default_and_quick_profiles_keep_todays_protocol(profile):
+    params = load_params(ROOT / "params.yaml", profile)
+    for bench in params["benchmarks"].values():
+        for key in ("batch_norm", "head_init", "rotations"):
+            assert key not in bench
+        assert "clip_meta_grad" not in bench["train"]
+        for hp in bench["algorithms"].values():
+            assert not {"inner_loss", "eval_query_batch", "proximal", "test_lam"} & set(hp)
