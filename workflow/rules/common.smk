@@ -32,7 +32,8 @@ def _effective_config(config):
 try:
     PARAMS = _effective_config(config)  # ConfigError (key named) before any job starts
 except pipeline.ConfigError as _error:  # a message naming the key, without Snakemake's stack of files
-    sys.exit(f"ConfigError: {_error}")
+    print(f"ConfigError: {_error}", file=sys.stderr, flush=True)
+    sys.exit(2)  # the bad-input code, as `metalearn`
 # The same schema again through Snakemake's validator; set_default=False because defaults live in
 # params.yaml, and Snakemake's default-setting extension cannot read the schema's `false` subschemas.
 validate(PARAMS, "../schemas/params.schema.yaml", set_default=False)
