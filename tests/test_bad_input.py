@@ -2,8 +2,9 @@
 
 Every expected failure of `metalearn` is a message naming the offending key, file or flag, with exit
 code 2; only a bug shows a traceback (exit 3, with a line asking for a report). Here: one regression
-test per example of the issue, then generated corrupted configurations (in-process for hundreds, and
-through `snakemake -n` for a fixed sample) and corrupted files given to every command that reads them.
+test per example of the issue, then generated corrupted configurations (hundreds, each through
+`metalearn` and a `snakemake -n` dry run, both in-process; the `snakemake` command itself on a fixed
+sample) and corrupted files given to every command that reads them.
 """
 from __future__ import annotations
 
@@ -436,6 +437,39 @@ def check_verdict(code: int, err: str, names: list[str]) -> str:
 
 
 MUTATION = st.tuples(st.sampled_from(PATHS), st.sampled_from(ACTIONS), st.sampled_from(VALUES))
+_SNAKEMAKE_PROJECT: list[Path] = []
+
+
+def snakemake_dry_run(text: str) -> tuple[int | str, str]:
+    """`snakemake -n` on a project whose params.yaml is `text`, through Snakemake's Python API in this
+    process (a process start per configuration would take seconds each): (exit code, output).
+    'error' and the message when Snakemake raised instead of stopping with the workflow's code."""
+    import contextlib
+    import io
+    import os
+    import tempfile
+
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import OutputSettings, Quietness, ResourceSettings
+
+    if not _SNAKEMAKE_PROJECT:
+        _SNAKEMAKE_PROJECT.append(copy_project(Path(tempfile.mkdtemp(prefix="metalearn-smk-"))))
+    project = _SNAKEMAKE_PROJECT[0]
+    (project / "params.yaml").write_text(text)
+    output, cwd = io.StringIO(), os.getcwd()
+    try:
+        with contextlib.redirect_stderr(output), contextlib.redirect_stdout(output):
+            with SnakemakeApi(OutputSettings(quiet={Quietness.ALL})) as api:
+                workflow = api.workflow(resource_settings=ResourceSettings(cores=1),
+                                        snakefile=project / "Snakefile", workdir=project)
+                workflow.dag().execute_workflow(executor="dryrun")
+        return 0, output.getvalue()
+    except SystemExit as exc:
+        return exc.code, output.getvalue()
+    except Exception as exc:  # noqa: BLE001 -- reported by the test
+        return "error", f"{type(exc).__name__}: {exc}\n{output.getvalue()}"
+    finally:
+        os.chdir(cwd)
 
 
 @settings(max_examples=300, deadline=None, derandomize=True,
@@ -443,13 +477,22 @@ MUTATION = st.tuples(st.sampled_from(PATHS), st.sampled_from(ACTIONS), st.sample
 @given(mutations=st.lists(MUTATION, min_size=1, max_size=3),
        duplicate=st.one_of(st.none(), st.none(), st.integers(0, 10_000)))
 def test_generated_corrupt_configs_validate_or_name_the_key(tmp_path, capsys, mutations, duplicate):
+    """Each generated configuration through `metalearn` and through `snakemake -n` (Snakemake's API,
+    in-process; test_snakemake_on_generated_corrupt_configs_agrees_with_metalearn runs the command
+    itself on a sample): both accept it, or both stop with exit code 2 and a key named."""
     text, names = corrupted(mutations, duplicate)
     path = tmp_path / "params.yaml"
     path.write_text(text)
     code, err = run(capsys, "evaluate", "--params", path, "--model", tmp_path / "missing" / "model.pt",
                     "--out", tmp_path / "e.json")
-    check_verdict(code, err, names)
+    verdict = check_verdict(code, err, names)
     assert not (tmp_path / "e.json").exists()
+    smk_code, out = snakemake_dry_run(text)
+    assert "Traceback" not in out, out
+    if verdict == "valid":
+        assert smk_code == 0, out
+    else:
+        assert smk_code == 2 and "ConfigError" in out and any(name in out for name in names), (smk_code, out)
 
 
 def _snakemake_sample(tmp_path: Path, capsys, invalid: int = 13, valid: int = 3) -> list[tuple[str, list[str], str]]:
