@@ -394,6 +394,17 @@ def test_training_loop_clips_the_meta_gradient(tmp_path):
     assert state and all(s["exp_avg"].abs().max().item() <= 0.1 * 1e-6 * (1 + 1e-6) for s in state.values())
 
 
+def test_meta_adam_eps_is_the_training_loops_adam_eps(tmp_path):
+    """imaml's meta_adam_eps reaches the meta-optimizer; without it, torch's default 1e-8."""
+    base = {"inner_lr": 0.01, "inner_steps": 1, "test_inner_steps": 1, "lam": 2.0, "cg_steps": 1}
+    for hparams, eps in ((base, 1e-8), ({**base, "meta_adam_eps": 1e-3}, 1e-3)):
+        params = quick_params(tmp_path / str(eps), benchmarks={"sinusoid": {
+            "train": {"meta_batch": 2, "iterations": 1, "checkpoint_every": 1}, "algorithms": {"imaml": hparams}}})
+        train(params, "sinusoid", "imaml", 0, tmp_path / str(eps) / "run", device="cpu", log=lambda s: None)
+        state = torch.load(tmp_path / str(eps) / "run" / "checkpoint.pt", weights_only=True)["optimizer"]
+        assert [group["eps"] for group in state["param_groups"]] == [eps]
+
+
 # -- the paper profile: every point at the official setting -------------------------------------------
 
 # (benchmark-level key or algorithms.<a>.key, official value, where the official code says so)
@@ -422,6 +433,7 @@ IMAML = [  # the iMAML code's protocol, on every benchmark of the paper profile 
     ("imaml.proximal", "final_step",
      "aravindr93/imaml_dev examples/omniglot_implicit_maml.py (learn_task, then a step on regularization_loss)"),
     ("imaml.test_lam", 0.0, "aravindr93/imaml_dev examples/README.md (measure_accuracy.py --lam 0.0)"),
+    ("imaml.meta_adam_eps", 0.001, "aravindr93/imaml_dev implicit_maml/learner_model.py (outer Adam, eps=1e-3)"),
 ]
 for name in OFFICIAL:
     OFFICIAL[name] = OFFICIAL[name] + MAML_CODE_EVALUATION + IMAML
@@ -473,4 +485,4 @@ def test_default_and_quick_profiles_keep_todays_protocol(profile):
             assert key not in bench
         assert "clip_meta_grad" not in bench["train"]
         for hp in bench["algorithms"].values():
-            assert not {"inner_loss", "eval_query_batch", "proximal", "test_lam"} & set(hp)
+            assert not {"inner_loss", "eval_query_batch", "proximal", "test_lam", "meta_adam_eps"} & set(hp)

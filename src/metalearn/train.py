@@ -106,7 +106,9 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     config = run_config(params, bench_name, algorithm, seed)
     digest = config_hash(config)
     algo = build(params, bench_name, algorithm, seed, dev)
-    optimizer = torch.optim.Adam(algo.parameters(), lr=cfg["meta_lr"])
+    # Adam's eps: torch's default, or the algorithm's own (`meta_adam_eps`: the iMAML code's outer Adam
+    # uses 1e-3, aravindr93/imaml_dev implicit_maml/learner_model.py)
+    optimizer = torch.optim.Adam(algo.parameters(), lr=cfg["meta_lr"], eps=config["hparams"].get("meta_adam_eps", 1e-8))
     generator = torch.Generator().manual_seed(seed)
     sampler = benchmarks.train_sampler(params, bench, generator, dev)
 
