@@ -584,16 +584,23 @@ FILE_KINDS = ["truncated-0.0", "truncated-0.1", "truncated-0.5", "truncated-0.99
               "foreign-episodes", "foreign-evaluation", "foreign-history", "foreign-params"]
 
 
-@pytest.mark.parametrize("command", ["evaluate", "adapt"])
-def test_corrupt_model_files_are_named(made, tmp_path, capsys, command):
+def assert_each(files: dict[str, Path], check) -> None:
+    """check(kind, path) for every damaged or foreign file; the failures of all kinds reported at once."""
     failures = []
-    for kind, path in corrupt_files(made, tmp_path / "files", made["model"]).items():
-        code, err = _read_model(capsys, made, command, path, tmp_path)
+    for kind, path in files.items():
         try:
-            assert_bad_input(code, err, str(path))
+            check(kind, path)
         except AssertionError as exc:
             failures.append(f"{kind}: {exc}")
     assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("command", ["evaluate", "adapt"])
+def test_corrupt_model_files_are_named(made, tmp_path, capsys, command):
+    def check(kind, path):
+        code, err = _read_model(capsys, made, command, path, tmp_path)
+        assert_bad_input(code, err, str(path))
+    assert_each(corrupt_files(made, tmp_path / "files", made["model"]), check)
 
 
 def test_corrupt_checkpoints_are_set_aside_and_training_restarts(made, tmp_path, capsys):
@@ -616,8 +623,7 @@ def test_corrupt_checkpoints_are_set_aside_and_training_restarts(made, tmp_path,
 
 def test_corrupt_episode_files_are_named(made, tmp_path, capsys):
     """The saved test episodes, damaged or replaced, given to `evaluate`."""
-    failures = []
-    for kind, path in corrupt_files(made, tmp_path / "files", made["episodes"]).items():
+    def check(kind, path):
         params = deep_merge(made["params"], {"data": {"root": str(tmp_path / kind / "data")}})
         episodes = tmp_path / kind / "data" / "episodes" / "sinusoid.pt"
         episodes.parent.mkdir(parents=True)
@@ -625,12 +631,9 @@ def test_corrupt_episode_files_are_named(made, tmp_path, capsys):
         shutil.copy(path, episodes)
         code, err = run(capsys, "evaluate", "--params", params_file, "--model", made["model"],
                         "--out", tmp_path / kind / "e.json")
-        try:
-            assert_bad_input(code, err, str(episodes))
-            assert not (tmp_path / kind / "e.json").exists()
-        except AssertionError as exc:
-            failures.append(f"{kind}: {exc}")
-    assert not failures, "\n".join(failures)
+        assert_bad_input(code, err, str(episodes))
+        assert not (tmp_path / kind / "e.json").exists()
+    assert_each(corrupt_files(made, tmp_path / "files", made["episodes"]), check)
 
 
 def test_missing_and_stale_episode_files_are_named(made, tmp_path, capsys):
@@ -646,36 +649,29 @@ def test_missing_and_stale_episode_files_are_named(made, tmp_path, capsys):
 
 
 def test_corrupt_evaluation_files_are_named(made, tmp_path, capsys):
-    failures = []
     good = json.loads(made["evaluation"].read_text())
     files = corrupt_files(made, tmp_path / "files", made["evaluation"])
     files["short-per-episode"] = _write_json(tmp_path / "short.json", {**good, "per_episode": good["per_episode"][:3]})
     files["text-seed"] = _write_json(tmp_path / "seed.json", {**good, "seed": "0"})
     files["bool-values"] = _write_json(tmp_path / "bool.json", {**good, "per_episode": [True] * good["episodes"]})
-    for kind, path in files.items():
+
+    def check(kind, path):
         code, err = run(capsys, "aggregate", "--params", made["params_file"], path, "--out", tmp_path / kind / "s.csv")
-        try:
-            assert_bad_input(code, err, str(path))
-            assert not (tmp_path / kind).exists()
-        except AssertionError as exc:
-            failures.append(f"{kind}: {exc}")
-    assert not failures, "\n".join(failures)
+        assert_bad_input(code, err, str(path))
+        assert not (tmp_path / kind).exists()
+    assert_each(files, check)
 
 
 def test_corrupt_history_files_are_named(made, tmp_path, capsys):
-    failures = []
-    for kind, path in corrupt_files(made, tmp_path / "files", made["history"]).items():
+    def check(kind, path):
         history = tmp_path / kind / "sinusoid" / "maml" / "seed0" / "history.json"
         history.parent.mkdir(parents=True)
         shutil.copy(path, history)
         code, err = run(capsys, "aggregate", "--params", made["params_file"], made["evaluation"],
                         "--histories", history, "--plots", tmp_path / kind / "plots", "--out", tmp_path / kind / "s.csv")
-        try:
-            assert_bad_input(code, err, str(history))
-            assert not (tmp_path / kind / "s.csv").exists()
-        except AssertionError as exc:
-            failures.append(f"{kind}: {exc}")
-    assert not failures, "\n".join(failures)
+        assert_bad_input(code, err, str(history))
+        assert not (tmp_path / kind / "s.csv").exists()
+    assert_each(corrupt_files(made, tmp_path / "files", made["history"]), check)
 
 
 def test_the_made_files_themselves_are_accepted(made, tmp_path, capsys):

@@ -13,6 +13,7 @@ from typing import Iterator
 
 import torch
 
+from metalearn.config import BadFile
 from metalearn.data import episodes as ep
 from metalearn.data import imagenet, omniglot
 from metalearn.models import build_model
@@ -115,12 +116,27 @@ def make_episodes(params: dict, bench_name: str) -> Path:
     return path
 
 
+def read_episodes(path: Path, bench_name: str) -> dict:
+    """A benchmark's saved episodes; a missing, unreadable or foreign file is a BadFile naming it."""
+    if not path.exists():
+        raise BadFile(f"{path}: no saved episodes for {bench_name}; run `metalearn split -b {bench_name}` first")
+    try:
+        episodes = ep.load_episodes(path)
+    except Exception as exc:  # torch raises several types for truncated or foreign files
+        raise BadFile(f"{path}: not a readable episode file ({type(exc).__name__}); "
+                      f"run `metalearn split -b {bench_name}` to write it again") from None
+    if not (isinstance(episodes, dict) and isinstance(episodes.get("settings"), dict)
+            and "val" in episodes and "test" in episodes):
+        raise BadFile(f"{path}: not a file of saved episodes; run `metalearn split -b {bench_name}` to write it again")
+    return episodes
+
+
 def eval_batches(params: dict, bench_name: str, split: str, device: torch.device,
                  chunk: int = 50) -> Iterator[TaskBatch]:
     """The saved episodes of `split` ('val' or 'test'), in chunks of TaskBatches on `device`."""
     bench = params["benchmarks"][bench_name]
     path = episodes_path(params, bench_name)
-    episodes = ep.load_episodes(path)
+    episodes = read_episodes(path, bench_name)
     if episodes.get("settings") != episode_settings(bench):
         raise StaleEpisodes(f"{path} was made for other settings of {bench_name} ({episodes.get('settings')}); "
                          f"run `metalearn split -b {bench_name}` (the pipeline does this by itself)")

@@ -144,9 +144,7 @@ def cmd_split(params: dict, args) -> None:
 
 
 def cmd_train(params: dict, args) -> None:
-    from metalearn.train import train
-
-    from metalearn.train import run_config
+    from metalearn.train import run_config, train
 
     out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
     run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError for an unknown -b / -a
@@ -183,6 +181,8 @@ def cmd_aggregate(params: dict, args) -> None:
     plots = Path(args.plots) if args.plots else None
     check_writable(args.out, "--out")
     check_writable(Path(args.out).with_suffix(".md"), "--out (its .md)")
+    for beside in ("paper.md", "paper.csv"):  # paper vs ours, written beside the table
+        check_writable(Path(args.out).with_name(beside), f"--out (the {beside} beside it)")
     if plots is not None:
         check_writable(plots, "--plots", folder=True)
     table = aggregate([Path(p) for p in args.inputs], Path(args.out),

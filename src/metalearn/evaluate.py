@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from metalearn import benchmarks
-from metalearn.config import BadFile, BadInput, ConfigError
+from metalearn.config import BadInput, ConfigError
 from metalearn.train import load_model
 
 # The settings a model is tied to: its network's shape and what it learned from. Evaluation-only
@@ -33,8 +33,8 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 def evaluate(params: dict, model_path: Path, split: str = "test", device: str = "auto",
              steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
-    check_inputs(params, model_path, steps)
-    algo, saved = load_model(model_path, device)
+    saved = check_inputs(params, model_path, steps)
+    algo, saved = load_model(model_path, device, saved)
     config = saved["config"]
     bench_name = config["benchmark"]
     bench = params["benchmarks"][bench_name]
@@ -111,26 +111,16 @@ def check_model_fits(params: dict, saved: dict, model_path: Path) -> None:
                        "(--profile), or train it again with these")
 
 
-def check_inputs(params: dict, model_path: Path, steps: int | None) -> None:
-    """Before any work: the steps, the model file and its fit to the benchmark, the episode file."""
+def check_inputs(params: dict, model_path: Path, steps: int | None) -> dict:
+    """Before any work: the steps, the model file and its fit to the benchmark; returns the model's
+    record (the episode file is checked where it is read, benchmarks.read_episodes)."""
     from metalearn.train import read_model_file
 
     if steps is not None and (not isinstance(steps, int) or steps < 0):
         raise BadInput(f"--steps: {steps!r} adaptation steps; give 0 or more")
     saved = read_model_file(Path(model_path))
     check_model_fits(params, saved, Path(model_path))
-    name = saved["config"]["benchmark"]
-    path = benchmarks.episodes_path(params, name)
-    if not path.exists():
-        raise BadFile(f"{path}: no saved episodes for {name}; run `metalearn split -b {name}` first")
-    try:
-        episodes = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for truncated or foreign files
-        raise BadFile(f"{path}: not a readable episode file ({type(exc).__name__}); "
-                      f"run `metalearn split -b {name}` to write it again") from None
-    if not (isinstance(episodes, dict) and isinstance(episodes.get("settings"), dict)
-            and "val" in episodes and "test" in episodes):
-        raise BadFile(f"{path}: not a file of saved episodes; run `metalearn split -b {name}` to write it again")
+    return saved
 
 
 def write_json(result: dict, path: Path) -> None:

@@ -250,10 +250,11 @@ def read_model_file(path: Path) -> dict:
     return saved
 
 
-def load_model(path: Path, device: str = "auto"):
-    """(algorithm, saved record) from a model file written by `train`; no pickled code is loaded."""
+def load_model(path: Path, device: str = "auto", saved: dict | None = None):
+    """(algorithm, saved record) from a model file written by `train`; no pickled code is loaded.
+    `saved`: the file's record when the caller has read it already (read_model_file)."""
     dev = pick_device(device)
-    saved = read_model_file(path)
+    saved = read_model_file(path) if saved is None else saved
     config = saved["config"]
     params = {"benchmarks": {config["benchmark"]: {**config["settings"],
                                                    "algorithms": {config["algorithm"]: config["hparams"]}}}}

@@ -93,12 +93,17 @@ class Algorithm(nn.Module):
         """The adapted network's outputs (algorithms with extra, non-adapted layers override this)."""
         return self.objective.forward(params, inputs)
 
+    def predict_query(self, params: Params, task: Task) -> Tensor:
+        """The adapted network's outputs on the task's query inputs (evaluation: all of them at once;
+        maml.py can feed them in batches, `eval_query_batch`)."""
+        return self.predict(params, task.query[0])
+
     def evaluate_task(self, task: Task, steps: int | None = None) -> dict[str, float]:
         """Adapt on the support set, then measure on the query set (no meta-gradient kept)."""
         with torch.enable_grad():
             adapted = self.adapt(task.support, steps)
         with torch.no_grad():
-            return self.objective.metrics(self.predict(adapted, task.query[0]), task.query[1])
+            return self.objective.metrics(self.predict_query(adapted, task), task.query[1])
 
     def evaluate_task_curve(self, task: Task, steps: int) -> list[dict[str, float]]:
         """`evaluate_task` after 0, 1, ..., `steps` adaptation steps (the test error against the number

@@ -28,8 +28,8 @@ Relation to the official code (aravindr93/imaml_dev), read to fix these choices:
 - Its meta-test adaptation (examples/measure_accuracy.py, run with `--lam 0.0` in examples/README.md)
   is the same loop with lam = 0: plain gradient descent on L_S, no proximal pull. `test_lam` is the
   lam of meta-test adaptation (`adapt` without `lam`); default: `lam`, the proximal problem of training.
-- Its outer Adam has eps 1e-3 (implicit_maml/learner_model.py); the training loop's Adam (train.py)
-  has PyTorch's 1e-8, for every algorithm.
+- Its outer Adam has eps 1e-3 (implicit_maml/learner_model.py): `meta_adam_eps` (train.py's Adam;
+  default PyTorch's 1e-8, the paper profile 1e-3).
 Memory does not depend on `inner_steps`: only phi* and one Hessian-vector-product graph live.
 """
 from __future__ import annotations

@@ -138,13 +138,6 @@ class MAML(Algorithm):
             outputs[batch] = predicted
         return outputs
 
-    def evaluate_task(self, task: Task, steps: int | None = None) -> dict[str, float]:
-        """Adapt on the support set, then measure on the query set (`predict_query`)."""
-        with torch.enable_grad():
-            adapted = self.adapt(task.support, steps)
-        with torch.no_grad():
-            return self.objective.metrics(self.predict_query(adapted, task), task.query[1])
-
     def evaluate_task_curve(self, task: Task, steps: int) -> list[dict[str, float]]:
         """The query metrics after 0, 1, ..., `steps` inner steps, each step taken once: the same
         numbers as `evaluate_task(task, s)` for every s (tests/test_regression.py)."""
