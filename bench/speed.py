@@ -13,7 +13,9 @@ growth of the process's peak resident memory over its resident memory just befor
 meta-step (the kernel's peak counter is reset there; on CUDA: torch.cuda.max_memory_allocated).
 The implementations of a setting are timed interleaved (`measure`): `iters_per_s` is the median of
 `repeats` timed blocks after a warm-up step. Writes bench/results/speed.csv
-(columns impl, algorithm, benchmark, iters_per_s, peak_mb) and prints ours / best peer.
+(columns impl, algorithm, benchmark, iters_per_s, peak_mb) and prints ours / best peer, then the
+evaluation rows of bench/evaluation.py (algorithm `maml-evaluation`: 600 test episodes, chunked vs
+the one-episode loop; `iters_per_s` there is episodes per second).
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch.func import functional_call
+
+from bench import evaluation
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {
@@ -262,6 +266,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per implementation (the median is reported)")
     parser.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
     parser.add_argument("--benchmarks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--eval-episodes", type=int, default=600,
+                        help="test episodes of the evaluation rows (bench/evaluation.py; 0: none)")
     parser.add_argument("--out", default=str(RESULTS / "speed.csv"))
     parser.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -277,6 +283,8 @@ def main(argv=None) -> None:
             for row in measure(args.impls, algorithm, benchmark, iterations, args.repeats):
                 rows.append(row)
                 print(f"  {row['impl']:9s} {row['iters_per_s']:8.2f} it/s  peak {row['peak_mb']:8.1f} MB", flush=True)
+    if args.eval_episodes:  # evaluation: episodes per second, chunked vs the one-episode loop
+        rows += evaluation.run(args.benchmarks, args.eval_episodes, min(args.repeats, 3))
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:

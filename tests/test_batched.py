@@ -186,3 +186,73 @@ def test_chunks_are_sized_for_the_cpu_and_whole_on_an_accelerator():
     assert [len(c) for c in chunks] == [11, 11, 10]
     assert torch.equal(torch.cat([c.query_x for c in chunks]), omniglot.query_x)
     assert [len(c) for c in sinusoid.split(40)] == [1] * 25
+
+
+_FORWARD_TASKS = Objective.forward_tasks
+
+
+def _evaluation(name: str, problem, batched: bool, curve: bool, hparams: dict, monkeypatch):
+    """Per-task query metrics of `evaluate_tasks`, the chunk sizes forward_tasks saw, the threads that ran."""
+    model, tasks = problem
+    kind = "classification" if isinstance(model, Conv4) else "regression"
+    algo = build_algorithm(name, model, Objective(model, kind), hparams).double()
+    torch.manual_seed(2)
+    with torch.no_grad():  # meta-parameters that matter (as in _meta_step)
+        for p in algo.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        if name == "metasgd":
+            for rate in algo.alpha.values():
+                rate.uniform_(0.02, 0.2)
+        if name == "mtnet":
+            for zeta in algo.zeta:
+                zeta.uniform_(-2.0, 2.0)
+    algo.batched_tasks = batched
+    calls, threads = [], set()
+    forward_tasks = _FORWARD_TASKS  # the class's own (not an earlier call's spy)
+
+    def spy(self, params, x):
+        calls.append(len(x))
+        threads.add(__import__("threading").current_thread().name.split("_")[0])
+        return forward_tasks(self, params, x)
+    monkeypatch.setattr(Objective, "forward_tasks", spy)
+    return algo.evaluate_tasks(tasks, hparams["test_inner_steps"], curve=curve), calls, threads
+
+
+@pytest.mark.parametrize("curve", [False, True])
+@pytest.mark.parametrize("name, problem", [(name, problem) for name in _batched_algorithms() for problem in _problems(name)])
+def test_chunked_evaluation_equals_the_one_task_loop_per_task(name, problem, curve, monkeypatch):
+    """7 tasks forced into chunks of 3, 2 and 2 (a remainder), two worker threads: every task's query
+    metrics (after each number of steps, `curve`) are the one-task loop's, task by task. Omniglot-shaped
+    tasks feed their queries in batches of K per class (`eval_query_batch: shots`, BatchNorm statistics)."""
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "2")
+    support_numbers = problem(7)[1].support_x[0].numel()
+    monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 3 * support_numbers)
+    hparams = {**HPARAMS, "test_inner_steps": 3}
+    if problem is _omniglot_like:
+        hparams["eval_query_batch"] = "shots"
+    loop, loop_calls, _ = _evaluation(name, problem(7), False, curve, hparams, monkeypatch)
+    chunked, calls, threads = _evaluation(name, problem(7), True, curve, hparams, monkeypatch)
+    assert not loop_calls and len(chunked) == len(loop) == 7
+    steps_scored = hparams["test_inner_steps"] + 1 if curve else 1
+    query_calls = 2 if problem is _omniglot_like else 1  # shots: 2 queries per class, 1 shot -> 2 batches
+    assert sorted(calls) == sorted([3, 2, 2] * (hparams["test_inner_steps"] + steps_scored * query_calls))
+    assert any(t.startswith("metalearn-task") for t in threads)  # the chunks ran in the pool
+    for ours, expected in zip(chunked, loop):
+        for o, e in zip(ours if curve else [ours], expected if curve else [expected]):
+            assert o.keys() == e.keys()
+            assert o == pytest.approx(e, rel=1e-9, abs=1e-12)
+    if curve:  # the curve's step-0 value is the unadapted network's: it differs from the adapted one
+        assert any(c[0]["loss"] != pytest.approx(c[-1]["loss"]) for c in chunked)
+
+
+def test_chunked_evaluation_falls_back_to_the_loop_when_query_layouts_differ(monkeypatch):
+    """`eval_query_batch: shots` with tasks whose queries are ordered differently: one task at a time."""
+    model, tasks = _omniglot_like(3)
+    tasks.query_y = tasks.query_y.clone()  # (the tasks' targets share memory: one row expanded)
+    tasks.query_y[1] = tasks.query_y[1].flip(0)
+    hparams = {**HPARAMS, "eval_query_batch": "shots"}
+    algo = build_algorithm("maml", model, Objective(model, "classification"), hparams)
+    assert algo.query_batches(tasks.query_y, tasks.support_y) is None
+    calls = []
+    monkeypatch.setattr(Objective, "forward_tasks", lambda self, p, x: calls.append(len(x)))
+    assert len(algo.evaluate_tasks(tasks, 1)) == 3 and not calls

@@ -6,7 +6,7 @@ import csv
 
 import pytest
 
-from bench import speed
+from bench import evaluation, speed
 
 
 @pytest.mark.parametrize("benchmark", list(speed.SETTINGS))
@@ -18,12 +18,21 @@ def test_ours_computes_the_plain_loops_meta_gradient(benchmark, algorithm):
 def test_the_harness_writes_the_speed_table(tmp_path, capsys):
     out = tmp_path / "speed.csv"
     speed.main(["--impls", "ours", "plain", "--benchmarks", "sinusoid-10shot", "--iterations", "1",
-                "--repeats", "2", "--out", str(out)])
+                "--repeats", "2", "--eval-episodes", "60", "--out", str(out)])
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb"]
     assert {(r["impl"], r["algorithm"], r["benchmark"]) for r in rows} == {
         (impl, algorithm, benchmark) for impl in ("ours", "plain") for algorithm in ("maml", "fomaml")
-        for benchmark in ["sinusoid-10shot"]}
-    assert all(float(r["iters_per_s"]) > 0 and float(r["peak_mb"]) >= 0 for r in rows)
-    assert "x best peer (plain)" in capsys.readouterr().out
+        for benchmark in ["sinusoid-10shot"]} | {
+        (impl, "maml-evaluation", "sinusoid-10shot-60-episodes") for impl in ("ours", "loop")}
+    assert all(float(r["iters_per_s"]) > 0 for r in rows)
+    assert all(float(r["peak_mb"]) >= 0 for r in rows if r["algorithm"] != "maml-evaluation")
+    printed = capsys.readouterr().out
+    assert "x best peer (plain)" in printed and "one-episode loop" in printed
+
+
+@pytest.mark.parametrize("benchmark", list(evaluation.BENCHMARKS))
+def test_the_evaluation_benchmark_times_paths_that_agree(benchmark):
+    """The two paths the evaluation rows compare give every episode the same metrics (float64)."""
+    assert evaluation.check_same_metrics(benchmark, episodes=9) < 1e-9

@@ -14,6 +14,7 @@ import torch
 
 from metalearn import benchmarks
 from metalearn.config import BadInput, ConfigError
+from metalearn.rl import is_rl
 from metalearn.train import load_model
 
 # The settings a model is tied to: its network's shape and what it learned from. Evaluation-only
@@ -34,6 +35,12 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 def evaluate(params: dict, model_path: Path, split: str = "test", device: str = "auto",
              steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     saved = check_inputs(params, model_path, steps)
+    if params["benchmarks"][saved["config"]["benchmark"]]["task"] == "continual":  # metalearn.continual
+        from metalearn import continual
+        return continual.evaluate(params, model_path, saved, split, device, steps, log)
+    if is_rl(params["benchmarks"][saved["config"]["benchmark"]]):  # RL: return after 0..k steps (metalearn.rl)
+        from metalearn.rl.evaluate import evaluate as evaluate_rl
+        return evaluate_rl(params, model_path, saved, split, steps, log)
     algo, saved = load_model(model_path, device, saved)
     config = saved["config"]
     bench_name = config["benchmark"]
@@ -49,14 +56,13 @@ def evaluate(params: dict, model_path: Path, split: str = "test", device: str = 
     examples: dict | None = None
     for batch in benchmarks.eval_batches(params, bench_name, split, dev):
         if curve:
-            for result in algo.map_tasks(lambda task: algo.evaluate_task_curve(task, steps), batch):
+            for result in algo.evaluate_tasks(batch, steps, curve=True):
                 curves.append([score(m) for m in result])
                 values.append(curves[-1][-1])
             if examples is None and bench["task"] == "sinusoid":
                 examples = fitted_examples(algo, batch, steps)
         else:
-            for result in algo.map_tasks(lambda task: algo.evaluate_task(task, steps), batch):
-                values.append(score(result))
+            values.extend(score(result) for result in algo.evaluate_tasks(batch, steps))
         if len(values) % 200 < len(batch):  # progress every ~200 episodes
             log(f"[evaluate {bench_name}/{config['algorithm']}/seed{config['seed']}] {len(values)} episodes")
     mean, ci95 = mean_ci95(values)

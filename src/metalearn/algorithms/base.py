@@ -111,6 +111,14 @@ class Algorithm(nn.Module):
         override this to take each step once (maml.py)."""
         return [self.evaluate_task(task, s) for s in range(steps + 1)]
 
+    def evaluate_tasks(self, tasks: TaskBatch, steps: int, curve: bool = False) -> list:
+        """`evaluate_task(task, steps)` of every task of the batch, in order (`curve`: each task's
+        `evaluate_task_curve`). Here one task at a time, concurrently (`map_tasks`); the MAML family
+        adapts chunks of tasks together (maml.py), to the same numbers."""
+        if curve:
+            return self.map_tasks(lambda task: self.evaluate_task_curve(task, steps), tasks)
+        return self.map_tasks(lambda task: self.evaluate_task(task, steps), tasks)
+
     def adapted_predictions(self, task: Task, inputs: Tensor, steps: int) -> Tensor:
         """The network's outputs at `inputs` after adapting to the task's support set in `steps`
         steps (the report's fitted curves)."""

@@ -151,6 +151,65 @@ class MAML(Algorithm):
                 curve.append(self.objective.metrics(self.predict_query(params, task), task.query[1]))
         return curve
 
+    # -- evaluating a chunk of tasks at once ------------------------------------------------------
+    def evaluate_tasks(self, tasks: TaskBatch, steps: int, curve: bool = False) -> list:
+        """`evaluate_task` (`curve`: `evaluate_task_curve`) of every task, chunks of tasks adapted
+        together as in meta-training (the module docstring), to the one-task loop's numbers (each task's
+        own, tests/test_batched.py). One task at a time where the network cannot run a chunk, or the
+        tasks' query sets are not laid out alike (`query_batches`)."""
+        batches = self.query_batches(tasks.query_y, tasks.support_y)
+        if not (self.batched_tasks and self.objective.batches_tasks) or batches is None:
+            return super().evaluate_tasks(tasks, steps, curve)
+        device = next(self.parameters()).device
+        chunks = tasks.split(chunk_count(tasks, device))
+        results = self.map_tasks(lambda chunk: self.evaluate_chunk(chunk, steps, curve, batches), chunks)
+        return [result for chunk_results in results for result in chunk_results]
+
+    def query_batches(self, query_y: Tensor, support_y: Tensor) -> list[Tensor] | None:
+        """The query indices `predict_query` feeds the network together, the same for every task of
+        the stack ([tasks, n] targets); None if the tasks differ (`eval_query_batch: shots` groups by class)."""
+        if self.eval_query_batch == "all":
+            return [torch.arange(query_y.shape[1], device=query_y.device)]
+        if not (query_y == query_y[:1]).all() or not (support_y == support_y[:1]).all():
+            return None
+        targets, classes = query_y[0], support_y[0].unique()
+        shots = len(support_y[0]) // len(classes)
+        per_class = [(targets == c).nonzero().flatten() for c in targets.unique()]
+        return [torch.cat([i[start:start + shots] for i in per_class])
+                for start in range(0, max(len(i) for i in per_class), shots)]
+
+    def evaluation_step_sizes(self, tasks: TaskBatch) -> StepSizes:
+        """The inner loop's step sizes at evaluation, broadcast over [tasks, *shape]."""
+        return self.step_sizes()
+
+    def evaluate_chunk(self, tasks: TaskBatch, steps: int, curve: bool, batches: list[Tensor]) -> list:
+        """The query metrics of a chunk's tasks after `steps` inner steps (`curve`: after each of
+        0..`steps`), every task's parameters adapted on its own support set; no meta-gradient kept."""
+        rates = self.evaluation_step_sizes(tasks)
+        params = {name: p.detach().expand(len(tasks), *p.shape).clone().requires_grad_()
+                  for name, p in self.initial_params().items()}
+
+        def support_loss(p: Params) -> Tensor:
+            outputs = self.predict_tasks(p, tasks.support_x)
+            return self.support_loss(self.objective.task_losses(outputs, tasks.support_y), outputs).sum()
+        after_step = []  # [steps taken][tasks] metrics
+        for step in range(steps + 1):
+            if step:
+                with torch.enable_grad():
+                    params = detached(self.descend(support_loss, params, 1, False, rates))
+            if curve or step == steps:
+                with torch.no_grad():
+                    outputs = None
+                    for batch in batches:
+                        predicted = self.predict_tasks(params, tasks.query_x[:, batch])
+                        if outputs is None:
+                            outputs = predicted.new_empty(len(tasks), tasks.query_x.shape[1], *predicted.shape[2:])
+                        outputs[:, batch] = predicted
+                    losses = self.objective.task_losses(outputs, tasks.query_y)
+                    after_step.append(self.objective.task_metrics(outputs, tasks.query_y, losses))
+        per_task = [list(metrics) for metrics in zip(*after_step)]
+        return per_task if curve else [metrics[-1] for metrics in per_task]
+
     def task_meta_loss(self, task: Task, step_sizes: StepSizes | None = None):
         adapted = self.adapt(task.support, self.inner_steps, create_graph=not self.first_order,
                              params=self.initial_params(), step_sizes=step_sizes)

@@ -266,6 +266,11 @@ class MTNet(TNet):
             noise = uniform_noise(self.layers, torch.Generator().manual_seed(seed))
         return self.masks(noise)
 
+    def evaluation_step_sizes(self, tasks: TaskBatch) -> StepSizes:
+        """alpha M with each task's own episode mask (`episode_masks`), stacked [tasks, units, 1...]."""
+        masks = [self.episode_masks(task.support) for task in tasks]
+        return self.masked_step_sizes({name: torch.stack([m[name] for m in masks]) for name in masks[0]})
+
     def meta_step(self, tasks: TaskBatch) -> dict[str, float]:
         # Draw every task's mask noise here, in task order on the calling thread, from the global
         # generator (checkpointed by the loop); then the tasks (or chunks of them) may run

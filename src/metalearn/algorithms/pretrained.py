@@ -69,5 +69,10 @@ class Oracle(Pretrained):
     def evaluate_task_curve(self, task: Task, steps: int):
         return super().evaluate_task_curve(self.informed_task(task), steps)
 
+    def evaluate_chunk(self, tasks: TaskBatch, steps: int, curve: bool, batches):
+        return super().evaluate_chunk(TaskBatch(self.informed_inputs(tasks.support_x, tasks.info), tasks.support_y,
+                                                self.informed_inputs(tasks.query_x, tasks.info), tasks.query_y),
+                                      steps, curve, batches)
+
     def adapted_predictions(self, task: InformedTask, inputs: Tensor, steps: int) -> Tensor:
         return super().adapted_predictions(self.informed_task(task), self.informed_inputs(inputs, task.info), steps)
