@@ -16,6 +16,12 @@ from metalearn.models import MLP, Conv4
 from metalearn.tasks import Objective, TaskBatch
 
 HPARAMS = {"inner_lr": 0.1, "inner_steps": 2, "test_inner_steps": 2}
+# iMAML: the exact implicit system (no dampings), whose CG meets negative curvature on some tasks
+IMAML_HPARAMS = {"lam": 1.0, "cg_steps": 4, "cg_damping": 0.0, "lam_damping": 0.0}
+
+
+def hparams_for(name: str, **changes) -> dict:
+    return {**HPARAMS, **(IMAML_HPARAMS if name == "imaml" else {}), **changes}
 
 
 def _batched_algorithms() -> list[str]:
@@ -23,7 +29,7 @@ def _batched_algorithms() -> list[str]:
 
 
 def test_the_maml_family_takes_the_batched_path():
-    assert {"fomaml", "maml", "metasgd", "mtnet", "tnet"} <= set(_batched_algorithms())
+    assert {"fomaml", "imaml", "maml", "metasgd", "mtnet", "tnet"} <= set(_batched_algorithms())
 
 
 def _per_task_parameters(model, tasks: int) -> dict[str, torch.Tensor]:
@@ -93,7 +99,7 @@ def _problems(name: str) -> list:
 def _meta_step(name: str, problem, batched: bool, monkeypatch):
     model, tasks = problem
     kind = "classification" if isinstance(model, Conv4) else "regression"
-    algo = build_algorithm(name, model, Objective(model, kind), HPARAMS).double()
+    algo = build_algorithm(name, model, Objective(model, kind), hparams_for(name)).double()
     torch.manual_seed(2)
     with torch.no_grad():
         if name == "metasgd":  # learned rates that differ per entry, not the constant start
@@ -227,16 +233,19 @@ def test_chunked_evaluation_equals_the_one_task_loop_per_task(name, problem, cur
     monkeypatch.setenv("METALEARN_TASK_THREADS", "2")
     support_numbers = problem(7)[1].support_x[0].numel()
     monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 3 * support_numbers)
-    hparams = {**HPARAMS, "test_inner_steps": 3}
-    if problem is _omniglot_like:
+    hparams = hparams_for(name, test_inner_steps=3)
+    if problem is _omniglot_like and name != "imaml":
         hparams["eval_query_batch"] = "shots"
     loop, loop_calls, _ = _evaluation(name, problem(7), False, curve, hparams, monkeypatch)
     chunked, calls, threads = _evaluation(name, problem(7), True, curve, hparams, monkeypatch)
     assert not loop_calls and len(chunked) == len(loop) == 7
-    steps_scored = hparams["test_inner_steps"] + 1 if curve else 1
-    query_calls = 2 if problem is _omniglot_like else 1  # shots: 2 queries per class, 1 shot -> 2 batches
-    assert sorted(calls) == sorted([3, 2, 2] * (hparams["test_inner_steps"] + steps_scored * query_calls))
-    assert any(t.startswith("metalearn-task") for t in threads)  # the chunks ran in the pool
+    if name == "imaml" and curve:  # iMAML's curve: one task at a time (imaml.py)
+        assert not calls
+    else:
+        steps_scored = hparams["test_inner_steps"] + 1 if curve else 1
+        query_calls = 2 if "eval_query_batch" in hparams else 1  # shots: 2 queries per class, 1 shot -> 2 batches
+        assert sorted(calls) == sorted([3, 2, 2] * (hparams["test_inner_steps"] + steps_scored * query_calls))
+        assert any(t.startswith("metalearn-task") for t in threads)  # the chunks ran in the pool
     for ours, expected in zip(chunked, loop):
         for o, e in zip(ours if curve else [ours], expected if curve else [expected]):
             assert o.keys() == e.keys()
@@ -256,3 +265,34 @@ def test_chunked_evaluation_falls_back_to_the_loop_when_query_layouts_differ(mon
     calls = []
     monkeypatch.setattr(Objective, "forward_tasks", lambda self, p, x: calls.append(len(x)))
     assert len(algo.evaluate_tasks(tasks, 1)) == 3 and not calls
+
+
+def test_conjugate_gradient_of_a_stack_is_each_systems_own():
+    """Independent systems, some positive definite, some indefinite (CG stops at non-positive
+    curvature: at the first iteration with b, later with its iterate), one already solved (b = 0):
+    every system gets what the one-system CG gives it."""
+    from metalearn.algorithms.imaml import conjugate_gradient, conjugate_gradient_tasks
+
+    torch.manual_seed(0)
+    tasks, n = 6, 5
+    q = torch.linalg.qr(torch.randn(tasks, n, n, dtype=torch.float64)).Q
+    eigenvalues = torch.rand(tasks, n, dtype=torch.float64) + 0.1
+    eigenvalues[1, 0] = -3.0  # indefinite
+    eigenvalues[2] = -eigenvalues[2]  # negative definite: stops at the first iteration
+    A = q @ torch.diag_embed(eigenvalues) @ q.transpose(1, 2)
+    b = [torch.randn(tasks, n, dtype=torch.float64), torch.randn(tasks, 2, dtype=torch.float64)]
+    b[0][3], b[1][3] = 0.0, 0.0  # solved from the start
+    B = torch.eye(2, dtype=torch.float64) * torch.arange(1.0, tasks + 1, dtype=torch.float64).view(-1, 1, 1)
+
+    def matvec_tasks(v):
+        return [(A @ v[0].unsqueeze(-1)).squeeze(-1), (B @ v[1].unsqueeze(-1)).squeeze(-1)]
+    together = conjugate_gradient_tasks(matvec_tasks, b, steps=4)
+    stops = []
+    for t in range(tasks):
+        def matvec(v, t=t):
+            return [A[t] @ v[0], B[t] @ v[1]]
+        alone = conjugate_gradient(matvec, [b[0][t], b[1][t]], steps=4)
+        for x, y in zip(together, alone):
+            torch.testing.assert_close(x[t], y, rtol=1e-12, atol=1e-12)
+        stops.append(torch.equal(alone[0], b[0][t]))
+    assert stops[2] and not stops[0]  # the negative definite system returned b, a positive one did not

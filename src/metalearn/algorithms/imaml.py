@@ -31,6 +31,13 @@ Relation to the official code (aravindr93/imaml_dev), read to fix these choices:
 - Its outer Adam has eps 1e-3 (implicit_maml/learner_model.py): `meta_adam_eps` (train.py's Adam;
   default PyTorch's 1e-8, the paper profile 1e-3).
 Memory does not depend on `inner_steps`: only phi* and one Hessian-vector-product graph live.
+
+Meta-training and evaluation run chunks of tasks together (as maml.py; solver `gd`), each task with its
+own phi [tasks, *shape] in one network call (models.py, `forward_tasks`). The chunk's summed inner
+objective separates over the tasks, so its gradient is every task's own, and its Hessian is block-
+diagonal: one Hessian-vector product of the sum gives every task's own product. CG then runs every
+task's system with its own step sizes (`conjugate_gradient_tasks`), so the result is the one-task
+loop's, to float rounding (tests/test_batched.py).
 """
 from __future__ import annotations
 
@@ -38,7 +45,8 @@ import torch
 from torch import Tensor
 
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
-from metalearn.tasks import Params, Task
+from metalearn.algorithms.maml import chunk_count
+from metalearn.tasks import Params, Task, TaskBatch
 
 
 def dot(u: list[Tensor], v: list[Tensor]) -> Tensor:
@@ -71,9 +79,47 @@ def conjugate_gradient(matvec, b: list[Tensor], steps: int) -> list[Tensor]:
     return x
 
 
+def task_dot(u: list[Tensor], v: list[Tensor]) -> Tensor:
+    """`dot` of every task's own vectors, stacked along a leading task dimension: [tasks]."""
+    return sum((a * b).flatten(1).sum(1) for a, b in zip(u, v))
+
+
+def conjugate_gradient_tasks(matvec, b: list[Tensor], steps: int) -> list[Tensor]:
+    """`conjugate_gradient` for a stack of independent systems (a leading task dimension; `matvec`
+    block-diagonal across tasks): each task runs its own iteration, with its own step sizes and its
+    own stopping (converged, or non-positive curvature: b itself at the first iteration, else the
+    current iterate), so every task gets what `conjugate_gradient` gives it alone."""
+    def per_task(scalars: Tensor, like: Tensor) -> Tensor:
+        return scalars.view(-1, *[1] * (like.dim() - 1))
+    x = [torch.zeros_like(t) for t in b]
+    r = [t.clone() for t in b]
+    p = [t.clone() for t in b]
+    rs = task_dot(r, r)
+    active = torch.ones_like(rs, dtype=torch.bool)
+    for i in range(steps):
+        active &= rs > 1e-30
+        if not active.any():
+            break
+        ap = matvec(p)
+        curvature = task_dot(p, ap)
+        negative = active & (curvature <= 0)
+        if i == 0:
+            x = [torch.where(per_task(negative, bi), bi, xi) for xi, bi in zip(x, b)]
+        active &= ~negative
+        alpha = torch.where(active, rs / curvature, torch.zeros_like(rs))
+        x = [xi + per_task(alpha, xi) * pi for xi, pi in zip(x, p)]
+        r = [ri - per_task(alpha, ri) * api for ri, api in zip(r, ap)]
+        rs_new = task_dot(r, r)
+        beta = torch.where(active, rs_new / rs, torch.zeros_like(rs))
+        p = [ri + per_task(beta, ri) * pi for ri, pi in zip(r, p)]
+        rs = torch.where(active, rs_new, rs)
+    return x
+
+
 class IMAML(Algorithm):
     name = "imaml"
     parallel_tasks = True  # per-task code is pure: objective.forward and autograd only
+    batched_tasks = True  # chunks of tasks together (solver gd) when the network has forward_tasks
 
     def __init__(self, model, objective, hparams):
         super().__init__(model, objective, hparams)
@@ -167,7 +213,65 @@ class IMAML(Algorithm):
 
     def meta_step(self, tasks) -> dict[str, float]:
         """The implicit meta-gradient is not the gradient of a loss: set .grad directly (mean over tasks)."""
-        results = self.map_tasks(self.task_meta_gradient, tasks)
+        if self.takes_chunks():
+            results = self.map_tasks(self.chunk_meta_gradient,
+                                     tasks.split(chunk_count(tasks, next(self.parameters()).device)))
+            metrics = [m for _, chunk_metrics in results for m in chunk_metrics]
+        else:
+            results = self.map_tasks(self.task_meta_gradient, tasks)
+            metrics = [m for _, m in results]
         # initial_params() order = parameters() order
         add_to_grad(self.model.parameters(), [g for g, _ in results], 1.0 / len(tasks))
-        return mean_metrics([m for _, m in results])
+        return mean_metrics(metrics)
+
+    # -- chunks of tasks at once (see the module docstring) ----------------------------------------
+    def takes_chunks(self) -> bool:
+        return self.batched_tasks and self.objective.batches_tasks and self.inner_solver == "gd"
+
+    def adapt_tasks(self, support_x: Tensor, support_y: Tensor, steps: int, lam: float) -> Params:
+        """`adapt` of every task of a chunk: phi* name -> [tasks, *shape], fresh leaves."""
+        theta = {k: v.detach().expand(len(support_x), *v.shape) for k, v in self.initial_params().items()}
+        phi = {k: v.clone().requires_grad_() for k, v in theta.items()}
+        step_lam = 0.0 if self.proximal == "final_step" else lam
+        for _ in range(steps):
+            outputs = self.objective.forward_tasks(phi, support_x)
+            distance = sum(((p - t) ** 2).flatten(1).sum(1) for p, t in zip(phi.values(), theta.values()))
+            objective = self.objective.task_losses(outputs, support_y) + 0.5 * step_lam * distance
+            grads = torch.autograd.grad(objective.sum(), list(phi.values()))
+            phi = {k: (p - self.inner_lr * g).detach().requires_grad_() for (k, p), g in zip(phi.items(), grads)}
+        if self.proximal == "final_step" and lam:
+            phi = {k: (p - self.inner_lr * lam * (p - theta[k])).detach().requires_grad_() for k, p in phi.items()}
+        return phi
+
+    def chunk_meta_gradient(self, tasks: TaskBatch) -> tuple[list[Tensor], list[dict[str, float]]]:
+        """`task_meta_gradient` of a chunk's tasks, summed over them, and each task's metrics."""
+        phi = self.adapt_tasks(tasks.support_x, tasks.support_y, self.inner_steps, self.lam)
+        outputs = self.objective.forward_tasks(phi, tasks.query_x)
+        losses = self.objective.task_losses(outputs, tasks.query_y)
+        query_grad = list(torch.autograd.grad(losses.sum(), list(phi.values())))
+        support_losses = self.objective.task_losses(self.objective.forward_tasks(phi, tasks.support_x), tasks.support_y)
+        grads = torch.autograd.grad(support_losses.sum(), list(phi.values()), create_graph=True)
+
+        def hessian(v: list[Tensor]) -> list[Tensor]:  # block-diagonal: each task's own H v
+            hv = torch.autograd.grad(grads, list(phi.values()), grad_outputs=v, retain_graph=True, allow_unused=True)
+            return [torch.zeros_like(p) if h is None else h for p, h in zip(phi.values(), hv)]
+        identity, scale = 1.0 + self.cg_damping, 1.0 / (self.lam + self.lam_damping)
+        meta_grads = conjugate_gradient_tasks(lambda v: [identity * vi + scale * h for vi, h in zip(v, hessian(v))],
+                                              query_grad, self.cg_steps)
+        return ([g.sum(0) for g in meta_grads],
+                self.objective.task_metrics(outputs.detach(), tasks.query_y, losses.detach()))
+
+    def evaluate_tasks(self, tasks: TaskBatch, steps: int, curve: bool = False) -> list:
+        """Chunks of tasks adapted together (`adapt_tasks`, lam = `test_lam`), to the one-task loop's
+        metrics; the curve and the `hf` solver one task at a time (base.py)."""
+        if curve or not self.takes_chunks():
+            return super().evaluate_tasks(tasks, steps, curve)
+
+        def chunk_metrics(chunk: TaskBatch) -> list[dict[str, float]]:
+            with torch.enable_grad():
+                phi = self.adapt_tasks(chunk.support_x, chunk.support_y, steps, self.test_lam)
+            with torch.no_grad():
+                outputs = self.objective.forward_tasks(phi, chunk.query_x)
+                return self.objective.task_metrics(outputs, chunk.query_y, self.objective.task_losses(outputs, chunk.query_y))
+        chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
+        return [m for metrics in self.map_tasks(chunk_metrics, chunks) for m in metrics]
