@@ -7,7 +7,9 @@ learning rate and steps) and takes an Adam step, for
   - MAML second order and first order on Omniglot 5-way 1-shot (1 query per class, as the MAML code),
     meta-batch 32, conv4 with 64 filters, 1 inner step (alpha 0.4);
   - MAML second order and first order on sinusoid 10-shot (10 query points), meta-batch 25, MLP 40-40,
-    1 inner step (alpha 0.01).
+    1 inner step (alpha 0.01);
+  - Meta-SGD, T-net, MT-net and iMAML (5 inner steps, 5 CG steps) on both, against their own
+    one-task-at-a-time loop (`loop`: the same code with chunking off; `OTHER_ALGORITHMS`).
 Each implementation runs in a process of its own, so peak memory is its own: `peak_mb` is the
 growth of the process's peak resident memory over its resident memory just before the first
 meta-step (the kernel's peak counter is reset there; on CUDA: torch.cuda.max_memory_allocated).
@@ -153,6 +155,42 @@ def step_torchopt(model, tasks, criterion, inner_lr, first_order):
 
 STEPS = {"ours": step_ours, "plain": step_plain, "higher": step_higher, "torchopt": step_torchopt}
 
+# The other algorithms of the MAML family and iMAML, each against its own one-task-at-a-time loop
+# (`loop`: the same algorithm with chunking off, the tasks spread over the cores as before chunking).
+# Their settings are the default profile's (params.yaml) where they differ from MAML's.
+OTHER_ALGORITHMS = {
+    "metasgd": {}, "tnet": {}, "mtnet": {},
+    "imaml": {"inner_steps": 5, "lam": 2.0, "cg_steps": 5, "cg_damping": 1.0, "lam_damping": 10.0},
+}
+OTHER_IMPLS = ["ours", "loop"]
+
+
+def step_algorithm(algorithm: str, model, tasks, criterion, inner_lr, chunked: bool):
+    """A meta-iteration of `algorithm` as `metalearn train` runs it (chunked), or one task at a time."""
+    from metalearn.algorithms import build_algorithm
+    from metalearn.tasks import Objective
+
+    kind = "classification" if criterion is F.cross_entropy else "regression"
+    hparams = {"inner_lr": inner_lr if algorithm != "imaml" or kind == "regression" else 0.1,
+               "inner_steps": 1, "test_inner_steps": 1, **OTHER_ALGORITHMS[algorithm]}
+    algo = build_algorithm(algorithm, model, Objective(model, kind), hparams).to(tasks.support_x.device)
+    algo.batched_tasks = chunked
+    opt = torch.optim.Adam(algo.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        algo.meta_step(tasks)
+        opt.step()
+    step.algo = algo
+    return step
+
+
+def make_step(impl: str, algorithm: str, benchmark: str, model, tasks, criterion):
+    inner_lr = SETTINGS[benchmark]["inner_lr"]
+    if algorithm in ("maml", "fomaml"):
+        return STEPS[impl](model, tasks, criterion, inner_lr, algorithm == "fomaml")
+    return step_algorithm(algorithm, model, tasks, criterion, inner_lr, impl == "ours")
+
 
 def machine() -> str:
     """What the timings were taken on: the GPU, or the CPU's model and cores."""
@@ -188,7 +226,7 @@ def worker(impl: str, algorithm: str, benchmark: str) -> None:
     seconds on stdout); "done" -> its peak memory, and it exits."""
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tasks, criterion = make_problem(benchmark, device)
-    step = STEPS[impl](model, tasks, criterion, SETTINGS[benchmark]["inner_lr"], algorithm == "fomaml")
+    step = make_step(impl, algorithm, benchmark, model, tasks, criterion)
     before = reset_peak_rss()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
@@ -240,7 +278,8 @@ def measure(impls: list[str], algorithm: str, benchmark: str, iterations: int, r
 
 
 def check_same_gradients(benchmark: str, algorithm: str, impls: list[str]) -> float:
-    """Largest difference between any implementation's meta-gradient and the plain loop's, relative to
+    """Largest difference between any implementation's meta-gradient and the plain loop's (for the
+    other algorithms: the one-task loop's, every meta-parameter: T, masks' logits, rates), relative to
     the largest entry of the plain loop's (they must agree; per-tensor ratios would be meaningless for
     the conv biases, whose gradient BatchNorm cancels to rounding noise)."""
     device = torch.device("cpu")
@@ -248,13 +287,16 @@ def check_same_gradients(benchmark: str, algorithm: str, impls: list[str]) -> fl
     # In float64: in float32 the support sets' BatchNorm (5 images) amplifies rounding to ~1e-2.
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    for impl in {"plain", *impls}:
+    reference = "plain" if algorithm in ("maml", "fomaml") else "loop"
+    for impl in {reference, *impls}:
         model, tasks, criterion = make_problem(benchmark, device)
-        step = STEPS[impl](model, tasks, criterion, SETTINGS[benchmark]["inner_lr"], algorithm == "fomaml")
+        torch.manual_seed(1)  # MT-net draws its masks: the same draws for every implementation
+        step = make_step(impl, algorithm, benchmark, model, tasks, criterion)
         step()  # .grad keeps the meta-gradient of the step (each step starts with zero_grad)
-        grads[impl] = [p.grad.detach().clone() for p in model.parameters()]
+        parameters = step.algo.parameters() if hasattr(step, "algo") else model.parameters()
+        grads[impl] = [p.grad.detach().clone() for p in parameters if p.grad is not None]
     torch.set_default_dtype(dtype)
-    ref = torch.cat([r.flatten() for r in grads["plain"]])
+    ref = torch.cat([r.flatten() for r in grads[reference]])
     return max(((torch.cat([g.flatten() for g in grads[impl]]) - ref).abs().max() / ref.abs().max()).item()
                for impl in impls)
 
@@ -266,6 +308,8 @@ def main(argv=None) -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per implementation (the median is reported)")
     parser.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
     parser.add_argument("--benchmarks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
+    parser.add_argument("--algorithms", nargs="*", default=list(OTHER_ALGORITHMS), choices=list(OTHER_ALGORITHMS),
+                        help="besides MAML and first-order MAML (against their one-task loops)")
     parser.add_argument("--eval-episodes", type=int, default=600,
                         help="test episodes of the evaluation rows (bench/evaluation.py; 0: none)")
     parser.add_argument("--out", default=str(RESULTS / "speed.csv"))
@@ -276,11 +320,13 @@ def main(argv=None) -> None:
         return
     rows = []
     for benchmark in args.benchmarks:
-        for algorithm in ("maml", "fomaml"):
-            print(f"{benchmark} {algorithm}: meta-gradients differ from the plain loop's by at most "
-                  f"{check_same_gradients(benchmark, algorithm, args.impls):.1e} (relative, float64)", flush=True)
+        for algorithm in ("maml", "fomaml", *args.algorithms):
+            impls = args.impls if algorithm in ("maml", "fomaml") else OTHER_IMPLS
+            print(f"{benchmark} {algorithm}: meta-gradients differ from the "
+                  f"{'plain' if algorithm in ('maml', 'fomaml') else 'one-task'} loop's by at most "
+                  f"{check_same_gradients(benchmark, algorithm, impls):.1e} (relative, float64)", flush=True)
             iterations = args.iterations * (20 if benchmark.startswith("sinusoid") else 1)
-            for row in measure(args.impls, algorithm, benchmark, iterations, args.repeats):
+            for row in measure(impls, algorithm, benchmark, iterations, args.repeats):
                 rows.append(row)
                 print(f"  {row['impl']:9s} {row['iters_per_s']:8.2f} it/s  peak {row['peak_mb']:8.1f} MB", flush=True)
     if args.eval_episodes:  # evaluation: episodes per second, chunked vs the one-episode loop
@@ -293,7 +339,7 @@ def main(argv=None) -> None:
         writer.writerows(rows)
     print(f"\nmachine: {machine()}, torch {torch.__version__}")
     for benchmark in args.benchmarks:
-        for algorithm in ("maml", "fomaml"):
+        for algorithm in ("maml", "fomaml", *args.algorithms):
             sel = {r["impl"]: r for r in rows if r["benchmark"] == benchmark and r["algorithm"] == algorithm}
             peers = [r for i, r in sel.items() if i != "ours"]
             if "ours" in sel and peers:

@@ -15,17 +15,26 @@ def test_ours_computes_the_plain_loops_meta_gradient(benchmark, algorithm):
     assert speed.check_same_gradients(benchmark, algorithm, ["ours", "plain"]) < 1e-9
 
 
+@pytest.mark.parametrize("algorithm", list(speed.OTHER_ALGORITHMS))
+def test_the_other_algorithms_timed_paths_compute_the_one_task_loops_meta_gradient(algorithm):
+    """On the sinusoid (`make bench` checks both settings; tests/test_batched.py the Omniglot shape)."""
+    assert speed.check_same_gradients("sinusoid-10shot", algorithm, ["ours", "loop"]) < 1e-9
+
+
 def test_the_harness_writes_the_speed_table(tmp_path, capsys):
     out = tmp_path / "speed.csv"
     speed.main(["--impls", "ours", "plain", "--benchmarks", "sinusoid-10shot", "--iterations", "1",
-                "--repeats", "2", "--eval-episodes", "60", "--out", str(out)])
+                "--repeats", "2", "--eval-episodes", "60", "--algorithms", "metasgd", "--out", str(out)])
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb"]
     assert {(r["impl"], r["algorithm"], r["benchmark"]) for r in rows} == {
         (impl, algorithm, benchmark) for impl in ("ours", "plain") for algorithm in ("maml", "fomaml")
         for benchmark in ["sinusoid-10shot"]} | {
-        (impl, "maml-evaluation", "sinusoid-10shot-60-episodes") for impl in ("ours", "loop")}
+        (impl, algorithm, benchmark) for impl, algorithm, benchmark in [
+            ("ours", "metasgd", "sinusoid-10shot"), ("loop", "metasgd", "sinusoid-10shot"),
+            ("ours", "maml-evaluation", "sinusoid-10shot-60-episodes"),
+            ("loop", "maml-evaluation", "sinusoid-10shot-60-episodes")]}
     assert all(float(r["iters_per_s"]) > 0 for r in rows)
     assert all(float(r["peak_mb"]) >= 0 for r in rows if r["algorithm"] != "maml-evaluation")
     printed = capsys.readouterr().out
