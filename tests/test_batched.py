@@ -134,9 +134,11 @@ def _assert_equal_steps(loop_step, batched_step):
 
 @pytest.mark.parametrize("name, problem", [(name, problem) for name in _batched_algorithms() for problem in _problems(name)])
 def test_batched_meta_step_equals_the_one_task_at_a_time_loop(name, problem, monkeypatch):
-    """9 Omniglot-shaped tasks make 3 chunks (4, 4, 1 tasks: a remainder), 9 sinusoid tasks one."""
+    """9 Omniglot-shaped tasks make 3 chunks of 3 (4 tasks a chunk, maml.py, cut into equal parts:
+    the uneven chunks are the next test's), 9 sinusoid tasks one."""
     loop = _meta_step(name, problem(9), batched=False, monkeypatch=monkeypatch)
     batched = _meta_step(name, problem(9), batched=True, monkeypatch=monkeypatch)
+    assert set(batched[2]) == ({3} if problem is _omniglot_like else {9})
     _assert_equal_steps(loop, batched)
 
 

@@ -37,6 +37,25 @@ def meta_loss_by_hand(model, params, batch, inner_lr, inner_steps):
     return total / len(batch)
 
 
+@pytest.fixture
+def pool_spy(monkeypatch):
+    """The number of items each `map_tasks` call handed to the thread pool (a fresh pool, so a test
+    sees only its own calls): a test of concurrency asserts that the pool ran, not only that the
+    result came out right (a one-item or one-thread call takes the serial shortcut)."""
+    import metalearn.algorithms.base as base
+
+    mapped: list[int] = []
+
+    class SpyPool(base.ThreadPoolExecutor):
+        def map(self, fn, *iterables, **kwargs):
+            items = list(iterables[0])
+            mapped.append(len(items))
+            return super().map(fn, items, **kwargs)
+    monkeypatch.setattr(base, "_POOLS", {})
+    monkeypatch.setattr(base, "ThreadPoolExecutor", SpyPool)
+    return mapped
+
+
 def meta_gradient(algo, batch):
     algo.zero_grad(set_to_none=True)
     algo.meta_step(batch)
@@ -100,25 +119,31 @@ def test_adapt_lowers_support_loss_and_keeps_theta():
         assert torch.equal(p, before[k])
 
 
-def test_concurrent_tasks_give_the_sequential_loops_meta_gradient():
-    """map_tasks runs tasks on several threads; the meta-gradient must be the plain loop's."""
+@pytest.mark.parametrize("chunked", [False, True])
+def test_concurrent_tasks_give_the_sequential_loops_meta_gradient(chunked, pool_spy, monkeypatch):
+    """map_tasks runs tasks (or chunks of tasks: 6 tasks forced into 3 chunks) on 3 threads; the
+    meta-gradient must be the one-thread loop's, and the pool must have run them."""
+    import metalearn.algorithms.maml
+
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "3")
     algo, batch = tiny_setup(inner_lr=0.05, inner_steps=2, tasks=6)
+    algo.batched_tasks = chunked
+    monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 2 * batch.support_x[0].numel())
     algo.parallel_tasks = False
     sequential = meta_gradient(algo, batch)
+    assert not pool_spy
     algo.parallel_tasks = True
-    import os
-    os.environ["METALEARN_TASK_THREADS"] = "3"
-    try:
-        concurrent = meta_gradient(algo, batch)
-    finally:
-        del os.environ["METALEARN_TASK_THREADS"]
+    concurrent = meta_gradient(algo, batch)
+    assert pool_spy == [3 if chunked else 6]
     for name in sequential:
         torch.testing.assert_close(concurrent[name], sequential[name], rtol=1e-10, atol=1e-12)
 
 
-def test_concurrent_conv_tasks_match_sequential_on_the_omniglot_network():
+def test_concurrent_conv_tasks_match_sequential_on_the_omniglot_network(pool_spy, monkeypatch):
+    """8 Omniglot-shaped tasks: 2 chunks of 4 (maml.py's CPU chunk size), on 2 threads."""
     from metalearn.models import Conv4
 
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "2")
     torch.manual_seed(1)
     model = Conv4(1, 5)
     algo = build_algorithm("maml", model, Objective(model, "classification"),
@@ -130,6 +155,7 @@ def test_concurrent_conv_tasks_match_sequential_on_the_omniglot_network():
     sequential = meta_gradient(algo, batch)
     algo.parallel_tasks = True
     concurrent = meta_gradient(algo, batch)
+    assert pool_spy == [2]
     for name in sequential:
         torch.testing.assert_close(concurrent[name], sequential[name], rtol=1e-4, atol=1e-6)
 
@@ -150,11 +176,14 @@ def test_every_registered_algorithm_runs_its_tasks_concurrently():
 
 
 @pytest.mark.parametrize("name", _every_concurrent_algorithm())
-def test_concurrent_tasks_give_the_plain_loops_meta_gradient_for_every_algorithm(name, monkeypatch):
+def test_concurrent_tasks_give_the_plain_loops_meta_gradient_for_every_algorithm(name, pool_spy, monkeypatch):
     """Each algorithm's meta-step with its tasks on 3 threads equals the one-task-at-a-time loop,
-    for every meta-parameter (initialisation, warp layers, T, mask logits, learned rates)."""
+    for every meta-parameter (initialisation, warp layers, T, mask logits, learned rates). Chunked
+    algorithms get chunks of 2 tasks, so that the pool runs several."""
+    import metalearn.algorithms.maml
     from metalearn.algorithms import ALGORITHMS
 
+    monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 8)  # 2 tasks of 4 support points a chunk
     informed = getattr(ALGORITHMS[name], "sees_task_parameters", False)  # the oracle: 2 task parameters as inputs
 
     def gradients(parallel: bool):
@@ -171,7 +200,9 @@ def test_concurrent_tasks_give_the_plain_loops_meta_gradient_for_every_algorithm
 
     monkeypatch.setenv("METALEARN_TASK_THREADS", "3")
     loop_metrics, loop = gradients(False)
+    assert not pool_spy
     threaded_metrics, threaded = gradients(True)
+    assert pool_spy and all(items > 1 for items in pool_spy)  # the pool ran several tasks or chunks
     assert loop and loop.keys() == threaded.keys()
     for key in loop:
         torch.testing.assert_close(threaded[key], loop[key], rtol=1e-12, atol=1e-14)
