@@ -11,7 +11,7 @@ export METALEARN_DATA_MIRROR ?= $(if $(wildcard ../shared/data/omniglot),$(abspa
 # The pipeline's commands (metalearn, dvc) run from the virtual environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install test reproduce report push pull mlflow-ui bench clean
+.PHONY: install test reproduce report push pull mlflow-ui bench gpu-check clean
 
 install: $(STAMP)
 
@@ -52,6 +52,11 @@ mlflow-ui: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -r bench/requirements.txt 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m bench
+
+# GPU readiness (README, "On a GPU"): the device tests on CUDA, the benchmarks, 1000 meta-iterations of the
+# paper profile's omniglot-5w1s MAML; one table. `make gpu-check DEVICE=cpu` runs the same on the CPU.
+gpu-check: $(STAMP)
+	bash bench/gpu_check.sh --device $(or $(DEVICE),cuda)
 
 clean:
 	rm -rf results models .snakemake

@@ -12,6 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 MIRROR = Path(os.environ.get("METALEARN_DATA_MIRROR", ROOT.parent / "shared" / "data" / "omniglot"))
 
 
+def pytest_configure(config):
+    config.addinivalue_line("markers", "device: runs on METALEARN_TEST_DEVICE (default cpu; bench/gpu_check.sh: cuda)")
+
+
 def quick_params(tmp_path: Path, **overrides) -> dict:
     """params.yaml's quick profile, with data below `tmp_path` and the mirror of the tests."""
     from metalearn.config import apply_profile, deep_merge, validate
@@ -32,6 +36,14 @@ def mirror() -> Path:
     if not (MIRROR / "images_background_small1.zip").exists():
         pytest.fail(f"the Omniglot mirror is missing at {MIRROR}; set METALEARN_DATA_MIRROR")
     return MIRROR
+
+
+@pytest.fixture(scope="session")
+def quick_run(tmp_path_factory, mirror):
+    """The quick profile run once (pipeline + report) in a copy of the project; tests/quick_run.py."""
+    from quick_run import run_quick_profile
+
+    return run_quick_profile(tmp_path_factory.mktemp("quick-run"))
 
 
 @pytest.fixture(scope="session")

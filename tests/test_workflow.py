@@ -177,17 +177,10 @@ def test_aggregate_writes_table_papers_numbers_and_figures(tmp_path):
 
 # ----------------------------------------------------------------------------- slow: the quick profile
 @pytest.mark.slow
-def test_quick_profile_end_to_end_reruns_and_dvc_round_trip(tmp_path, mirror):
-    project = copy_project(tmp_path / "project")
-    edit(project / "params.yaml", "\nprofile: default\n", "\nprofile: quick\n")
-    sh([sys.executable, "workflow/pipeline.py", "dvc-yaml"], project)
-    sh(["git", "init", "-q"], project)
-    sh(["git", "add", "-A"], project)
-    sh(["git", "commit", "-qm", "project"], project)
-
-    # `make reproduce` with PROFILE taken from params.yaml: the run, then the report.
-    log = sh([SNAKEMAKE, "--cores", "2", "--keep-going"], project)
-    sh([SNAKEMAKE, "--report", "results/report.html"], project)
+def test_quick_profile_end_to_end_reruns_and_dvc_round_trip(tmp_path, quick_run):
+    # `make reproduce` with PROFILE taken from params.yaml (the run, then the report): the session's
+    # shared run (tests/quick_run.py); this test goes on to edit its project.
+    project, log = quick_run.project, quick_run.log
 
     quick = pipeline.load_config(yaml.safe_load((project / "params.yaml").read_text()), "quick")
     runs_planned = pipeline.runs(quick)
@@ -282,7 +275,8 @@ def test_quick_profile_end_to_end_reruns_and_dvc_round_trip(tmp_path, mirror):
         assert sha256(clone / name) == sha256(project / name), name
     assert plan(clone) == (Counter(), [])
     # ... and the restored state still tracks changes precisely.
-    edit(clone / "params.yaml", "fomaml: {inner_lr: 0.4,", "fomaml: {inner_lr: 0.3,")
+    edit(clone / "params.yaml", "fomaml: {inner_lr: 0.4, inner_steps: 1, test_inner_steps: 3}",
+         "fomaml: {inner_lr: 0.3, inner_steps: 1, test_inner_steps: 3}")  # the default omniglot-5w1s line
     assert plan(clone) == (Counter(train=1, evaluate=1, aggregate=1, all=1),
                            ["benchmark=omniglot-5w1s, algorithm=fomaml, seed=0"])
 

@@ -1,0 +1,154 @@
+"""The pipeline on a running SLURM cluster: slurmctld + slurmd + munge on this machine
+(tests/cluster/cluster.sh, Debian's slurm-wlm), started for this module and stopped after it.
+
+The quick profile runs through `snakemake --profile profiles/slurm` (the project's cluster profile; only
+the partition and the resources this one-node cluster has are overridden, on the command line as the
+plugin documents) and must give the summary.csv of the session's local run of the same profile
+(tests/quick_run.py). One training is made to fail on the cluster: Snakemake must name the job's log,
+and a rerun must submit only what is missing. Job counts come from SLURM's own record of finished jobs
+(its job completion log, jobcomp/filetxt: there is no slurmdbd), not from Snakemake's output.
+"""
+from __future__ import annotations
+
+import csv
+import os
+import re
+import shutil
+import subprocess
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+from test_workflow import SNAKEMAKE, edit, plan, workflow_env
+
+pytestmark = pytest.mark.slow
+
+SCRIPT = ROOT / "tests" / "cluster" / "cluster.sh"
+PARTITION = "debug"  # tests/cluster/cluster.sh's one partition
+DAEMONS = ["slurmctld.pid", "slurmd.pid", "munge/munged.pid"]
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """A started cluster's directory (slurm.conf, logs, jobcomp.log); stopped and checked gone after."""
+    installed = subprocess.run([str(SCRIPT), "install"], capture_output=True, text=True)
+    assert installed.returncode == 0, installed.stderr
+    directory = tmp_path_factory.mktemp("slurm")
+    started = subprocess.run([str(SCRIPT), "start", str(directory)], capture_output=True, text=True, timeout=300)
+    pids = [int((directory / name).read_text()) for name in DAEMONS if (directory / name).exists()]
+    try:
+        assert started.returncode == 0, started.stdout + started.stderr
+        yield directory
+    finally:
+        subprocess.run([str(SCRIPT), "stop", str(directory)], capture_output=True, timeout=300)
+        alive = [pid for pid in pids if Path(f"/proc/{pid}").exists()
+                 and Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"]
+        assert not alive, f"cluster daemons still running after stop: {alive}"
+
+
+def slurm_env(project: Path, cluster: Path) -> dict:
+    env = workflow_env(project)
+    env["SLURM_CONF"] = str(cluster / "slurm.conf")
+    env["PATH"] = f"{cluster / 'bin'}{os.pathsep}{env['PATH']}"  # cluster.sh's srun (see there)
+    return env
+
+
+def snakemake_on_slurm(project: Path, cluster: Path) -> tuple[int, str]:
+    """The quick profile through profiles/slurm, overriding only what this cluster lacks."""
+    resources = {"slurm_partition": PARTITION, "runtime": 30, "mem_mb": 1000}
+    command = [
+        SNAKEMAKE, "--profile", "profiles/slurm", "--config", "profile=quick",
+        "--default-resources", *[f"{k}={v}" for k, v in resources.items()],
+        # the profile's GPU rules: the same resources, no GPU (a command-line --set-resources replaces the
+        # profile's whole set-resources, gres included; slurm_extra cleared for older copies of the profile)
+        "--set-resources", *[f"{rule}:{k}={v}" for rule in ("train", "evaluate")
+                             for k, v in {**resources, "slurm_extra": "''"}.items()],
+        "--slurm-no-account",                     # no accounting database, so no accounts
+        "--slurm-status-command", "squeue",       # sacct needs slurmdbd; MinJobAge keeps jobs in squeue
+        "--slurm-init-seconds-before-status-checks", "1",
+        "--latency-wait", "5",                    # one machine: outputs are there at once
+    ]
+    out = subprocess.run(command, cwd=project, env=slurm_env(project, cluster), capture_output=True, text=True,
+                         timeout=3600)
+    return out.returncode, out.stdout + out.stderr
+
+
+def finished_jobs(cluster: Path, at_least: int = 0) -> list[dict]:
+    """SLURM's job completion log: one `Key=value ...` line per finished job (waiting up to 30 s for
+    `at_least` lines: slurmctld writes a line as it retires the job)."""
+    path = cluster / "jobcomp.log"
+    for _ in range(150):
+        lines = path.read_text().splitlines() if path.exists() else []
+        if len(lines) >= at_least:
+            break
+        time.sleep(0.2)
+    return [dict(re.findall(r"(\w+)=(\S*)", line)) for line in lines]
+
+
+def submitted(log: str) -> dict[str, str]:
+    """SLURM job id -> `rule/wildcards`, from the executor's "submitted" lines."""
+    return {m[1]: f"{m[2]}/{m[3]}" for m in re.finditer(
+        r"submitted with SLURM jobid (\d+) \(log: \S*/slurm_logs/rule_(\w+)/(?:(\S+)/)?\d+\.log\)", log)}
+
+
+def read_summary(path: Path) -> dict:
+    return {(r["benchmark"], r["algorithm"]): r for r in csv.DictReader(open(path))}
+
+
+def test_quick_profile_on_slurm_matches_the_local_run_and_reruns_only_what_failed(cluster, quick_run, tmp_path):
+    project = Path(shutil.copytree(quick_run.source, tmp_path / "project", symlinks=True))  # the local run's tree
+    # One training that fails on the cluster: an inner learning rate at which MAML's loss overflows
+    # (train.py raises TrainingDiverged, `metalearn train` exits 1).
+    params = project / "params.yaml"
+    original = params.read_text()
+    edit(params, "maml:   {inner_lr: 0.01, inner_steps: 1,", "maml:   {inner_lr: 1.0e+30, inner_steps: 1,")
+    counts, _ = plan(project)
+    jobs = sum(counts.values()) - counts["all"]  # `all` only collects: it is no SLURM job
+
+    start = time.perf_counter()
+    code, log = snakemake_on_slurm(project, cluster)
+    first_seconds = time.perf_counter() - start
+    assert code != 0, log[-3000:]
+    # Snakemake names the failed job and its SLURM log, which holds the training's error.
+    failed = re.search(r"Error in rule train:.*?\n\s+log: (\S+\.log)", log, re.S)
+    assert failed, log[-5000:]
+    assert "slurm_logs/rule_train/sinusoid_maml_0/" in failed[1]
+    assert "meta-loss or meta-gradient became" in Path(failed[1]).read_text()
+    # SLURM's record: every job but the failed training's evaluation and the aggregation ran once.
+    ids = submitted(log)
+    first = finished_jobs(cluster, len(ids))
+    assert len(first) == len(ids) == jobs - 2, (len(first), len(ids), jobs)
+    assert {j["JobId"] for j in first} == set(ids)
+    states = Counter(j["JobState"] for j in first)
+    assert states == Counter(COMPLETED=jobs - 3, FAILED=1), states
+    (bad,) = [ids[j["JobId"]] for j in first if j["JobState"] == "FAILED"]
+    assert bad == "train/sinusoid_maml_0"
+
+    # The fixed params.yaml: the rerun submits exactly the missing jobs.
+    params.write_text(original)
+    assert plan(project)[0] == Counter(train=1, evaluate=1, aggregate=1, all=1)
+    start = time.perf_counter()
+    code, log = snakemake_on_slurm(project, cluster)
+    rerun_seconds = time.perf_counter() - start
+    assert code == 0, log[-5000:]
+    second = finished_jobs(cluster, len(first) + 3)[len(first):]
+    assert sorted(submitted(log)[j["JobId"]].split("/")[0] for j in second) == ["aggregate", "evaluate", "train"]
+    assert {j["JobState"] for j in second} == {"COMPLETED"}
+    assert plan(project) == (Counter(), [])
+    print(f"\nSLURM: {len(first)} + {len(second)} jobs, {first_seconds:.0f} s + {rerun_seconds:.0f} s "
+          f"(local run: {quick_run.seconds:.0f} s)")
+
+    # The same results as the local run, to float rounding (training times aside).
+    ours, local = read_summary(project / "results" / "summary.csv"), read_summary(quick_run.results / "summary.csv")
+    assert ours.keys() == local.keys()
+    for key, row in local.items():
+        for column, value in row.items():
+            if column == "train_seconds":
+                continue
+            if column in ("mean", "ci95"):
+                assert float(ours[key][column]) == pytest.approx(float(value), rel=1e-6, abs=2e-4), (key, column)
+            else:
+                assert ours[key][column] == value, (key, column)
