@@ -73,7 +73,7 @@ def paired(results: list[dict]) -> list[dict]:
                 mean, ci95 = mean_ci95(diffs)
                 pairs.append({"benchmark": bench, "a": a, "b": b, "metric": metric[bench],
                               "mean": round(mean, 4), "ci95": round(ci95, 4), "episodes": len(diffs),
-                              "a_better": sum((d > 0) if metric[bench] == "accuracy" else (d < 0) for d in diffs),
+                              "a_better": sum((d > 0) if metric[bench] in ("accuracy", "return") else (d < 0) for d in diffs),
                               "ties": sum(d == 0 for d in diffs)})
     return pairs
 
@@ -123,7 +123,7 @@ def read_evaluation(path: Path) -> dict:
              if not isinstance(result.get(key), kind) or isinstance(result.get(key), bool)]
     if not wrong:
         values = result["per_episode"]
-        if result["metric"] not in ("accuracy", "mse"):
+        if result["metric"] not in ("accuracy", "mse", "return"):
             wrong.append("metric")
         if not (result.get("ways") is None or type(result.get("ways")) is int):
             wrong.append("ways")

@@ -176,7 +176,7 @@ def _finishing(run: Run) -> Iterator[Run]:
 def _data_hash(params: dict, bench: dict) -> str:
     from metalearn import benchmarks
 
-    if bench["task"] in ("sinusoid", "polynomial"):
+    if bench["task"] in ("sinusoid", "polynomial") or "dataset" not in bench:  # (RL: simulated tasks)
         return "synthetic"  # tasks are drawn from the seeded generator; nothing is read
     return file_sha256(benchmarks.prepared_path(params, bench["dataset"]))
 
@@ -184,9 +184,12 @@ def _data_hash(params: dict, bench: dict) -> str:
 @contextlib.contextmanager
 def training_run(params: dict, bench_name: str, algorithm: str, seed: int, device: str) -> Iterator[Run]:
     """An MLflow run around one training; pass it as train(..., tracker=run), then `log_model`."""
+    from metalearn.rl import is_rl
     from metalearn.train import config_hash, pick_device, run_config
 
     bench = params["benchmarks"][bench_name]
+    if is_rl(bench):  # RL runs hash metalearn/rl's sources (its methods, e.g. random, are not in ALGORITHMS)
+        from metalearn.rl.train import config_hash
     commit = git_commit()
     store = Store()
     run = store.start(f"{bench_name}/{algorithm}/seed{seed}", {

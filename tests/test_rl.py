@@ -1,0 +1,306 @@
+"""Meta-reinforcement learning (metalearn.rl): each test checks a property with a known answer."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metalearn.config import validate
+from metalearn.rl import baseline
+from metalearn.rl.envs import Navigation2D
+from metalearn.rl.metarl import MetaRL, Rollouts, pg_loss
+from metalearn.rl.policy import GaussianMLPPolicy
+from metalearn.rl.trpo import _flat, trpo_step
+
+
+def tiny_bench(**overrides) -> dict:
+    bench = {"task": "navigation", "model": "gaussian-mlp", "horizon": 8, "rollouts": 4, "discount": 0.99,
+             "test_tasks": 3, "episode_seed": 0,
+             "train": {"meta_batch": 2, "iterations": 4, "checkpoint_every": 2, "log_every": 1},
+             "algorithms": {"maml": {"inner_lr": 0.1, "inner_steps": 1, "test_inner_steps": 2},
+                            "random": {"inner_lr": 0.1, "test_inner_steps": 2}}}
+    bench.update(overrides)
+    return bench
+
+
+def tiny_params(root, **overrides) -> dict:
+    return validate({"profile": "test", "data": {"root": str(root)}, "seeds": [0],
+                     "benchmarks": {"navigation-2d": tiny_bench(**overrides)}})
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: intra-op threads only add synchronisation (the pipeline's jobs run single-threaded too)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def float64():
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(previous)
+
+
+def test_navigation_reward_and_clipping_match_the_formula():
+    goals = torch.tensor([[0.3, -0.2], [-0.5, 0.5]])
+    env = Navigation2D(goals, rollouts=3)
+    assert torch.equal(env.reset(), torch.zeros(2, 3, 2))
+    actions = [torch.tensor([[[0.5, -0.5], [3.0, -7.0], [-1.0, 0.2]]] * 2),
+               torch.tensor([[[0.9, 2.0], [-0.3, 0.0], [1e3, -1e3]]] * 2)]
+    position = np.zeros((2, 3, 2))
+    for action in actions:
+        obs, reward = env.step(action)
+        # the policy acts in [-1, 1] units (rllab's normalize): the move is clip(0.1 a, -0.1, 0.1)
+        position = position + np.clip(0.1 * action.numpy(), -0.1, 0.1)
+        np.testing.assert_allclose(obs.numpy(), position, rtol=0, atol=1e-6)
+        distance = np.sqrt(((position - goals.numpy()[:, None]) ** 2).sum(-1))
+        np.testing.assert_allclose(reward.numpy(), -distance, rtol=0, atol=1e-6)
+    assert np.abs(position).max() <= 0.2 + 1e-7  # two steps of at most 0.1 per coordinate
+    oracle = Navigation2D(goals, rollouts=3, oracle=True)
+    obs = oracle.reset()
+    assert torch.equal(obs[..., 2:], goals[:, None].expand(2, 3, 2))  # the oracle sees its goal
+
+
+def test_policy_gradient_estimate_matches_the_analytic_gradient_of_a_gaussian_bandit():
+    """One-step bandit, reward -(a - c)^2 per action dimension, policy N(mu, sigma^2) (a linear policy
+    on a zero observation: mu is the output bias). J = -(mu - c)^2 - sigma^2 per dimension, so
+    dJ/dmu = -2 (mu - c) and dJ/dlog sigma = -2 sigma^2. The REINFORCE estimate (the gradient of
+    -pg_loss with the raw reward as advantage) must match within its 99.7% confidence interval."""
+    torch.manual_seed(0)
+    policy = GaussianMLPPolicy(1, 2, hidden=())
+    with torch.no_grad():
+        policy.b0.copy_(torch.tensor([0.3, -0.4]))
+        policy.log_std.copy_(torch.tensor([math.log(0.5), math.log(1.5)]))
+    c = torch.tensor([1.0, 0.5])
+    mu, sigma = policy.b0.detach(), policy.log_std.detach().exp()
+    analytic = torch.cat([-2 * (mu - c), -2 * sigma ** 2])
+    generator = torch.Generator().manual_seed(1)
+    estimates = []
+    for _ in range(400):  # 400 independent estimates of 500 samples each
+        actions = mu + sigma * torch.randn(1, 500, 1, 2, generator=generator)
+        rewards = -((actions - c) ** 2).sum(-1)
+        rollouts = Rollouts(torch.zeros(1, 500, 1, 1), actions, rewards)
+        loss = pg_loss(policy, policy.params(), rollouts, rewards).sum()
+        grads = torch.autograd.grad(-loss, [policy.b0, policy.log_std])
+        estimates.append(torch.cat(grads))
+    estimates = torch.stack(estimates)
+    mean, half_width = estimates.mean(0), 3 * estimates.std(0) / math.sqrt(len(estimates))
+    assert ((mean - analytic).abs() <= half_width).all(), (mean, analytic, half_width)
+    assert (half_width < 0.2 * analytic.abs()).all()  # the interval is narrow enough to mean something
+
+
+def test_linear_baseline_is_the_ridge_least_squares_fit_of_the_returns():
+    generator = torch.Generator().manual_seed(0)
+    obs = torch.randn(3, 4, 7, 2, generator=generator, dtype=torch.float64)
+    rewards = torch.randn(3, 4, 7, generator=generator, dtype=torch.float64)
+    returns = baseline.discounted_returns(rewards, 0.9)
+    r = rewards.numpy()
+    expected = np.stack([sum(0.9 ** k * r[..., t + k] for k in range(7 - t)) for t in range(7)], -1)
+    np.testing.assert_allclose(returns.numpy(), expected, rtol=1e-12)
+    feats = baseline.features(obs)
+    t = np.arange(7) / 100.0
+    np.testing.assert_allclose(feats[1, 2, :, 4:].numpy(), np.stack([t, t ** 2, t ** 3, np.ones(7)], -1))
+    np.testing.assert_allclose(feats[1, 2, :, :4].numpy(), np.concatenate([obs[1, 2], obs[1, 2] ** 2], -1))
+    flat_feats, flat_returns = feats.reshape(3, 28, -1), returns.reshape(3, 28)
+    coeffs = baseline.fit(flat_feats, flat_returns, reg_coeff=1e-5)
+    for task in range(3):  # ridge = least squares of the system augmented with sqrt(reg) I
+        f, y = flat_feats[task].numpy(), flat_returns[task].numpy()
+        k = f.shape[1]
+        augmented = np.concatenate([f, math.sqrt(1e-5) * np.eye(k)]), np.concatenate([y, np.zeros(k)])
+        np.testing.assert_allclose(coeffs[task].numpy(), np.linalg.lstsq(*augmented, rcond=None)[0], rtol=1e-6, atol=1e-8)
+    adv = baseline.advantages(obs, rewards, 0.9)
+    assert torch.allclose(adv.reshape(3, -1).mean(1), torch.zeros(3, dtype=torch.float64), atol=1e-12)
+    assert torch.allclose(adv.reshape(3, -1).std(1, correction=0), torch.ones(3, dtype=torch.float64))
+
+
+def _learner(name: str, **hparams) -> MetaRL:
+    torch.manual_seed(0)
+    return MetaRL(name, tiny_bench(), {"inner_lr": 0.1, "inner_steps": 1, "test_inner_steps": 2, **hparams})
+
+
+def test_fisher_vector_product_is_the_hessian_of_the_kl(float64):
+    """The cheap J^T M J form used by the TRPO step equals double backward through the KL, for two
+    inner steps of MAML, for first-order MAML and without adaptation (pretrained)."""
+    for name in ("maml", "fomaml", "pretrained"):
+        learner = _learner(name, inner_steps=2)
+        generator = torch.Generator().manual_seed(0)
+        batch = learner.collect(torch.tensor([[0.2, 0.1], [-0.3, 0.4], [0.0, -0.5]]), generator)
+        params = list(learner.policy.parameters())
+        kl_grad = _flat(torch.autograd.grad(learner.mean_kl(learner.policy.params(), batch), params, create_graph=True))
+        v = torch.randn(kl_grad.shape, generator=generator)
+        exact = _flat(torch.autograd.grad(kl_grad @ v, params))
+        assert torch.allclose(learner.fisher_vector_product(batch)(v), exact, rtol=1e-9, atol=1e-12), name
+
+
+def test_trpo_step_keeps_the_kl_bound_and_raises_the_surrogate(float64):
+    for name, max_kl in (("maml", 0.01), ("pretrained", 1e-4)):
+        learner = _learner(name)
+        generator = torch.Generator().manual_seed(0)
+        batch = learner.collect(torch.tensor([[0.2, 0.1], [-0.3, 0.4]]), generator)
+        before = learner.surrogate(learner.policy.params(), batch).item()
+        old = [p.detach().clone() for p in learner.policy.parameters()]
+        info = trpo_step(list(learner.policy.parameters()), lambda: learner.surrogate(learner.policy.params(), batch),
+                         lambda: learner.mean_kl(learner.policy.params(), batch), max_kl=max_kl,
+                         kl_hvp=learner.fisher_vector_product(batch) if name == "maml" else None)
+        after = learner.surrogate(learner.policy.params(), batch).item()
+        kl = learner.mean_kl(learner.policy.params(), batch).item()
+        moved = max((p.detach() - o).abs().max().item() for p, o in zip(learner.policy.parameters(), old))
+        assert moved > 0, name  # a step was taken (the test is not passed by standing still)
+        assert kl <= max_kl and after > before, (name, kl, before, after, info)
+        assert kl > 0.05 * max_kl  # the step goes near the edge of the trust region, as TRPO's should
+
+
+def test_maml_meta_gradient_matches_finite_differences(float64):
+    """The surrogate of the adapted policies, on fixed rollouts (fixed noise), is a deterministic
+    function of theta: its autograd gradient (second order through the inner policy-gradient step)
+    must match central finite differences; first-order MAML's must not (the inner Hessian matters)."""
+    learner = _learner("maml")
+    with torch.no_grad():  # zero biases put every ReLU at its kink at the start position (0, 0), where
+        for name, p in learner.policy.named_parameters():  # the inner gradient jumps: move off it
+            if name.startswith("b"):
+                p.normal_(0, 0.1, generator=torch.Generator().manual_seed(5))
+    generator = torch.Generator().manual_seed(3)
+    batch = learner.collect(torch.tensor([[0.4, -0.1], [-0.2, 0.3]]), generator)
+    theta = {n: p.detach().clone().requires_grad_() for n, p in learner.policy.params().items()}
+    grads = torch.autograd.grad(learner.surrogate(theta, batch), list(theta.values()))
+    first_order = _learner("fomaml")
+    first_order.load_state_dict(learner.state_dict())
+    fo_grads = torch.autograd.grad(first_order.surrogate(theta, batch), list(theta.values()))
+    directions = torch.Generator().manual_seed(4)
+    eps = 1e-6
+    for _ in range(3):
+        v = {n: torch.randn(p.shape, generator=directions) for n, p in theta.items()}
+        with torch.enable_grad():
+            plus = learner.surrogate({n: (p.detach() + eps * v[n]).requires_grad_() for n, p in theta.items()}, batch).item()
+            minus = learner.surrogate({n: (p.detach() - eps * v[n]).requires_grad_() for n, p in theta.items()}, batch).item()
+        numeric = (plus - minus) / (2 * eps)
+        analytic = sum((g * v[n]).sum() for g, n in zip(grads, theta)).item()
+        first = sum((g * v[n]).sum() for g, n in zip(fo_grads, theta)).item()
+        assert abs(numeric - analytic) <= 1e-6 * max(1.0, abs(numeric)), (numeric, analytic)
+        assert abs(numeric - first) > 1e-4 * abs(numeric)
+
+
+def test_inner_step_is_a_gradient_ascent_step_on_the_estimated_return(float64):
+    """theta' = theta + alpha * the policy-gradient estimate, per task, for all tasks at once."""
+    learner = _learner("maml")
+    generator = torch.Generator().manual_seed(0)
+    batch = learner.collect(torch.tensor([[0.2, 0.1], [-0.3, 0.4]]), generator)
+    adapted = learner.adapted(learner.policy.params(), batch)
+    rollouts, adv = batch.inner[0]
+    for task in range(2):
+        one = Rollouts(rollouts.obs[task:task + 1], rollouts.actions[task:task + 1], rollouts.rewards[task:task + 1])
+        params = learner.policy.params()
+        grads = torch.autograd.grad(-pg_loss(learner.policy, params, one, adv[task:task + 1]).sum(), list(params.values()))
+        for (name, p), g in zip(params.items(), grads):
+            assert torch.allclose(adapted[name][task], p + 0.1 * g, atol=1e-12), name
+
+
+def test_killed_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
+    from metalearn.rl import metarl
+    from metalearn.rl.train import train
+
+    params = tiny_params(tmp_path)
+    whole = train(params, "navigation-2d", "maml", 0, tmp_path / "whole", log=lambda s: None)
+    original, calls = metarl.MetaRL.meta_step, []
+
+    def dies_at_the_third_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(metarl.MetaRL, "meta_step", dies_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, "navigation-2d", "maml", 0, tmp_path / "killed", log=lambda s: None)
+    monkeypatch.setattr(metarl.MetaRL, "meta_step", original)
+    logs = []
+    resumed = train(params, "navigation-2d", "maml", 0, tmp_path / "killed", log=logs.append)
+    assert any("resuming" in line and "iteration 2" in line for line in logs)
+    a = torch.load(whole, weights_only=True)["state_dict"]
+    b = torch.load(resumed, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    fresh = torch.load(whole, weights_only=True)
+    assert fresh["iterations"] == 4
+
+
+def test_saved_test_tasks_are_identical_across_reruns_and_follow_the_seed(tmp_path):
+    from metalearn.rl.tasks import make_test_tasks, read_test_tasks
+
+    first = make_test_tasks(tiny_params(tmp_path / "a"), "navigation-2d")
+    second = make_test_tasks(tiny_params(tmp_path / "b"), "navigation-2d")
+    assert first.read_bytes() == second.read_bytes()
+    goals, seed = read_test_tasks(tiny_params(tmp_path / "a"), "navigation-2d")
+    assert goals.shape == (3, 2) and goals.abs().max() <= 0.5
+    other, other_seed = read_test_tasks(tiny_params(tmp_path / "b"), "navigation-2d")
+    assert torch.equal(goals, other) and seed == other_seed
+    make_test_tasks(tiny_params(tmp_path / "c", episode_seed=1), "navigation-2d")
+    assert not torch.equal(goals, read_test_tasks(tiny_params(tmp_path / "c", episode_seed=1), "navigation-2d")[0])
+
+
+def test_cli_split_train_evaluate_tracked_give_returns_after_each_step(tmp_path, monkeypatch):
+    import json
+
+    import yaml
+
+    from metalearn.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the pipeline's commands track to ./mlflow.db
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path / "data")))
+    assert main(["split", "-b", "navigation-2d"]) == 0
+    for algorithm in ("maml", "random"):
+        assert main(["train", "-b", "navigation-2d", "-a", algorithm, "--out", f"m/{algorithm}", "--track"]) == 0
+        assert main(["evaluate", "--model", f"m/{algorithm}/model.pt", "--out", f"{algorithm}.json", "--track"]) == 0
+        result = json.loads((tmp_path / f"{algorithm}.json").read_text())
+        assert result["metric"] == "return" and result["episodes"] == 3 and result["inner_steps"] == 2
+        assert [p["steps"] for p in result["curve"]] == [0, 1, 2]
+        assert result["per_episode"] == result["per_episode_curve"][-1]
+        assert all(-8 * 1.5 <= v <= 0 for v in result["per_episode"])  # 8 steps, distance at most ~1.5
+    assert main(["aggregate", "maml.json", "random.json", "--out", "summary.csv"]) == 0
+    assert "navigation-2d,maml,,4,return" in (tmp_path / "summary.csv").read_text()
+
+
+def test_schema_rejects_bad_rl_settings_naming_the_key(tmp_path):
+    from metalearn.config import ConfigError
+
+    for overrides, key in (({"rollouts": 0}, "rollouts"), ({"trpo": {"max_kl": -1}}, "max_kl"),
+                           ({"algorithms": {"maml": {"inner_lr": 0.1, "inner_steps": 1}}}, "test_inner_steps"),
+                           ({"ways": 5}, "ways"), ({"test_tasks": 1}, "test_tasks")):
+        with pytest.raises(ConfigError, match=key):
+            tiny_params(tmp_path, **overrides)
+
+
+def test_batched_half_cheetah_matches_gymnasium_step_by_step():
+    """Observations and rewards of the mujoco.rollout-stepped environments equal Gymnasium's own
+    HalfCheetah-v5 from the same states under the same actions (clipped to [-1, 1]), for both task
+    families: goal velocity -|v - goal| and goal direction d * v, each minus Gymnasium's control cost."""
+    import gymnasium as gym
+
+    from metalearn.rl.locomotion import HalfCheetah
+
+    reference = gym.make("HalfCheetah-v5").unwrapped
+    reference.reset(seed=0)
+    rng = np.random.default_rng(0)
+    qpos = reference.init_qpos + rng.uniform(-0.1, 0.1, (4, 9))
+    qvel = 0.1 * rng.standard_normal((4, 9))
+    actions = rng.uniform(-1.3, 1.3, (10, 4, 6))  # some beyond the action space: clipped
+    for family, goals in (("velocity", [[1.5], [0.5]]), ("direction", [[1.0], [-1.0]])):
+        goals = torch.tensor(goals, dtype=torch.float64)
+        batch = HalfCheetah(goals, 2, family)
+        obs = batch.set_state(qpos, qvel).reshape(4, -1).numpy()
+        steps = [batch.step(torch.as_tensor(actions[t]).view(2, 2, 6)) for t in range(10)]
+        for k in range(4):
+            reference.set_state(qpos[k], qvel[k])
+            np.testing.assert_allclose(obs[k], reference._get_obs(), atol=1e-9)
+            goal = goals[k // 2, 0].item()
+            for t in range(10):
+                o, _, _, _, info = reference.step(np.clip(actions[t, k], -1, 1))
+                forward = -abs(info["x_velocity"] - goal) if family == "velocity" else goal * info["x_velocity"]
+                np.testing.assert_allclose(steps[t][0].reshape(4, -1)[k].numpy(), o, atol=1e-8)
+                assert abs(steps[t][1].reshape(4)[k].item() - (forward + info["reward_ctrl"])) < 1e-8
