@@ -117,3 +117,44 @@ def test_leap_meta_training_lowers_the_loss_after_k_steps_on_held_out_sinusoids(
     held_out = meta_train_on_sinusoids(algo, 100)
     trained, before = held_out_loss(algo, held_out), held_out_loss(untrained, held_out)
     assert trained < 0.8 * before, (trained, before)
+
+
+def pulled_forward_objective(algo, theta0, paths, batch):
+    """sum over segments of ||z_{k+1} - z_k(theta_0)||, z_k = (theta_k, L_S(theta_k)), with the end points
+    z_{k+1} constants and theta_k = theta_0 + a constant displacement (the objective Leap descends)."""
+    total = 0.0
+    for i, points in enumerate(paths):
+        for (start, _), (end, end_loss) in zip(points[:-1], points[1:]):
+            theta = {k: theta0[k] + (start[k] - points[0][0][k]) for k in theta0}
+            loss = algo.objective.loss(theta, batch[i].support)
+            total = total + (sum(((end[k] - theta[k]) ** 2).sum() for k in theta) + (end_loss - loss) ** 2).sqrt()
+    return total / len(paths)
+
+
+@pytest.mark.parametrize("stabilizer", [True, False])
+def test_leap_meta_update_lowers_the_pulled_forward_path_objective_on_a_small_conv_problem(stabilizer):
+    from metalearn.models import Conv4
+    torch.manual_seed(0)
+    model = Conv4(1, 3, filters=4).double()
+    algo = build_algorithm("leap", model, Objective(model, "classification"),
+                           {"inner_lr": 0.4, "inner_steps": 3, "test_inner_steps": 3, "stabilizer": stabilizer})
+    x = torch.rand(2, 6, 1, 28, 28, dtype=torch.float64)
+    y = torch.arange(3).repeat(2).expand(2, -1)
+    batch = TaskBatch(x, y, x, y)
+    paths = []
+    for task in batch:  # theta_0 .. theta_K and their support losses, by hand
+        theta, points = {k: p.detach() for k, p in model.named_parameters()}, []
+        for _ in range(4):
+            theta = {k: v.requires_grad_() for k, v in theta.items()}
+            loss = algo.objective.loss(theta, task.support)
+            points.append(({k: v.detach() for k, v in theta.items()}, loss.detach()))
+            grads = torch.autograd.grad(loss, list(theta.values()))
+            theta = {k: (v - 0.4 * g).detach() for (k, v), g in zip(theta.items(), grads)}
+        paths.append(points)
+    before = pulled_forward_objective(algo, {k: p.detach() for k, p in model.named_parameters()}, paths, batch)
+    optimizer = torch.optim.SGD(algo.parameters(), lr=1e-3)
+    optimizer.zero_grad(set_to_none=True)
+    algo.meta_step(batch)
+    optimizer.step()
+    after = pulled_forward_objective(algo, {k: p.detach() for k, p in model.named_parameters()}, paths, batch)
+    assert after < before - 1e-4, (before.item(), after.item())

@@ -321,3 +321,79 @@ def test_params_yaml_registers_the_warp_variants_and_the_multishot_protocol():
     for name in ("leap", "warpleap"):
         assert multishot["algorithms"][name]["inner_steps"] == 100
         assert multishot["algorithms"][name]["inner_lr"] == 0.1
+
+
+# -- the official updater: one SGD step per buffered point ------------------------------------------
+
+class StepSpy:
+    """Wraps torch.optim.SGD.step: records, for each step, the optimiser's learning rate, the
+    parameters it steps (by identity) and the point whose warp gradient was last computed."""
+
+    def __init__(self, monkeypatch, algo):
+        self.steps, self.points, self.last_point = [], [], None
+        original_step, original_gradient = torch.optim.SGD.step, algo.warp_gradient
+
+        def step(optimizer, *args, **kwargs):
+            params = [p for group in optimizer.param_groups for p in group["params"]]
+            self.steps.append((optimizer.param_groups[0]["lr"], {id(p) for p in params}, self.last_point))
+            return original_step(optimizer, *args, **kwargs)
+
+        def gradient(theta, task):
+            self.last_point = [t.clone() for t in theta.values()]
+            self.points.append(self.last_point)
+            return original_gradient(theta, task)
+
+        monkeypatch.setattr(torch.optim.SGD, "step", step)
+        monkeypatch.setattr(algo, "warp_gradient", gradient)
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_per_point_updater_steps_phi_once_per_buffered_point_in_buffer_order(monkeypatch, shuffle):
+    snapshots, lr = 2, 0.05
+    algo, batch = mlp_setup("warpleap", snapshots=snapshots, meta_update="per_point", warp_lr=lr,
+                            init_lr=0.2, shuffle_buffer=shuffle)
+    phi = [p.detach().clone() for p in algo.warp.parameters()]
+    theta0 = [p.detach().clone() for p in algo.model.parameters()]
+    spy = StepSpy(monkeypatch, algo)
+    torch.manual_seed(7)
+    algo.meta_step(batch)
+    # The buffer: theta_0 and theta_1 of each task's 3 warped steps, task by task (the phi of adaptation).
+    buffer = [(i, point) for i in range(len(batch))
+              for point in trajectory_by_hand(theta0, phi, batch[i].support, STEPS)[:snapshots]]
+    order = torch.Generator().manual_seed(7)  # shuffle_buffer: the loop-checkpointed torch generator
+    visit = torch.randperm(len(buffer), generator=order).tolist() if shuffle else list(range(len(buffer)))
+    warp_ids, init_ids = {id(p) for p in algo.warp.parameters()}, {id(p) for p in algo.model.parameters()}
+    assert len(spy.steps) == len(buffer) + 1  # one warp step per point, then one step of theta_0
+    for (step_lr, stepped, point), j in zip(spy.steps, visit):
+        assert step_lr == lr and stepped == warp_ids
+        for a, b in zip(point, buffer[j][1]):
+            torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-12)
+    assert spy.steps[-1][:2] == (0.2, init_ids)
+    # phi by hand: SGD on J at one point at a time, each step at the phi the previous one left.
+    for j in visit:
+        i, point = buffer[j]
+        phi = [p.requires_grad_() for p in phi]
+        grads = torch.autograd.grad(warp_objective_by_hand([[point]], phi, batch.slice(i, i + 1)), phi)
+        phi = [(p - lr * g).detach() for p, g in zip(phi, grads)]
+    for p, expected in zip(algo.warp.parameters(), phi):
+        torch.testing.assert_close(p.detach(), expected, rtol=1e-9, atol=1e-12)
+    # nothing is left for the loop's optimiser
+    assert all(p.grad is None for p in algo.parameters())
+
+
+def test_per_point_updater_moves_theta_0_by_one_sgd_step_on_leaps_gradient():
+    algo, batch = mlp_setup("warpleap", snapshots=2, meta_update="per_point", init_lr=0.2)
+    reference, _ = mlp_setup("warpleap", snapshots=2)  # batch updater: the same Leap gradient in .grad
+    reference.zero_grad(set_to_none=True)
+    reference.meta_step(batch)
+    before = [p.detach().clone() for p in algo.model.parameters()]
+    algo.meta_step(batch)
+    for p, b, r in zip(algo.model.parameters(), before, reference.model.parameters()):
+        torch.testing.assert_close(p.detach(), b - 0.2 * r.grad, rtol=1e-10, atol=1e-12)
+
+
+def test_per_point_updater_needs_the_replay_buffer():
+    with pytest.raises(ValueError, match="offline"):
+        mlp_setup(meta_update="per_point", mode="online")
+    with pytest.raises(ValueError, match="per_point"):
+        mlp_setup(meta_update="sometimes")

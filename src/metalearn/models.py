@@ -130,6 +130,31 @@ class Conv4(nn.Module):
         return torch.baddbmm(params["head.bias"].unsqueeze(1), features, params["head.weight"].transpose(1, 2))
 
 
+class OmniConv(nn.Module):
+    """The Leap/WarpGrad papers' Omniglot network (flennerhag/warpgrad src/omniglot/model.py, OmniConv):
+    4 x [3x3 conv, stride 1, padding 1; 2x2 max-pool; BatchNorm; ReLU] + linear head, 28 -> 1 pixel.
+    Unlike the other networks here, its BatchNorm keeps running statistics (momentum 0.1), as the
+    official code: they follow the adaptation in train mode and are what eval mode uses at test
+    (`reset_running_stats` before each task, as its init_adaptation). Used through functional_call
+    like the others, the running statistics are the module's own buffers, so tasks using them run
+    one at a time (alphabets.py). PyTorch's default initialisation, as the official code."""
+
+    def __init__(self, in_channels: int = 1, ways: int = 20, filters: int = 64):
+        super().__init__()
+        channels = [in_channels] + [filters] * 4
+        self.features = nn.Sequential(*(nn.Sequential(nn.Conv2d(channels[i], filters, 3, padding=1), nn.MaxPool2d(2),
+                                                      nn.BatchNorm2d(filters), nn.ReLU()) for i in range(4)))
+        self.head = nn.Linear(filters, ways)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.features(x).flatten(1))
+
+    def reset_running_stats(self) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.reset_running_stats()
+
+
 class MLP(nn.Module):
     """Fully connected ReLU network; MAML's sinusoid regressor is MLP(1, [40, 40], 1)."""
 

@@ -120,8 +120,13 @@ class Objective:
         values = {key: column.tolist() for key, column in columns.items()}
         return [{key: values[key][i] for key in values} for i in range(len(outputs))]
 
+    def draw(self, data: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+        """The examples one loss evaluation uses: all of `data` here; a mini-batch of it where a task's
+        adaptation takes one per step (alphabets.MiniBatchObjective, the Leap/WarpGrad Omniglot protocol)."""
+        return data
+
     def loss(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
-        inputs, targets = data
+        inputs, targets = self.draw(data)
         return self.criterion(self.forward(params, inputs), targets)
 
     def metrics(self, outputs: Tensor, targets: Tensor, loss: Tensor | None = None) -> dict[str, float]:

@@ -15,6 +15,7 @@ from metalearn.algorithms.maml import FOMAML, MAML
 from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.algorithms.mtnet import MTNet, TNet
 from metalearn.algorithms.pretrained import Oracle, Pretrained
+from metalearn.algorithms.reptile import Reptile
 from metalearn.algorithms.warpgrad import WarpGrad, WarpLeap, WarpMAML
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
@@ -22,6 +23,7 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "fomaml": FOMAML,
     "imaml": IMAML,
     "leap": Leap,
+    "reptile": Reptile,
     "warpgrad": WarpGrad,
     "warpmaml": WarpMAML,
     "warpleap": WarpLeap,

@@ -5,7 +5,11 @@ task network's) adapt; warp parameters phi are shared by all tasks, held fixed d
 meta-learned. Their Jacobians precondition theta's gradient. Warp layers (`warp_layers`):
   conv4: after each [conv, BN, ReLU(, pool)] block,  h <- h + BN(conv3x3(h)), the BN scale starting at 0;
   MLP:   after each hidden [linear, ReLU],            h <- Omega h + b, starting at Omega = I, b = 0.
-Every warp layer starts as the identity, so WarpGrad starts out as plain SGD on the task network.
+These two start as the identity, so WarpGrad starts out as plain SGD on the task network.
+  OmniConv (the papers' multi-shot Omniglot network, models.py): after each block a plain 3x3
+  convolution, 64 -> 64 filters, PyTorch's default initialisation, no BatchNorm, residual or
+  activation: src/omniglot/main.py's defaults (warp_num_layers 1, warp_residual, warp_batch_norm and
+  warp_final_head off, warp_act_fun None) with model.py's WarpLayer. Not the identity at the start.
 
 Adaptation (`adapt`): theta_{k+1} = theta_k - alpha grad_theta L_S(theta_k; phi), k < K, no graph kept.
 Meta-objective, trajectory agnostic: points theta_k of the adaptation trajectories are constants,
@@ -32,8 +36,24 @@ K, as MAML's; `first_order`: FOMAML's); leap: Warp-Leap, Leap's path objective o
 trajectory (`LeapPath` of leap.py; by default as the official Warp-Leap: path length without the
 loss term; `norm`, `use_loss`, `stabilizer` as in Leap).
 
+Meta-update (`meta_update`):
+  batch (default): the gradient of J over the whole meta-batch's buffer (and the initialisation's
+    meta-gradient) are left in .grad for the loop's optimiser (Adam, train.meta_lr): one update of
+    phi per meta-step.
+  per_point: the official updater (flennerhag/warpgrad src/warpgrad/warpgrad/updaters.py,
+    DualUpdater with epochs=1, bsz=1: warp_on_same_loss, then simplified_leap; optimisers as
+    src/omniglot/wrapper.py WarpGradWrapper and main.py's defaults). After the meta-batch is adapted,
+    phi takes one plain-SGD step (lr `warp_lr`, default 0.1) per buffered point: the gradient of J at
+    that one point, at the current phi, so each step sees the previous ones' phi. The points are
+    visited once (one epoch), in buffer order (task by task, trajectory order), or in a random order
+    with `shuffle_buffer` (updaters.py shuffles with np.random; here torch's generator, which the
+    loop checkpoints). Then the initialisation (maml, leap) takes one SGD step (lr `init_lr`, default
+    0.1) on its meta-gradient (updaters.py: one step_fn call after the warp epoch). Both optimisers
+    are plain SGD, stateless, so checkpoints between meta-steps lose nothing; no .grad is left for
+    the loop's optimiser, which therefore changes nothing. Memory: the meta-batch's buffers are all
+    alive until the warp epoch (the official code keeps them too).
+
 Names: `warpgrad` (init from hparams, default none), `warpmaml` (init maml), `warpleap` (init leap).
-The official SGD meta-optimiser is replaced by the loop's Adam (train.meta_lr).
 """
 from __future__ import annotations
 
@@ -44,7 +64,7 @@ from torch import Tensor, nn
 
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
 from metalearn.algorithms.leap import LeapPath
-from metalearn.models import MLP, Conv4
+from metalearn.models import MLP, Conv4, OmniConv
 from metalearn.tasks import Objective, Params, Task
 
 
@@ -73,9 +93,12 @@ def linear_warp(features: int) -> nn.Linear:
 
 
 def warp_layers(model: nn.Module) -> nn.ModuleList:
-    """One identity-initialised warp layer per block of the task network."""
+    """One warp layer per block of the task network (identity-initialised but for OmniConv's)."""
     if isinstance(model, Conv4):
         return nn.ModuleList(ResidualConvWarp(block[0].out_channels) for block in model.features)
+    if isinstance(model, OmniConv):
+        return nn.ModuleList(nn.Conv2d(block[0].out_channels, block[0].out_channels, 3, padding=1)
+                             for block in model.features)
     if isinstance(model, MLP):
         return nn.ModuleList(linear_warp(layer.out_features) for layer in model.net[:-1]
                              if isinstance(layer, nn.Linear))
@@ -95,6 +118,10 @@ class WarpedNetwork(nn.Module):
                 x = warp(block(x))
             x = x.mean(dim=(2, 3)) if self.task.pooling == "stride" else x.flatten(1)
             return self.task.head(x)
+        if isinstance(self.task, OmniConv):
+            for block, warp in zip(self.task.features, self.warp):
+                x = warp(block(x))
+            return self.task.head(x.flatten(1))
         warps = iter(self.warp)
         for layer in self.task.net:  # MLP: a warp after each hidden layer's ReLU
             x = layer(x)
@@ -126,6 +153,14 @@ class WarpGrad(Algorithm):
         if self.mode not in ("offline", "online") or self.init not in ("none", "maml", "leap"):
             raise ValueError(f"mode must be offline|online and init none|maml|leap, not {self.mode}, {self.init}")
         self.first_order = bool(hparams.get("first_order", False))
+        self.meta_update = hparams.get("meta_update", "batch")
+        if self.meta_update not in ("batch", "per_point"):
+            raise ValueError(f"meta_update must be batch|per_point, not {self.meta_update}")
+        if self.meta_update == "per_point" and self.mode != "offline":
+            raise ValueError("meta_update per_point updates phi over a replay buffer: it needs mode offline")
+        self.warp_lr = float(hparams.get("warp_lr", 0.1))  # per_point: updaters.py / main.py's outer lr
+        self.init_lr = float(hparams.get("init_lr", 0.1))
+        self.shuffle_buffer = bool(hparams.get("shuffle_buffer", False))
         self.snapshots = int(hparams.get("snapshots", self.inner_steps))
         self.leap = dict(norm=bool(hparams.get("norm", True)), use_loss=bool(hparams.get("use_loss", False)),
                          stabilizer=bool(hparams.get("stabilizer", True)))
@@ -141,7 +176,8 @@ class WarpGrad(Algorithm):
         return self.warped.forward({f"task.{k}": v for k, v in params.items()}, inputs)
 
     def task_loss(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
-        return self.warped.criterion(self.predict(params, data[0]), data[1])
+        inputs, targets = self.objective.draw(data)  # all of it, or a mini-batch (tasks.Objective.draw)
+        return self.warped.criterion(self.predict(params, inputs), targets)
 
     def adapt(self, support, steps=None, create_graph=False, params: Params | None = None) -> Params:
         """Gradient descent on theta through the warped network, phi fixed; no graph along the
@@ -213,13 +249,38 @@ class WarpGrad(Algorithm):
             with torch.no_grad():
                 path.add(list(theta.values()), self.task_loss(theta, task.support), None)
             init_grad = path.gradient
-        if self.mode == "offline":  # Algorithm 2's meta-objective over this task's replay buffer
+        if self.mode == "offline" and self.meta_update == "batch":  # Algorithm 2's J over this task's buffer
             warp_grad = self.buffer_gradient(buffer, task)
         return {"warp_grad": warp_grad, "init_grad": init_grad, "points": len(buffer) or self.inner_steps,
+                "buffer": buffer if self.meta_update == "per_point" else None, "task": task,
                 "metrics": self.warped.metrics(outputs, task.query[1])}
+
+    def per_point_update(self, results: list[dict[str, Any]]) -> None:
+        """The official updater: one SGD step on phi per buffered point, then one on theta_0."""
+        points = [(point, r["task"]) for r in results for point in r["buffer"]]  # buffer order
+        if self.shuffle_buffer:
+            points = [points[i] for i in torch.randperm(len(points)).tolist()]
+        warp_params = list(self.warp.parameters())
+        warp_optimizer = torch.optim.SGD(warp_params, lr=self.warp_lr)
+        for point, task in points:  # batch size 1, one epoch
+            warp_optimizer.zero_grad(set_to_none=True)
+            for p, g in zip(warp_params, self.warp_gradient(point, task)):
+                p.grad = g
+            warp_optimizer.step()
+        warp_optimizer.zero_grad(set_to_none=True)  # nothing left for the loop's optimiser
+        if self.init != "none":
+            init_params = list(self.model.parameters())
+            init_optimizer = torch.optim.SGD(init_params, lr=self.init_lr)
+            init_optimizer.zero_grad(set_to_none=True)
+            add_to_grad(init_params, [r["init_grad"] for r in results], 1.0 / len(results))
+            init_optimizer.step()
+            init_optimizer.zero_grad(set_to_none=True)
 
     def meta_step(self, tasks) -> dict[str, float]:
         results = self.map_tasks(self.run_task, tasks)
+        if self.meta_update == "per_point":
+            self.per_point_update(results)
+            return mean_metrics([r["metrics"] for r in results])
         points = sum(r["points"] for r in results)  # J is the mean over tasks and trajectory points
         add_to_grad(self.warp.parameters(), [r["warp_grad"] for r in results], 1.0 / points)
         if self.init != "none":
