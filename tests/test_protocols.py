@@ -4,6 +4,7 @@ paper profile are the official ones. Each test knows the answer the official cod
 from __future__ import annotations
 
 import copy
+import sys
 from pathlib import Path
 
 import pytest
@@ -413,6 +414,7 @@ OMNIGLOT_MAML = [
     ("batch_norm", "maml", "cbfinn/maml utils.py normalize (tf.contrib.layers.batch_norm defaults)"),
     ("head_init", "normal", "cbfinn/maml maml.py construct_conv_weights (w5 = tf.random_normal)"),
     ("rotations", "per_task", "cbfinn/maml data_generator.py make_data_tensor (`# and FLAGS.train`)"),
+    ("dataset", "omniglot-binary", "cbfinn/maml data/omniglot_resized/resize_images.py (PIL: 1-bit PNGs, nearest)"),
 ]
 IMAGENET_MAML = [
     ("inner_loss", "sum_over_shots", "cbfinn/maml utils.py xent"),
@@ -423,6 +425,8 @@ IMAGENET_MAML = [
 OFFICIAL = {
     "omniglot-5w1s": OMNIGLOT_MAML,
     "omniglot-20w1s": OMNIGLOT_MAML,
+    **{name: OMNIGLOT_MAML + [("queries", 5, "cbfinn/maml main.py (DataGenerator(update_batch_size * 2): K queries per class)")]
+       for name in ("omniglot-5w5s", "omniglot-20w5s")},
     **{name: IMAGENET_MAML for name in ("miniimagenet-5w1s", "miniimagenet-5w5s",
                                         "tieredimagenet-5w1s", "tieredimagenet-5w5s")},
 }
@@ -441,7 +445,7 @@ EVERYWHERE = [  # every benchmark of the paper profile where the algorithm is co
     ("metasgd.inner_steps", 1, "Li et al. 2017 (Meta-SGD), Section 3: one adaptation step"),
     ("metasgd.test_inner_steps", 1, "Li et al. 2017 (Meta-SGD): one step at meta-test too"),
 ]
-DEFAULTS = {"inner_loss": "mean", "eval_query_batch": "all", "batch_norm": "affine", "head_init": "xavier", "rotations": "classes",
+DEFAULTS = {"dataset": None, "queries": None, "inner_loss": "mean", "eval_query_batch": "all", "batch_norm": "affine", "head_init": "xavier", "rotations": "classes",
             "train.clip_meta_grad": None}
 
 
@@ -486,3 +490,46 @@ def test_default_and_quick_profiles_keep_todays_protocol(profile):
         assert "clip_meta_grad" not in bench["train"]
         for hp in bench["algorithms"].values():
             assert not {"inner_loss", "eval_query_batch", "proximal", "test_lam", "meta_adam_eps"} & set(hp)
+
+
+def test_binary_images_are_the_maml_codes_pixels(mirror):
+    """omniglot-binary (data/omniglot.py) against the MAML code's own call on the same PNGs
+    (data/omniglot_resized/resize_images.py: Image.open(f).resize((28, 28), resample=Image.LANCZOS),
+    which Pillow carries out with nearest neighbour on these 1-bit images), then inverted as its
+    data_generator.py (1 - image): every pixel of 40 drawings equal, all 0 or 255."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+
+    from metalearn.data import omniglot
+
+    with zipfile.ZipFile(mirror / "images_background_small1.zip") as archive:
+        names = [n for n in archive.namelist() if n.endswith(".png")][::97][:40]
+        for name in names:
+            data = archive.read(name)
+            official = np.asarray(Image.open(io.BytesIO(data)).resize((28, 28), resample=Image.LANCZOS).convert("L"))
+            ours = omniglot._load_image(data, "binary").numpy()
+            assert np.array_equal(ours, 255 - official), name
+            assert set(np.unique(ours)) <= {0, 255}
+    lanczos = omniglot._load_image(data).numpy()
+    assert len(np.unique(lanczos)) > 2  # the default variant keeps grey edges: a different image
+    assert omniglot.split_sizes("omniglot-binary", "maml") == omniglot.split_sizes("omniglot", "maml")
+
+
+def test_binary_variants_share_the_archives_download(tmp_path):
+    """The paper profile reads omniglot-binary: its prepare stage depends on the full Omniglot archives,
+    downloaded by the one `download-omniglot` stage (DVC) and rule (Snakemake), never twice."""
+    sys.path.insert(0, str(ROOT / "workflow"))
+    import pipeline
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"profile": "paper"}
+    overlay = raw["profiles"]["paper"]["benchmarks"]
+    for name in [n for n in overlay if "imagenet" in n]:  # user-supplied files, absent here
+        del overlay[name]
+    stages = pipeline.dvc_stages(raw)["stages"]
+    downloads = [name for name in stages if name.startswith("download-")]
+    assert downloads == ["download-omniglot"]
+    assert stages["prepare-omniglot-binary"]["deps"] == stages["download-omniglot"]["outs"]
+    assert "omniglot-binary" not in pipeline.OMNIGLOT_ARCHIVE_SETS

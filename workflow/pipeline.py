@@ -24,7 +24,10 @@ from metalearn.config import ConfigError, read_yaml, resolve
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
-OMNIGLOT_DATASETS = ("omniglot", "omniglot-small")  # downloaded by the pipeline (official URLs)
+# downloaded by the pipeline (official URLs); the -binary variants are the same archives, resized as the
+# MAML code (data/omniglot.py), so one download rule per archive set (OMNIGLOT_ARCHIVE_SETS)
+OMNIGLOT_DATASETS = ("omniglot", "omniglot-small", "omniglot-binary", "omniglot-small-binary")
+OMNIGLOT_ARCHIVE_SETS = ("omniglot", "omniglot-small")
 IMAGENET_DATASETS = ("miniimagenet", "tieredimagenet")  # user-supplied files (metalearn.data.imagenet)
 DATASETS = OMNIGLOT_DATASETS + IMAGENET_DATASETS
 
@@ -86,6 +89,25 @@ def source_files(algorithm: str) -> list[str]:
     package = Path(algorithms.__file__).resolve().parent  # .../metalearn/algorithms
     return [(ROOT / "src/metalearn/algorithms" / path.relative_to(package)).relative_to(ROOT).as_posix()
             for path in algorithms.source_files(algorithm)]
+
+
+def train_sources(params: dict, bench: str, algorithm: str) -> list[str]:
+    """The package files a training job depends on: the algorithm's (source_files), or for a continual
+    benchmark those of metalearn.continual, which runs its methods (warpgrad, sgd) itself."""
+    from metalearn.rl import is_rl
+
+    if is_rl(params["benchmarks"][bench]):  # reinforcement learning: metalearn/rl/ runs every method
+        from metalearn.rl.train import source_files as rl_sources
+
+        return [path.relative_to(ROOT).as_posix() for path in rl_sources()]
+    if params["benchmarks"][bench]["task"] != "continual":
+        return source_files(algorithm)
+    import metalearn
+    from metalearn import continual
+
+    package = Path(metalearn.__file__).resolve().parent  # .../metalearn
+    return [(ROOT / "src/metalearn" / path.relative_to(package)).relative_to(ROOT).as_posix()
+            for path in continual.source_files(algorithm)]
 
 
 # ----------------------------------------------------------------------------- paths
@@ -169,9 +191,11 @@ def plot_files(params: dict) -> list[str]:
 # ----------------------------------------------------------------------------- params slices
 def split_settings(params: dict, bench: str) -> dict:
     """What a benchmark's saved episodes depend on (evaluation reads them with the same settings)."""
+    from metalearn import continual
     from metalearn.benchmarks import episode_settings
 
-    return episode_settings(params["benchmarks"][bench])
+    settings = params["benchmarks"][bench]
+    return (continual.episode_settings if continual.is_continual(settings) else episode_settings)(settings)
 
 
 def train_settings(params: dict, bench: str, algorithm: str, seed) -> dict:
@@ -205,10 +229,11 @@ def dvc_stages(raw: dict) -> dict:
     stages: dict[str, dict] = {}
     for dataset in datasets(params):
         if dataset in OMNIGLOT_DATASETS:
-            stages[f"download-{dataset}"] = {
-                "cmd": COMMANDS["download"].format(profile=profile, dataset=dataset),
+            archive_set = dataset.removesuffix("-binary")  # one stage per archive set (-binary: the same files)
+            stages[f"download-{archive_set}"] = {
+                "cmd": COMMANDS["download"].format(profile=profile, dataset=archive_set),
                 "params": _param_keys(raw, profile, ["data.root"]),
-                "outs": raw_archives(params, dataset)}
+                "outs": raw_archives(params, archive_set)}
         stage = {"cmd": COMMANDS["prepare"].format(profile=profile, dataset=dataset)}
         if raw_inputs(params, dataset):
             stage["deps"] = raw_inputs(params, dataset)
@@ -231,7 +256,7 @@ def dvc_stages(raw: dict) -> dict:
         stages[f"train-{name}"] = {
             "cmd": COMMANDS["train"].format(profile=profile, benchmark=bench, algorithm=algorithm,
                                             seed=seed, model_dir=folder),
-            "deps": bench_data(params, bench) + source_files(algorithm),
+            "deps": bench_data(params, bench) + train_sources(params, bench, algorithm),
             "params": _param_keys(raw, profile, keys),
             "outs": [f"{folder}/model.pt", f"{folder}/history.json"]}
         keys = [f"benchmarks.{bench}.{k}" for k in split_settings(params, bench)]

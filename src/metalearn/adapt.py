@@ -20,7 +20,8 @@ statistics (MAML's convention, models.py), so give the query images together, se
 Preprocessing travels with the model: train.py saves a ``preprocessing`` record (see
 `preprocessing_for`), older model files get it from their benchmark's settings. An image of any size
 and format is read exactly as the training data was:
-  Omniglot models        omniglot._load_image: grayscale, Lanczos to 28x28, inverted (strokes bright).
+  Omniglot models        omniglot._load_image: grayscale, Lanczos to 28x28 (the -binary data sets: as
+                         the MAML code, nearest on the 1-bit image), inverted (strokes bright).
                          Drawings that already have bright strokes on a dark background (judged by
                          the image's border, which is background) are not inverted, so both
                          polarities reach the model as it was trained.
@@ -64,6 +65,7 @@ from metalearn.data import imagenet, omniglot
 HEAD = ("model.head.weight", "model.head.bias")  # the output layer's entries in an algorithm's state
 HEAD_POLICIES = ("auto", "trained", "zero")
 OMNIGLOT = {"channels": 1, "size": omniglot.IMAGE_SIZE, "invert": True, "resize": "lanczos"}
+OMNIGLOT_BINARY = {**OMNIGLOT, "resize": "binary"}  # the -binary data sets (omniglot.py): pixels 0 or 255
 IMAGENET = {"channels": 3, "size": imagenet.IMAGE_SIZE, "invert": False, "resize": "bicubic"}
 QUERY_CHUNK = 500  # query images per forward pass (bounds memory on 84x84 inputs)
 COLOUR_TOLERANCE = 12  # channel spread (of 255) below which a pixel counts as gray (JPEG noise)
@@ -78,7 +80,7 @@ class AdaptError(ValueError):
 def preprocessing_for(settings: dict) -> dict | None:
     """How a benchmark's images reach the network (saved with the model); None: not an image task."""
     if settings["task"] == "omniglot":
-        return dict(OMNIGLOT)
+        return dict(OMNIGLOT_BINARY if omniglot.resize_mode(settings.get("dataset", "omniglot")) == "binary" else OMNIGLOT)
     if settings["task"] in imagenet.DATASETS:
         return dict(IMAGENET)
     return None
@@ -99,8 +101,8 @@ def read_image(path: Path, preprocessing: dict) -> tuple[Tensor, bool]:
         with Image.open(io.BytesIO(data)) as image:
             image.load()
             colour = _is_colour(image)
-        if preprocessing == OMNIGLOT:
-            pixels = omniglot._load_image(data)  # uint8 [28, 28], inverted: strokes bright
+        if preprocessing in (OMNIGLOT, OMNIGLOT_BINARY):
+            pixels = omniglot._load_image(data, preprocessing["resize"])  # uint8 [28, 28], inverted: strokes bright
             border = torch.cat([pixels[:2].flatten(), pixels[-2:].flatten(), pixels[:, :2].flatten(),
                                 pixels[:, -2:].flatten()])
             if border.float().mean() > 127:  # bright background after inversion: the file was light-on-dark

@@ -25,6 +25,8 @@ from pathlib import Path
 
 from metalearn import benchmarks
 from metalearn.config import BadInput, ConfigError, benchmark, data_mirror, load_params
+from metalearn.data.omniglot import VARIANTS as OMNIGLOT_VARIANTS
+from metalearn.rl import is_rl
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 1, 2, 3
 
@@ -139,16 +141,29 @@ def cmd_split(params: dict, args) -> None:
     for name in names:
         benchmark(params, name)  # an unknown name: ConfigError naming the benchmarks there are
     for name in names:
-        path = benchmarks.make_episodes(params, name)
+        if params["benchmarks"][name]["task"] == "continual":  # its saved test sequences: metalearn.continual
+            from metalearn import continual
+            path = continual.make_episodes(params, name)
+        elif is_rl(params["benchmarks"][name]):  # RL: the saved test tasks (goals, ...), metalearn.rl.tasks
+            from metalearn.rl.tasks import make_test_tasks
+            path = make_test_tasks(params, name)
+        else:
+            path = benchmarks.make_episodes(params, name)
         print(f"episodes of {name} -> {path}", file=sys.stderr)
 
 
 def cmd_train(params: dict, args) -> None:
     from metalearn.train import run_config, train
 
+    if benchmark(params, args.benchmark)["task"] == "continual":  # its own training: metalearn.continual
+        from metalearn import continual
+        return continual.cmd_train(params, args)
+
     out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
     run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError for an unknown -b / -a
     check_writable(out, "--out", folder=True)
+    if is_rl(params["benchmarks"][args.benchmark]):  # RL benchmarks: the TRPO loop (metalearn.rl.train)
+        from metalearn.rl.train import train
     if not args.track:
         path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
     else:
@@ -237,11 +252,11 @@ def parser() -> argparse.ArgumentParser:
     sub = top.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("download", parents=[common], help="fetch and verify the data archives")
-    p.add_argument("--dataset", choices=["omniglot", "omniglot-small", "miniimagenet", "tieredimagenet"])
+    p.add_argument("--dataset", choices=[*OMNIGLOT_VARIANTS, "miniimagenet", "tieredimagenet"])
     p.set_defaults(func=cmd_download)
 
     p = sub.add_parser("prepare", parents=[common], help="build the compact image cache")
-    p.add_argument("--dataset", choices=["omniglot", "omniglot-small", "miniimagenet", "tieredimagenet"])
+    p.add_argument("--dataset", choices=[*OMNIGLOT_VARIANTS, "miniimagenet", "tieredimagenet"])
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("split", parents=[common], help="save validation and test episodes")

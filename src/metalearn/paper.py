@@ -82,8 +82,9 @@ def paper_rows(results: list[dict], settings: dict[str, dict] | None = None,
         ratio = (sum(iterations) / len(iterations) / paper["iterations"]
                  if paper.get("iterations") and all(iterations) else None)
         bench = (settings or {}).get(paper["benchmark"], {})
-        mismatch = [f"{key} {bench.get(key)!r}, the paper's {value!r}"
-                    for key, value in (paper.get("requires") or {}).items() if bench.get(key) != value]
+        mismatch = [f"{key} {bench.get(key)!r}, the paper's {value!r}"  # a list: any of its values
+                    for key, value in (paper.get("requires") or {}).items()
+                    if bench.get(key) not in (value if isinstance(value, list) else [value])]
         rows.append({"benchmark": paper["benchmark"], "algorithm": paper["algorithm"], "metric": paper["metric"],
                      "steps": steps, "paper_mean": paper["mean"],
                      "paper_ci95": "" if paper.get("ci95") is None else paper["ci95"], "source": paper["source"],

@@ -10,6 +10,9 @@ and, for benchmarks evaluated after every number of test steps (`eval_curve`):
                           algorithm with its 95% CI band (MAML's Figure 2, right)
   <benchmark>-fits.png    sinusoids: a few test tasks, their support points and the functions the
                           algorithms fit after 0, 1 and all test steps (MAML's Figure 2, left)
+and, for continual-learning benchmarks (metalearn.continual):
+  <benchmark>-continual.png  the loss on each sub-task as the sub-tasks are learned in order
+                          (forgetting curves), one panel per method
 """
 from __future__ import annotations
 
@@ -20,12 +23,16 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
+from metalearn.rl import RL_TASKS  # noqa: E402
+
 KINDS = ("curves", "scores", "paired")
 
 
 def plot_kinds(bench: dict) -> tuple[str, ...]:
     """The figures of a benchmark, from its params.yaml settings."""
-    if not bench.get("eval_curve"):
+    if bench["task"] == "continual":  # forgetting curves (metalearn.continual.plot_forgetting)
+        return KINDS + ("continual",)
+    if not bench.get("eval_curve") and bench["task"] not in RL_TASKS:  # RL: always the return vs steps
         return KINDS
     return KINDS + (("steps", "fits") if bench["task"] == "sinusoid" else ("steps",))
 
@@ -159,6 +166,9 @@ def plot_benchmark(benchmark: str, rows: list[dict], pairs: list[dict],
     written = [plot_curves(histories, benchmark, curves), plot_scores(rows, benchmark, scores),
                plot_paired(pairs, benchmark, paired)]
     results = results or []
+    if results and all("continual" in r for r in results):  # continual learning: forgetting curves
+        from metalearn.continual import plot_forgetting
+        written.append(plot_forgetting(results, benchmark, Path(folder) / f"{benchmark}-continual.png"))
     if results and all("per_episode_curve" in r for r in results):
         written.append(plot_steps(results, benchmark, Path(folder) / f"{benchmark}-steps.png"))
         if any("examples" in r for r in results):

@@ -1,6 +1,6 @@
 # Data: archives (checksum-verified, from the official URL or the mirror) -> prepared cache -> episodes.
 
-for _dataset in pipeline.OMNIGLOT_DATASETS:  # ImageNet files come from the user (imagenet.py)
+for _dataset in pipeline.OMNIGLOT_ARCHIVE_SETS:  # ImageNet files come from the user (imagenet.py)
     rule:
         name: f"download_{_dataset.replace('-', '_')}"
         output: pipeline.raw_archives(PARAMS, _dataset)

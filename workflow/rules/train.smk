@@ -9,7 +9,7 @@ TRAIN_CMD = cmd("train", benchmark="{wildcards.benchmark}", algorithm="{wildcard
 rule train:
     input:
         data=lambda w: pipeline.bench_data(PARAMS, w.benchmark),
-        code=lambda w: pipeline.source_files(w.algorithm),
+        code=lambda w: pipeline.train_sources(PARAMS, w.benchmark, w.algorithm),
     output:
         model=pipeline.model_dir("{benchmark}", "{algorithm}", "{seed}") + "/model.pt",
         history=pipeline.model_dir("{benchmark}", "{algorithm}", "{seed}") + "/history.json",

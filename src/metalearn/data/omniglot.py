@@ -3,6 +3,12 @@
 Variants
   omniglot        all 1623 characters (images_background.zip + images_evaluation.zip)
   omniglot-small  the official small subsets (images_background_small1/2.zip): 242 characters
+  omniglot-binary, omniglot-small-binary
+                  the same archives, resized as the MAML code's images (cbfinn/maml
+                  data/omniglot_resized/resize_images.py, also MT-net's): its `im.resize((28, 28),
+                  resample=Image.LANCZOS)` on the 1-bit PNGs is nearest neighbour (Pillow resamples mode
+                  "1" images so), so every pixel is 0 or 255. The others: Lanczos from 8-bit grey
+                  (`resize`), greys at the strokes' edges.
 
 Cache: ``<root>/prepared/<variant>.pt`` holds ``images`` uint8 [classes, 20, 28, 28] (stroke = 255,
 resized with Lanczos as in the MAML code) and ``classes``, names like ``background/Greek/character01``;
@@ -39,6 +45,17 @@ VARIANTS = {
     "omniglot": ["images_background.zip", "images_evaluation.zip"],
     "omniglot-small": ["images_background_small1.zip", "images_background_small2.zip"],
 }
+VARIANTS.update({f"{name}-binary": archives for name, archives in list(VARIANTS.items())})
+ARCHIVE_SETS = ("omniglot", "omniglot-small")  # what is downloaded; the -binary variants read the same
+
+
+def characters(variant: str) -> str:
+    """The archive set of a variant ('omniglot-binary' -> 'omniglot'): its characters and splits."""
+    return variant.removesuffix("-binary")
+
+
+def resize_mode(variant: str) -> str:
+    return "binary" if variant.endswith("-binary") else "lanczos"
 SMALL_TEST_ALPHABETS = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
 _SPLIT_SIZES = {  # (meta-train, validation, meta-test) class counts, before rotations
     ("omniglot", "maml"): (1100, 100, 423),
@@ -49,7 +66,7 @@ _SPLIT_SIZES = {  # (meta-train, validation, meta-test) class counts, before rot
 
 
 def split_sizes(variant: str, split: str) -> dict[str, int]:
-    train, val, test = _SPLIT_SIZES[(variant, split)]
+    train, val, test = _SPLIT_SIZES[(characters(variant), split)]
     return {"train": train, "val": val, "test": test}
 
 
@@ -66,10 +83,16 @@ def _class_name(member: str) -> tuple[str, str] | None:
     return f"{top}/{parts[1]}/{parts[2]}", parts[3]
 
 
-def _load_image(data: bytes) -> torch.Tensor:
-    image = Image.open(io.BytesIO(data)).convert("L")
-    image = TF.resize(image, [IMAGE_SIZE, IMAGE_SIZE], interpolation=InterpolationMode.LANCZOS)
-    return 255 - TF.pil_to_tensor(image)[0]  # strokes bright on a dark background, as in the MAML code
+def _load_image(data: bytes, resize: str = "lanczos") -> torch.Tensor:
+    """uint8 [28, 28], strokes bright on a dark background (as the MAML code's inverted images).
+    `resize`: 'lanczos' (grey levels from the 8-bit image) or 'binary' (the MAML code's pixels: nearest
+    neighbour on the 1-bit image, 0 or 255; see the module docstring)."""
+    image = Image.open(io.BytesIO(data))
+    if resize == "binary":
+        image = image.convert("1").resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.Resampling.NEAREST).convert("L")
+    else:
+        image = TF.resize(image.convert("L"), [IMAGE_SIZE, IMAGE_SIZE], interpolation=InterpolationMode.LANCZOS)
+    return 255 - TF.pil_to_tensor(image)[0]
 
 
 def prepare(variant: str, archives: list[Path], out: Path) -> dict:
@@ -83,7 +106,7 @@ def prepare(variant: str, archives: list[Path], out: Path) -> dict:
                     continue
                 name, file = parsed
                 # The small subsets overlap (Greek, Latin): the same drawing is kept once.
-                drawings.setdefault(name, {}).setdefault(file, _load_image(zf.read(member)))
+                drawings.setdefault(name, {}).setdefault(file, _load_image(zf.read(member), resize_mode(variant)))
     classes = sorted(drawings)
     incomplete = [c for c in classes if len(drawings[c]) != DRAWERS]
     if incomplete:
@@ -110,7 +133,7 @@ def load(path: Path) -> tuple[torch.Tensor, list[str]]:
 
 def split_classes(classes: list[str], variant: str, split: str, seed: int) -> dict[str, torch.Tensor]:
     """Class indices of the meta-train / validation / meta-test classes (see the module docstring)."""
-    n_train, n_val, n_test = _SPLIT_SIZES[(variant, split)]
+    n_train, n_val, n_test = _SPLIT_SIZES[(characters(variant), split)]
     if len(classes) != n_train + n_val + n_test:
         raise ValueError(f"{variant} should have {n_train + n_val + n_test} characters, the cache has {len(classes)}")
     generator = torch.Generator().manual_seed(seed)
@@ -119,7 +142,7 @@ def split_classes(classes: list[str], variant: str, split: str, seed: int) -> di
         return {"train": order[:n_train].sort().values,
                 "val": order[n_train:n_train + n_val].sort().values,
                 "test": order[n_train + n_val:].sort().values}
-    if variant == "omniglot":
+    if characters(variant) == "omniglot":
         is_test = torch.tensor([c.startswith("evaluation/") for c in classes])
     else:
         is_test = torch.tensor([c.split("/")[1] in SMALL_TEST_ALPHABETS for c in classes])
