@@ -69,6 +69,7 @@ def snakemake_on_slurm(project: Path, cluster: Path) -> tuple[int, str]:
         "--slurm-no-account",                     # no accounting database, so no accounts
         "--slurm-status-command", "squeue",       # sacct needs slurmdbd; MinJobAge keeps jobs in squeue
         "--slurm-init-seconds-before-status-checks", "1",
+        "--seconds-between-status-checks", "2",   # one machine: jobs take seconds, a status check is cheap
         "--latency-wait", "5",                    # one machine: outputs are there at once
     ]
     out = subprocess.run(command, cwd=project, env=slurm_env(project, cluster), capture_output=True, text=True,

@@ -251,7 +251,9 @@ def test_cli_split_train_evaluate_tracked_give_returns_after_each_step(tmp_path,
     from metalearn.cli import main
 
     monkeypatch.chdir(tmp_path)
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the pipeline's commands track to ./mlflow.db
+    # An absolute store: MLflow caches a store per URI within a process, so the default relative
+    # sqlite:///mlflow.db would follow this test's folder into later tests of the same session.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path / "data")))
     assert main(["split", "-b", "navigation-2d"]) == 0
     for algorithm in ("maml", "random"):
