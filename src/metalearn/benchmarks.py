@@ -131,16 +131,22 @@ def read_episodes(path: Path, bench_name: str) -> dict:
     return episodes
 
 
+def read_current_episodes(params: dict, bench_name: str, settings: dict) -> dict:
+    """The benchmark's saved episode file, refused (StaleEpisodes) unless it was made for `settings`
+    (its task family's `episode_settings`)."""
+    path = episodes_path(params, bench_name)
+    episodes = read_episodes(path, bench_name)
+    if episodes.get("settings") != settings:
+        raise StaleEpisodes(f"{path} was made for other settings of {bench_name} ({episodes.get('settings')}); "
+                            f"run `metalearn split -b {bench_name}` (the pipeline does this by itself)")
+    return episodes
+
+
 def eval_batches(params: dict, bench_name: str, split: str, device: torch.device,
                  chunk: int = 50) -> Iterator[TaskBatch]:
     """The saved episodes of `split` ('val' or 'test'), in chunks of TaskBatches on `device`."""
     bench = params["benchmarks"][bench_name]
-    path = episodes_path(params, bench_name)
-    episodes = read_episodes(path, bench_name)
-    if episodes.get("settings") != episode_settings(bench):
-        raise StaleEpisodes(f"{path} was made for other settings of {bench_name} ({episodes.get('settings')}); "
-                         f"run `metalearn split -b {bench_name}` (the pipeline does this by itself)")
-    saved = episodes[split]
+    saved = read_current_episodes(params, bench_name, episode_settings(bench))[split]
     if bench["task"] in ("sinusoid", "polynomial"):
         make = ep.sinusoid_tasks if bench["task"] == "sinusoid" else ep.polynomial_tasks
         tasks = make(saved, bench["shots"])

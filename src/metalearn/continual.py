@@ -190,14 +190,10 @@ def make_episodes(params: dict, bench_name: str) -> Path:
 
 def eval_sequences(params: dict, bench_name: str, split: str, device) -> Sequences:
     """The saved sequences of `split`, checked against the benchmark's settings."""
-    from metalearn.benchmarks import StaleEpisodes, episodes_path, read_episodes
+    from metalearn.benchmarks import read_current_episodes
 
     bench = params["benchmarks"][bench_name]
-    path = episodes_path(params, bench_name)
-    saved = read_episodes(path, bench_name)
-    if saved.get("settings") != episode_settings(bench):
-        raise StaleEpisodes(f"{path} was made for other settings of {bench_name} ({saved.get('settings')}); "
-                            f"run `metalearn split -b {bench_name}` (the pipeline does this by itself)")
+    saved = read_current_episodes(params, bench_name, episode_settings(bench))
     return sequences_from(saved[split], bench["shots"]).to(device)
 
 

@@ -29,10 +29,5 @@ def read_test_tasks(params: dict, bench_name: str, split: str = "test") -> tuple
     """(tasks [n, ...], evaluation noise seed) of a benchmark; stale files are refused as for the
     supervised episodes (benchmarks.StaleEpisodes)."""
     bench = params["benchmarks"][bench_name]
-    path = benchmarks.episodes_path(params, bench_name)
-    saved = benchmarks.read_episodes(path, bench_name)
-    if saved.get("settings") != benchmarks.episode_settings(bench):
-        raise benchmarks.StaleEpisodes(
-            f"{path} was made for other settings of {bench_name} ({saved.get('settings')}); "
-            f"run `metalearn split -b {bench_name}` (the pipeline does this by itself)")
+    saved = benchmarks.read_current_episodes(params, bench_name, benchmarks.episode_settings(bench))
     return saved[split]["tasks"], int(saved["eval_seed"])
