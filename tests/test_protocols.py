@@ -533,3 +533,115 @@ def test_binary_variants_share_the_archives_download(tmp_path):
     assert downloads == ["download-omniglot"]
     assert stages["prepare-omniglot-binary"]["deps"] == stages["download-omniglot"]["outs"]
     assert "omniglot-binary" not in pipeline.OMNIGLOT_ARCHIVE_SETS
+
+
+# ----------------------------------------------------------------------------- the protocol study
+def _protocol_study_params(prepared: dict, **study) -> dict:
+    from metalearn.config import validate
+
+    params = copy.deepcopy(prepared)
+    params["studies"] = {"protocols": {
+        "benchmark": "omniglot-5w1s", "algorithm": "maml", "iterations": 4, "eval_every": 2, "seed": 0,
+        "variants": {"default": {}, "three-queries": {"benchmark": {"queries": 3}},
+                     "maml-code": {"benchmark": {"batch_norm": "maml", "head_init": "normal", "rotations": "per_task"},
+                                   "algorithm": {"inner_loss": "sum_over_shots", "eval_query_batch": "shots"}}},
+        **study}}
+    return validate(params)
+
+
+def test_protocol_study_validates_meta_trains_each_variant_and_leaves_training_unchanged(prepared_small, tmp_path):
+    """Each variant is meta-trained for the study's iterations with a validation every `eval_every`; the
+    validation at the last iteration is the saved model's own validation score (evaluate, split val), the
+    test row is its test score, and validating on the way changes nothing in the training (the model equals
+    a training without the validations). A second call reuses every run; the figure is written."""
+    from metalearn.evaluate import evaluate
+    from metalearn.studies import protocols_runs, protocols_study
+
+    params = _protocol_study_params(prepared_small)
+    logs: list[str] = []
+    rows = protocols_study(params, tmp_path / "out", device="cpu", log=logs.append)
+    assert [r["variant"] for r in rows if r["split"] == "test"] == ["default", "three-queries", "maml-code"]
+    for run in protocols_runs(params):
+        mine = [r for r in rows if r["variant"] == run["variant"]]
+        val = [r for r in mine if r["split"] == "val"]
+        assert [r["iteration"] for r in val] == [2, 4]
+        assert 0 < val[0]["cpu_seconds"] < val[1]["cpu_seconds"] and 0 < val[0]["train_seconds"] < val[1]["train_seconds"]
+        assert all(r["episodes"] == params["benchmarks"]["omniglot-5w1s"]["val_tasks"] for r in val)
+        assert mine[-1]["queries"] == run["bench"]["queries"]
+        work = tmp_path / "out" / "protocols"
+        run_params = {"data": {**params["data"], "root": str(work / "data")}, "seeds": [0],
+                      "benchmarks": {run["name"]: run["bench"]}}
+        model = work / run["variant"] / "model.pt"
+        scored = evaluate(run_params, model, split="val", device="cpu", log=lambda s: None)
+        assert val[-1]["accuracy"] == pytest.approx(scored["mean"], abs=1e-9)
+        tested = evaluate(run_params, model, device="cpu", log=lambda s: None)
+        assert (mine[-1]["split"], mine[-1]["accuracy"], mine[-1]["episodes"]) == ("test", tested["mean"], 40)
+    assert [r["queries"] for r in rows if r["split"] == "test"] == [1, 3, 1]
+
+    plain = protocols_runs(params)[0]
+    plain_params = {"data": {**params["data"], "root": str(tmp_path / "out" / "protocols" / "data")}, "seeds": [0],
+                    "benchmarks": {plain["name"]: plain["bench"]}}
+    train(plain_params, plain["name"], "maml", 0, tmp_path / "plain", device="cpu", log=lambda s: None)
+    studied = torch.load(tmp_path / "out" / "protocols" / "default" / "model.pt", weights_only=True)["state_dict"]
+    alone = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)["state_dict"]
+    assert all(torch.equal(studied[k], alone[k]) for k in alone)
+
+    assert (tmp_path / "out" / "protocols.png").stat().st_size > 10_000
+    logs.clear()
+    assert protocols_study(params, tmp_path / "out", device="cpu", log=logs.append) == rows
+    assert not [line for line in logs if line.endswith(": training")]
+
+
+def test_protocol_study_resumes_a_killed_run_and_keeps_its_validations(prepared_small, tmp_path):
+    """A study killed after its first validation resumes from the checkpoint and ends with the same model
+    and validation scores as an uninterrupted study."""
+    from metalearn import studies
+
+    params = _protocol_study_params(prepared_small, variants={"default": {}})
+    whole = studies.protocols_study(params, tmp_path / "whole", device="cpu", log=lambda s: None)
+
+    class Killed(Exception):
+        pass
+
+    original = studies.validation_accuracy
+    calls = []
+
+    def dies_after_first(*args, **kwargs):
+        if calls:
+            raise Killed
+        calls.append(1)
+        return original(*args, **kwargs)
+
+    studies.validation_accuracy = dies_after_first
+    try:
+        with pytest.raises(Killed):
+            studies.protocols_study(params, tmp_path / "killed", device="cpu", log=lambda s: None)
+    finally:
+        studies.validation_accuracy = original
+    logs: list[str] = []
+    resumed = studies.protocols_study(params, tmp_path / "killed", device="cpu", log=logs.append)
+    assert any("resuming" in line and "from iteration 2" in line for line in logs)
+    key = ("variant", "split", "iteration", "accuracy", "ci95", "episodes")
+    assert [tuple(r[k] for k in key) for r in resumed] == [tuple(r[k] for k in key) for r in whole]
+
+
+def test_protocol_study_names_a_bad_variant_key_and_the_pipeline_plans_it():
+    """A misspelt overlay key is refused with the variant and the key named; the default profile's
+    pipeline has one study_protocols job reading both image sets it needs."""
+    from metalearn.config import ConfigError, validate
+
+    params = load_params(ROOT / "params.yaml", "default")
+    params["studies"]["protocols"]["variants"]["typo"] = {"benchmark": {"quries": 3}}
+    with pytest.raises(ConfigError, match=r"studies\.protocols\.variants\.typo(.|\n)*quries"):
+        validate(params)
+    sys.path.insert(0, str(ROOT / "workflow"))
+    import pipeline
+
+    params = load_params(ROOT / "params.yaml", "default")
+    assert "protocols" in pipeline.studies(params)
+    sources = pipeline.study_sources(params, "protocols")
+    assert {"data/prepared/omniglot.pt", "data/prepared/omniglot-binary.pt", "src/metalearn/studies.py",
+            "src/metalearn/algorithms/maml.py"} <= set(sources)
+    runs = pipeline.study_settings(params, "protocols")
+    assert [r["variant"] for r in runs] == ["default", "default-15-queries", "maml-code"]
+    assert {r["bench"]["train"]["iterations"] for r in runs} == {3000}

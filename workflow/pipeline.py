@@ -165,20 +165,20 @@ def study_outputs(name: str) -> list[str]:
 
 
 def study_sources(params: dict, name: str) -> list[str]:
-    """studies.py and the source files of the algorithms the study trains."""
-    algorithms = {"mtnet", *params["studies"][name]["algorithms"]}
+    """studies.py, the source files of the algorithms the study trains and the images it reads."""
+    from metalearn.studies import study_algorithms, study_datasets
+
     files = ["src/metalearn/studies.py"]
-    for algorithm in sorted(algorithms):
+    for algorithm in study_algorithms(params, name):
         files += [f for f in source_files(algorithm) if f not in files]
-    return files
+    return files + [f for dataset in study_datasets(params, name) for f in prepared(params, dataset)]
 
 
 def study_settings(params: dict, name: str) -> list[dict]:
     """Everything that determines the study's runs (a change reruns the study, nothing else)."""
-    from metalearn.studies import mtnet_runs
+    from metalearn.studies import study_runs
 
-    seed = params["studies"][name]["seed"]
-    return [{**run, "seed": seed} for run in mtnet_runs(params)]
+    return study_runs(params, name)
 
 
 def plot_files(params: dict) -> list[str]:
@@ -269,9 +269,10 @@ def dvc_stages(raw: dict) -> dict:
     for study in studies(params):
         bench = params["studies"][study]["benchmark"]
         settings = [k for k in params["benchmarks"][bench] if k != "algorithms"]
-        algorithms = {"mtnet", *params["studies"][study]["algorithms"]}
+        from metalearn.studies import study_algorithms
+
         keys = ([f"studies.{study}"] + [f"benchmarks.{bench}.{k}" for k in settings]
-                + [f"benchmarks.{bench}.algorithms.{a}" for a in sorted(algorithms)])
+                + [f"benchmarks.{bench}.algorithms.{a}" for a in study_algorithms(params, study)])
         stages[f"study-{study}"] = {
             "cmd": COMMANDS["study"].format(study=study, profile=profile, out=STUDIES),
             "deps": study_sources(params, study),

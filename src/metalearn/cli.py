@@ -7,6 +7,7 @@
   metalearn evaluate  --model M --out J      score a model on the saved test episodes
   metalearn aggregate EVAL.json... --out CSV results table (+ Markdown beside it)
   metalearn study mtnet --out DIR            MT-net study: adapted units vs degree, MSE vs inner lr
+  metalearn study protocols --out DIR        protocol study: validation accuracy per iteration and CPU-second
   metalearn adapt --model M --support DIR --query DIR --out CSV
                                              adapt a trained model to your own classes (metalearn.adapt)
 
@@ -215,12 +216,12 @@ def cmd_aggregate(params: dict, args) -> None:
 
 
 def cmd_study(params: dict, args) -> None:
-    from metalearn.studies import mtnet_study
+    from metalearn.studies import run_study
 
     if not (params.get("studies") or {}).get(args.study):
         raise ConfigError(f"studies.{args.study}: not configured in params.yaml (profile {params.get('profile')})")
     check_writable(args.out, "--out", folder=True)
-    mtnet_study(params, Path(args.out), device=args.device)
+    run_study(params, args.study, Path(args.out), device=args.device)
 
 
 def cmd_adapt(params: dict | None, args) -> None:
@@ -288,7 +289,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_aggregate)
 
     p = sub.add_parser("study", parents=[common], help="run a study of params.yaml's `studies` (metalearn.studies)")
-    p.add_argument("study", choices=["mtnet"])
+    p.add_argument("study", choices=["mtnet", "protocols"])
     p.add_argument("--out", default="results/studies")
     p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=cmd_study)

@@ -237,6 +237,53 @@ def check_semantics(params: dict) -> None:
 
 
 def _study_problems(params: dict) -> list[str]:
+    return _mtnet_study_problems(params) + _protocols_study_problems(params)
+
+
+def protocol_variants(params: dict) -> dict[str, dict]:
+    """studies.protocols' variants as benchmarks: {variant: benchmark settings holding only the study's
+    algorithm}, each the study's benchmark with the variant's overlays merged in (deep_merge) and the
+    study's budget (`iterations`; a checkpoint, and a validation, every `eval_every`)."""
+    study = params["studies"]["protocols"]
+    base = benchmark(params, study["benchmark"])
+    hparams = {k: v for k, v in algorithm_params(params, study["benchmark"], study["algorithm"]).items()
+               if k != "iterations"}
+    variants = {}
+    for name, overlay in study["variants"].items():
+        bench = deep_merge({k: v for k, v in base.items() if k != "algorithms"}, overlay.get("benchmark") or {})
+        bench["train"] = {**bench["train"], "iterations": study["iterations"], "checkpoint_every": study["eval_every"]}
+        bench["algorithms"] = {study["algorithm"]: deep_merge(hparams, overlay.get("algorithm") or {})}
+        variants[name] = bench
+    return variants
+
+
+def protocol_benchmark_name(study: dict, variant: str) -> str:
+    """A variant's benchmark name: the study's benchmark and the variant (it names its episode file)."""
+    return f"{study['benchmark']}-{variant}"
+
+
+def _protocols_study_problems(params: dict) -> list[str]:
+    study = (params.get("studies") or {}).get("protocols")
+    if study is None:
+        return []
+    bench = params["benchmarks"].get(study["benchmark"])
+    if bench is None or bench["task"] != "omniglot":
+        return [f"studies.protocols.benchmark: {study['benchmark']!r} is not a configured Omniglot benchmark"]
+    if study["algorithm"] not in bench["algorithms"]:
+        return [f"studies.protocols.algorithm: {study['algorithm']!r} is not configured in "
+                f"benchmarks.{study['benchmark']}.algorithms (the study takes its hyperparameters)"]
+    problems = []
+    for name, variant in protocol_variants(params).items():
+        try:  # each variant must be a valid benchmark: its errors name the variant
+            validate({"data": params["data"], "seeds": [study["seed"]],
+                      "benchmarks": {protocol_benchmark_name(study, name): variant}},
+                     where=f"studies.protocols.variants.{name}")
+        except ConfigError as exc:
+            problems.append(str(exc))
+    return problems
+
+
+def _mtnet_study_problems(params: dict) -> list[str]:
     study = (params.get("studies") or {}).get("mtnet")
     if study is None:
         return []

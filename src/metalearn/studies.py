@@ -16,19 +16,34 @@ mtnet  The two claims of Lee & Choi (2018) about MT-nets, measured on this proje
   Outputs: <out>/mtnet.csv (one row per run and layer) and <out>/mtnet.png; the runs' models and
   episodes stay in <out>/mtnet/, so an interrupted study resumes (train.py) and a finished run with
   unchanged settings and code is reused.
+
+protocols  Which protocol learns faster on a CPU, per meta-iteration and per CPU-second (issue #14): one
+  algorithm (MAML) meta-trained on one Omniglot benchmark under each of `variants` -- overlays of the
+  benchmark's settings (e.g. the MAML code's pixels, BatchNorm, head, rotations; query images per class)
+  and the algorithm's (its inner-loss scale, how test queries are normalised) -- for the same
+  `iterations`. Every `eval_every` iterations the model is scored on the variant's 100 saved validation
+  episodes; the meta-training time up to there is recorded as wall-clock seconds and as the process's CPU
+  seconds (all threads; validation excluded). At the end: the 600 saved test episodes. Each variant scores
+  on its own protocol's episodes (same characters, drawings and episode seed; its own pixels, rotations
+  and query normalisation). Outputs: <out>/protocols.csv (one row per validation point and one test row
+  per variant) and <out>/protocols.png (validation accuracy against meta-iterations and against CPU
+  seconds). Runs resume and are reused as the MT-net study's; the validations already made are kept in
+  each run's progress.json.
 """
 from __future__ import annotations
 
 import csv
+import json
 import math
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
 import torch
 
 from metalearn import benchmarks
-from metalearn.config import ConfigError, algorithm_params, validate
+from metalearn.config import ConfigError, algorithm_params, protocol_benchmark_name, protocol_variants, validate
 
 Log = Callable[[str], None]
 CSV_COLUMNS = ["part", "algorithm", "degree", "inner_lr", "layer", "adapted_fraction", "test_steps", "mse",
@@ -176,3 +191,167 @@ def plot_mtnet(rows: list[dict], path: Path) -> Path:
     if lr_rows:
         right.legend()
     return _save(fig, path)
+
+
+# ----------------------------------------------------------------------------- protocols
+PROTOCOL_COLUMNS = ["variant", "split", "iteration", "train_seconds", "cpu_seconds", "accuracy", "ci95", "episodes",
+                    "queries", "dataset", "status"]
+
+
+def protocols_runs(params: dict) -> list[dict]:
+    """The study's training runs: {variant, name, algorithm, bench}; `bench` holds the variant's settings."""
+    study = params["studies"]["protocols"]
+    return [{"variant": variant, "name": protocol_benchmark_name(study, variant), "algorithm": study["algorithm"],
+             "bench": bench}
+            for variant, bench in protocol_variants(params).items()]
+
+
+def protocols_datasets(params: dict) -> list[str]:
+    """The prepared image sets the variants read (the pipeline makes them before the study's job)."""
+    return sorted({run["bench"]["dataset"] for run in protocols_runs(params)})
+
+
+def _protocol_params(params: dict, run: dict, data: Path) -> dict:
+    """A params mapping holding just this variant: its episodes under `data`, whose `prepared` folder is a
+    link to the pipeline's prepared images (shared, not copied)."""
+    prepared = data / "prepared"
+    if not prepared.exists():
+        data.mkdir(parents=True, exist_ok=True)
+        prepared.symlink_to((Path(params["data"]["root"]) / "prepared").resolve(), target_is_directory=True)
+    return validate({"data": {**params["data"], "root": str(data)}, "seeds": [params["studies"]["protocols"]["seed"]],
+                     "benchmarks": {run["name"]: run["bench"]}}, where="studies.protocols")
+
+
+def validation_accuracy(algo, params: dict, bench_name: str, steps: int) -> tuple[float, float, int]:
+    """Mean accuracy (%) and 95% CI on the saved validation episodes, leaving the random state as it was."""
+    from metalearn.evaluate import mean_ci95
+
+    rng = torch.get_rng_state()
+    dev = next(algo.parameters()).device
+    values = [100.0 * m["accuracy"] for batch in benchmarks.eval_batches(params, bench_name, "val", dev)
+              for m in algo.evaluate_tasks(batch, steps)]
+    torch.set_rng_state(rng)
+    mean, ci95 = mean_ci95(values)
+    return mean, ci95, len(values)
+
+
+def protocols_study(params: dict, out: Path, device: str = "auto", log: Log = _stderr) -> list[dict]:
+    """Train (or reuse) and score every variant; write protocols.csv and protocols.png."""
+    from metalearn.evaluate import evaluate
+    from metalearn.train import TrainingDiverged, config_hash, run_config, train
+
+    out = Path(out)
+    seed = params["studies"]["protocols"]["seed"]
+    rows = []
+    runs = protocols_runs(params)
+    for number, run in enumerate(runs, 1):
+        work = out / "protocols" / run["variant"]
+        rp = _protocol_params(params, run, out / "protocols" / "data")
+        label = f"[study protocols {number}/{len(runs)}] {run['algorithm']}, {run['variant']}"
+        bench = rp["benchmarks"][run["name"]]
+        benchmarks.make_episodes(rp, run["name"])
+        model, progress_file = work / "model.pt", work / "progress.json"
+        digest = config_hash(run_config(rp, run["name"], run["algorithm"], seed))
+        progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
+        if progress.get("config_hash") != digest:
+            progress = {"config_hash": digest, "points": []}
+        base = {"variant": run["variant"], "queries": bench["queries"], "dataset": bench["dataset"]}
+        if not (model.exists() and torch.load(model, weights_only=True).get("config_hash") == digest):
+            log(f"{label}: training")
+            steps = bench["algorithms"][run["algorithm"]]["test_inner_steps"]
+            clock = {"wall": time.perf_counter(), "cpu": time.process_time()}
+
+            def validate_now(iteration: int, algo) -> None:
+                # Meta-training time: that of the last validation before this one (after a resume: the one
+                # at the checkpoint resumed from, made just before it was written) plus the time since the
+                # last mark. The validation itself is not counted.
+                kept = [p for p in progress["points"] if p["iteration"] < iteration]
+                before = kept[-1] if kept else {"train_seconds": 0.0, "cpu_seconds": 0.0}
+                wall = before["train_seconds"] + time.perf_counter() - clock["wall"]
+                cpu = before["cpu_seconds"] + time.process_time() - clock["cpu"]
+                mean, ci95, episodes = validation_accuracy(algo, rp, run["name"], steps)
+                progress["points"] = kept + [{"iteration": iteration, "train_seconds": round(wall, 2),
+                                              "cpu_seconds": round(cpu, 2), "accuracy": mean, "ci95": ci95,
+                                              "episodes": episodes}]
+                work.mkdir(parents=True, exist_ok=True)
+                progress_file.write_text(json.dumps(progress, indent=1) + "\n")
+                log(f"{label}: iteration {iteration}: validation accuracy {mean:.2f} ± {ci95:.2f} % "
+                    f"({cpu:.0f} CPU s of meta-training)")
+                clock.update(wall=time.perf_counter(), cpu=time.process_time())
+
+            try:
+                train(rp, run["name"], run["algorithm"], seed, work, device=device, log=log, on_checkpoint=validate_now)
+            except TrainingDiverged as exc:
+                log(f"{label}: diverged ({exc})")
+                rows.append({**{k: "" for k in PROTOCOL_COLUMNS}, **base, "split": "test", "status": "diverged"})
+                continue
+            (work / "checkpoint.pt").unlink(missing_ok=True)
+        for point in progress["points"]:
+            rows.append({**base, "split": "val", **point, "status": "ok"})
+        result = evaluate(rp, model, device=device, log=log)
+        last = progress["points"][-1] if progress["points"] else {}
+        rows.append({**base, "split": "test", "iteration": result["iterations"],
+                     "train_seconds": last.get("train_seconds", ""), "cpu_seconds": last.get("cpu_seconds", ""),
+                     "accuracy": result["mean"], "ci95": result["ci95"], "episodes": result["episodes"], "status": "ok"})
+        log(f"{label}: test accuracy {result['mean']:.2f} ± {result['ci95']:.2f} % after {result['iterations']} "
+            f"meta-iterations")
+    out.mkdir(parents=True, exist_ok=True)
+    with (out / "protocols.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, PROTOCOL_COLUMNS)
+        writer.writeheader()
+        writer.writerows(rows)
+    plot_protocols(rows, out / "protocols.png")
+    return rows
+
+
+def plot_protocols(rows: list[dict], path: Path) -> Path:
+    """Validation accuracy (95% CI band) against meta-iterations (left) and CPU seconds (right)."""
+    from metalearn.report import _save, plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+    variants = list(dict.fromkeys(r["variant"] for r in rows))
+    for number, variant in enumerate(variants):
+        points = sorted((r for r in rows if r["variant"] == variant and r["split"] == "val"),
+                        key=lambda r: r["iteration"])
+        test = next((r for r in rows if r["variant"] == variant and r["split"] == "test"), None)
+        label = variant
+        if test is not None and test["status"] == "ok":
+            label += f" (test {test['accuracy']:.1f} ± {test['ci95']:.1f} %)"
+        elif test is not None:
+            label += f" ({test['status']})"
+        if not points:
+            continue
+        y = [p["accuracy"] for p in points]
+        ci = [0.0 if math.isnan(p["ci95"]) else p["ci95"] for p in points]
+        for axis, key in zip(axes, ("iteration", "cpu_seconds")):
+            x = [p[key] for p in points]
+            axis.plot(x, y, marker="o", ms=3, color=f"C{number}", label=label)
+            axis.fill_between(x, [a - c for a, c in zip(y, ci)], [a + c for a, c in zip(y, ci)],
+                              color=f"C{number}", alpha=0.2)
+    axes[0].set(xlabel="meta-iterations", ylabel="validation accuracy (%)", title="Per meta-iteration")
+    axes[1].set(xlabel="CPU seconds of meta-training", title="Per CPU-second")
+    axes[0].legend(fontsize=8)
+    return _save(fig, path)
+
+
+STUDIES = {"mtnet": mtnet_study, "protocols": protocols_study}
+
+
+def run_study(params: dict, name: str, out: Path, device: str = "auto", log: Log = _stderr) -> list[dict]:
+    return STUDIES[name](params, out, device=device, log=log)
+
+
+def study_runs(params: dict, name: str) -> list[dict]:
+    """Everything that determines a study's runs (the pipeline reruns the study when it changes)."""
+    study = params["studies"][name]
+    runs = mtnet_runs(params) if name == "mtnet" else protocols_runs(params)
+    return [{**run, "seed": study["seed"]} for run in runs]
+
+
+def study_algorithms(params: dict, name: str) -> list[str]:
+    study = params["studies"][name]
+    return sorted({"mtnet", *study["algorithms"]}) if name == "mtnet" else [study["algorithm"]]
+
+
+def study_datasets(params: dict, name: str) -> list[str]:
+    return protocols_datasets(params) if name == "protocols" else []

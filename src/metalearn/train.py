@@ -98,8 +98,11 @@ def clip_meta_grad(algo: torch.nn.Module, limit: float | None) -> None:
 
 def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
           device: str = "auto", tracker: Tracker | None = None,
-          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
-    """Meta-train and write ``out_dir/model.pt`` (+ ``history.json``); returns the model path."""
+          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+          on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None) -> Path:
+    """Meta-train and write ``out_dir/model.pt`` (+ ``history.json``); returns the model path.
+    ``on_checkpoint(iteration, algorithm)`` runs just before each checkpoint is written (e.g. a validation,
+    metalearn.studies); it must leave the algorithm and the random state as it found them."""
     dev = pick_device(device)
     bench = benchmark(params, bench_name)
     cfg = bench["train"]
@@ -169,6 +172,8 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
                 tracker.log_metrics({f"train_{k}": v for k, v in means.items()}, step=iteration)
             window_start, window_iters, running = time.perf_counter(), 0, {}
         if iteration % every == 0 or iteration == iterations:
+            if on_checkpoint is not None:  # first: a run killed during it resumes before it and does it again
+                on_checkpoint(iteration, algo)
             save_checkpoint(iteration)
 
     model_path = out_dir / "model.pt"
