@@ -298,3 +298,25 @@ def test_conjugate_gradient_of_a_stack_is_each_systems_own():
             torch.testing.assert_close(x[t], y, rtol=1e-12, atol=1e-12)
         stops.append(torch.equal(alone[0], b[0][t]))
     assert stops[2] and not stops[0]  # the negative definite system returned b, a positive one did not
+
+
+@pytest.mark.parametrize("settings", [{"norm": False}, {"use_loss": False}, {"stabilizer": False}])
+def test_leap_chunks_walk_each_path_as_the_one_task_loop_in_every_setting(settings, monkeypatch):
+    """Leap's chunked paths (leap.py chunk_meta_gradient: per-task segment lengths and loss changes)
+    against the one-task loop, 7 Omniglot-shaped tasks in chunks of 3, 2 and 2, for the path energy
+    (norm false: the default profile's 5-way 1-shot setting), without the loss dimension and without
+    the stabiliser."""
+    support_numbers = _omniglot_like(7)[1].support_x[0].numel()
+    monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 3 * support_numbers)
+
+    def step(batched: bool):
+        model, tasks = _omniglot_like(7)
+        algo = build_algorithm("leap", model, Objective(model, "classification"), {**HPARAMS, **settings}).double()
+        algo.batched_tasks = batched
+        chunks, walk = [], algo.chunk_meta_gradient
+        algo.chunk_meta_gradient = lambda chunk: chunks.append(len(chunk)) or walk(chunk)
+        algo.zero_grad(set_to_none=True)
+        metrics = algo.meta_step(tasks)
+        assert sorted(chunks) == ([2, 2, 3] if batched else [])  # the path under test is the one taken
+        return metrics, {k: p.grad.clone() for k, p in algo.named_parameters()}, None
+    _assert_equal_steps(step(False), step(True))

@@ -15,6 +15,11 @@ dL_k, so a step that raised the loss does not push the initialisation towards hi
 meta-gradient is the mean over tasks of the sum over segments; the loop's optimiser steps theta_0.
 Increments are accumulated step by step (`LeapPath`), so memory does not grow with K.
 
+Leap adapts as MAML does at test time (plain gradient descent on the support loss, step inner_lr), so it
+inherits MAML's evaluation, chunked (maml.py); only the meta-gradient is its own. On the CPU a chunk of
+tasks walks its paths together (`chunk_meta_gradient`: one forward_tasks per step, per-task segment
+lengths), to the one-task loop's meta-gradient (tests/test_batched.py).
+
 Hyperparameters: inner_lr, inner_steps, test_inner_steps; norm, use_loss, stabilizer (the official
 code's defaults: all true; flennerhag/warpgrad src/leap/leap/updaters.py computes the same increment).
 `LeapPath` is also the initialisation objective of Warp-Leap (warpgrad.py).
@@ -32,8 +37,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
-from metalearn.tasks import Params, Task
+from metalearn.algorithms.base import add_to_grad, detached, mean_metrics
+from metalearn.algorithms.maml import MAML, chunk_count
+from metalearn.tasks import Params, Task, TaskBatch
 
 
 class LeapPath:
@@ -41,10 +47,12 @@ class LeapPath:
 
     `add(theta_k, loss_k, grad_k)` for k = 0 .. K (grad_K is not needed: pass None); `gradient`
     then holds sum_k of the segment increments above (zeros for a path of one point).
+    With `tasks`, every tensor holds a chunk of paths along its first dimension (theta_k [tasks, *shape],
+    loss_k [tasks]): each path's segments are measured on their own, `gradient` holds one per path.
     """
 
-    def __init__(self, norm: bool = True, use_loss: bool = True, stabilizer: bool = True):
-        self.norm, self.use_loss, self.stabilizer = norm, use_loss, stabilizer
+    def __init__(self, norm: bool = True, use_loss: bool = True, stabilizer: bool = True, tasks: bool = False):
+        self.norm, self.use_loss, self.stabilizer, self.tasks = norm, use_loss, stabilizer, tasks
         self.gradient: list[Tensor] | None = None
         self._previous: tuple[list[Tensor], Tensor, list[Tensor] | None] | None = None
 
@@ -58,9 +66,13 @@ class LeapPath:
             self._add_segment(*self._previous, theta, loss)
         self._previous = (theta, loss, grad)
 
+    def _per_path(self, value: Tensor, like: Tensor) -> Tensor:
+        """A per-path scalar ([tasks] with `tasks`) shaped to broadcast over a parameter like `like`."""
+        return value.view(-1, *[1] * (like.dim() - 1)) if self.tasks else value
+
     def _add_segment(self, theta, loss, grad, next_theta, next_loss) -> None:
         step = [b - a for a, b in zip(theta, next_theta)]  # theta_{k+1} - theta_k
-        squared = sum((s * s).sum() for s in step)
+        squared = sum((s * s).reshape(len(s), -1).sum(1) if self.tasks else (s * s).sum() for s in step)
         d_loss = None
         if self.use_loss:
             d_loss = next_loss - loss
@@ -69,18 +81,17 @@ class LeapPath:
             squared = squared + d_loss * d_loss
         scale = 1.0 / squared.sqrt().clamp_min(1e-12) if self.norm else 1.0
         for total, s, g in zip(self.gradient, step, grad):
-            increment = s + d_loss * g if self.use_loss else s
-            total.sub_(scale * increment)
+            increment = s + self._per_path(d_loss, g) * g if self.use_loss else s
+            total.sub_(self._per_path(scale, s) * increment if self.norm else increment)
 
 
-class Leap(Algorithm):
+class Leap(MAML):
     name = "leap"
     parallel_tasks = True  # per-task code is pure: objective.forward and autograd only
+    batched_tasks = True  # chunks of paths walked together where the network has forward_tasks
 
     def __init__(self, model, objective, hparams):
-        super().__init__(model, objective, hparams)
-        self.inner_lr = float(hparams["inner_lr"])
-        self.inner_steps = int(hparams["inner_steps"])
+        super().__init__(model, objective, hparams)  # inner_lr, inner_steps; MAML's evaluation
         self.norm = bool(hparams.get("norm", True))
         self.use_loss = bool(hparams.get("use_loss", True))
         self.stabilizer = bool(hparams.get("stabilizer", True))
@@ -107,7 +118,34 @@ class Leap(Algorithm):
             metrics = self.objective.metrics(self.objective.forward(theta, task.query[0]), task.query[1])
         return path.gradient, metrics
 
+    def chunk_meta_gradient(self, tasks: TaskBatch) -> tuple[list[Tensor], list[dict[str, float]]]:
+        """`task_meta_gradient` of a chunk of tasks, summed over them: their paths walked together
+        (parameters [tasks, *shape]; the gradient of the summed support loss is each task's own)."""
+        path = LeapPath(self.norm, self.use_loss, self.stabilizer, tasks=True)
+        theta = {name: p.detach().expand(len(tasks), *p.shape).clone().requires_grad_()
+                 for name, p in self.initial_params().items()}
+
+        def support_losses(p: Params) -> Tensor:
+            return self.objective.task_losses(self.predict_tasks(p, tasks.support_x), tasks.support_y)
+        for _ in range(self.inner_steps):
+            losses = support_losses(theta)
+            grads = torch.autograd.grad(losses.sum(), list(theta.values()))
+            path.add(list(theta.values()), losses, grads)
+            theta = detached({k: p - self.inner_lr * g for (k, p), g in zip(theta.items(), grads)})
+        with torch.no_grad():
+            path.add(list(theta.values()), support_losses(theta), None)
+            outputs = self.predict_tasks(theta, tasks.query_x)
+            metrics = self.objective.task_metrics(outputs, tasks.query_y,
+                                                  self.objective.task_losses(outputs, tasks.query_y))
+        return [g.sum(0) for g in path.gradient], metrics
+
     def meta_step(self, tasks) -> dict[str, float]:
-        results = self.map_tasks(self.task_meta_gradient, tasks)
+        if self.batched_tasks and self.objective.batches_tasks:
+            chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
+            results = self.map_tasks(self.chunk_meta_gradient, chunks)
+            metrics = [m for _, chunk_metrics in results for m in chunk_metrics]
+        else:
+            results = self.map_tasks(self.task_meta_gradient, tasks)
+            metrics = [m for _, m in results]
         add_to_grad(self.model.parameters(), [g for g, _ in results], 1.0 / len(tasks))
-        return mean_metrics([m for _, m in results])
+        return mean_metrics(metrics)
