@@ -8,8 +8,10 @@ learning rate and steps) and takes an Adam step, for
     meta-batch 32, conv4 with 64 filters, 1 inner step (alpha 0.4);
   - MAML second order and first order on sinusoid 10-shot (10 query points), meta-batch 25, MLP 40-40,
     1 inner step (alpha 0.01);
-  - Meta-SGD, T-net, MT-net and iMAML (5 inner steps, 5 CG steps) on both, against their own
-    one-task-at-a-time loop (`loop`: the same code with chunking off; `OTHER_ALGORITHMS`).
+  - Meta-SGD, T-net, MT-net, iMAML (5 inner steps, 5 CG steps) and Leap (3 steps, path energy) on
+    both, against their own one-task-at-a-time loop (`loop`: the same code with chunking off;
+    `OTHER_ALGORITHMS`); iMAML also against TorchOpt's implicit differentiation (`torchopt`:
+    torchopt.diff.implicit.custom_root, its conjugate gradient, the same inner steps and linear system).
 Each implementation runs in a process of its own, so peak memory is its own: `peak_mb` is the
 growth of the process's peak resident memory over its resident memory just before the first
 meta-step (the kernel's peak counter is reset there; on CUDA: torch.cuda.max_memory_allocated).
@@ -161,8 +163,65 @@ STEPS = {"ours": step_ours, "plain": step_plain, "higher": step_higher, "torchop
 OTHER_ALGORITHMS = {
     "metasgd": {}, "tnet": {}, "mtnet": {},
     "imaml": {"inner_steps": 5, "lam": 2.0, "cg_steps": 5, "cg_damping": 1.0, "lam_damping": 10.0},
+    "leap": {"inner_steps": 3, "norm": False},
 }
 OTHER_IMPLS = ["ours", "loop"]
+# Peers beyond the one-task loop, per algorithm
+ALGORITHM_PEERS = {"imaml": ["torchopt"]}
+
+
+def step_torchopt_imaml(model, tasks, criterion, inner_lr, hparams):
+    """iMAML with TorchOpt's implicit differentiation (torchopt.diff.implicit.custom_root), the way
+    TorchOpt's own iMAML example writes it: per task, the inner problem G = L_S + lam/2 ||phi - theta||^2
+    solved by the same `inner_steps` gradient steps (no graph), the meta-gradient by TorchOpt's CG
+    (`cg_steps` iterations, no early stop) through the root's optimality condition. The condition is
+    written so that TorchOpt's linear system is the official code's damped one (algorithms/imaml.py):
+    F(phi, theta) = grad L_S(phi) + c (phi - theta), c = lam + lam_damping, with ridge cg_damping * c,
+    so TorchOpt solves (H + (1 + cg_damping) c I) u = grad L_Q and returns c u = ours."""
+    import torchopt
+    from torchopt.diff.implicit import custom_root
+
+    lam, steps = hparams["lam"], hparams["inner_steps"]
+    pull = hparams["lam"] + hparams["lam_damping"]
+    names = [name for name, _ in model.named_parameters()]
+
+    def loss(params, x, y):
+        return criterion(functional_call(model, dict(zip(names, params)), (x,)), y)
+
+    def optimality(phi, theta, x, y):
+        grads = torch.func.grad(lambda p: loss(p, x, y))(phi)  # TorchOpt differentiates this with torch.func
+        return tuple(g + pull * (p - t) for g, p, t in zip(grads, phi, theta))
+
+    solve = torchopt.linear_solve.solve_cg(maxiter=hparams["cg_steps"], ridge=hparams["cg_damping"] * pull,
+                                           rtol=0.0, atol=0.0)
+
+    @custom_root(optimality, argnums=1, solve=solve)
+    def inner_solve(phi, theta, x, y):
+        theta = tuple(t.detach() for t in theta)
+        phi = tuple(t.clone().requires_grad_() for t in theta)
+        with torch.enable_grad():  # TorchOpt runs the solver inside an autograd.Function (no grad mode)
+            for _ in range(steps):
+                proximal = loss(phi, x, y) + 0.5 * lam * sum(((p - t) ** 2).sum() for p, t in zip(phi, theta))
+                grads = torch.autograd.grad(proximal, phi)
+                phi = tuple((p - inner_lr * g).detach().requires_grad_() for p, g in zip(phi, grads))
+        return tuple(p.detach() for p in phi)
+
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        theta = tuple(model.parameters())
+        for i in range(len(tasks)):
+            phi = inner_solve(theta, theta, tasks.support_x[i], tasks.support_y[i])
+            (loss(phi, tasks.query_x[i], tasks.query_y[i]) / len(tasks)).backward()
+        opt.step()
+    return step
+
+
+def algorithm_hparams(algorithm: str, criterion, inner_lr: float) -> dict:
+    kind = "classification" if criterion is F.cross_entropy else "regression"
+    return {"inner_lr": inner_lr if algorithm != "imaml" or kind == "regression" else 0.1,
+            "inner_steps": 1, "test_inner_steps": 1, **OTHER_ALGORITHMS[algorithm]}
 
 
 def step_algorithm(algorithm: str, model, tasks, criterion, inner_lr, chunked: bool):
@@ -171,8 +230,7 @@ def step_algorithm(algorithm: str, model, tasks, criterion, inner_lr, chunked: b
     from metalearn.tasks import Objective
 
     kind = "classification" if criterion is F.cross_entropy else "regression"
-    hparams = {"inner_lr": inner_lr if algorithm != "imaml" or kind == "regression" else 0.1,
-               "inner_steps": 1, "test_inner_steps": 1, **OTHER_ALGORITHMS[algorithm]}
+    hparams = algorithm_hparams(algorithm, criterion, inner_lr)
     algo = build_algorithm(algorithm, model, Objective(model, kind), hparams).to(tasks.support_x.device)
     algo.batched_tasks = chunked
     opt = torch.optim.Adam(algo.parameters(), lr=1e-3)
@@ -189,6 +247,9 @@ def make_step(impl: str, algorithm: str, benchmark: str, model, tasks, criterion
     inner_lr = SETTINGS[benchmark]["inner_lr"]
     if algorithm in ("maml", "fomaml"):
         return STEPS[impl](model, tasks, criterion, inner_lr, algorithm == "fomaml")
+    if (algorithm, impl) == ("imaml", "torchopt"):
+        hparams = algorithm_hparams(algorithm, criterion, inner_lr)
+        return step_torchopt_imaml(model, tasks, criterion, hparams["inner_lr"], hparams)
     return step_algorithm(algorithm, model, tasks, criterion, inner_lr, impl == "ours")
 
 
@@ -321,7 +382,8 @@ def main(argv=None) -> None:
     rows = []
     for benchmark in args.benchmarks:
         for algorithm in ("maml", "fomaml", *args.algorithms):
-            impls = args.impls if algorithm in ("maml", "fomaml") else OTHER_IMPLS
+            impls = args.impls if algorithm in ("maml", "fomaml") else OTHER_IMPLS + [
+                impl for impl in ALGORITHM_PEERS.get(algorithm, []) if impl in args.impls]
             print(f"{benchmark} {algorithm}: meta-gradients differ from the "
                   f"{'plain' if algorithm in ('maml', 'fomaml') else 'one-task'} loop's by at most "
                   f"{check_same_gradients(benchmark, algorithm, impls):.1e} (relative, float64)", flush=True)
