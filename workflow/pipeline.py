@@ -93,21 +93,24 @@ def source_files(algorithm: str) -> list[str]:
 
 def train_sources(params: dict, bench: str, algorithm: str) -> list[str]:
     """The package files a training job depends on: the algorithm's (source_files), or for a continual
-    benchmark those of metalearn.continual, which runs its methods (warpgrad, sgd) itself."""
+    benchmark those of metalearn.continual, which runs its methods (warpgrad, sgd) itself, and for the
+    multi-shot protocol (task: alphabets) those of metalearn.alphabets."""
     from metalearn.rl import is_rl
 
     if is_rl(params["benchmarks"][bench]):  # reinforcement learning: metalearn/rl/ runs every method
         from metalearn.rl.train import source_files as rl_sources
 
         return [path.relative_to(ROOT).as_posix() for path in rl_sources()]
-    if params["benchmarks"][bench]["task"] != "continual":
+    if params["benchmarks"][bench]["task"] not in ("continual", "alphabets"):
         return source_files(algorithm)
     import metalearn
-    from metalearn import continual
+    from metalearn import alphabets, continual
 
     package = Path(metalearn.__file__).resolve().parent  # .../metalearn
+    # the multi-shot protocol (metalearn.alphabets) also runs its own methods (ft, scratch) and loop
+    own = alphabets if params["benchmarks"][bench]["task"] == "alphabets" else continual
     return [(ROOT / "src/metalearn" / path.relative_to(package)).relative_to(ROOT).as_posix()
-            for path in continual.source_files(algorithm)]
+            for path in own.source_files(algorithm)]
 
 
 # ----------------------------------------------------------------------------- paths
@@ -191,10 +194,12 @@ def plot_files(params: dict) -> list[str]:
 # ----------------------------------------------------------------------------- params slices
 def split_settings(params: dict, bench: str) -> dict:
     """What a benchmark's saved episodes depend on (evaluation reads them with the same settings)."""
-    from metalearn import continual
+    from metalearn import alphabets, continual
     from metalearn.benchmarks import episode_settings
 
     settings = params["benchmarks"][bench]
+    if alphabets.is_alphabets(settings):  # the alphabet split
+        return alphabets.episode_settings(settings)
     return (continual.episode_settings if continual.is_continual(settings) else episode_settings)(settings)
 
 

@@ -25,9 +25,20 @@ Tasks (data.py, DataContainer and SubOmniglot)
     classify its 100 held-out images in eval mode (running statistics), as wrapper.run_task.
 Network: models.OmniConv (model.py); warp layers as main.py's defaults (algorithms/warpgrad.py).
 Meta-optimisers: plain SGD, lr 0.1 (main.py's outer_kwargs) for Leap and Reptile; Warp-Leap with
-warpgrad.py's `meta_update: per_point` (updaters.py). Baselines (wrapper.py): `ft` (multi-headed
-pretraining: one head per training alphabet, SGD on their mixed mini-batches, then fine-tuning with a
-fresh head) and `no` (training each test task from the seeded initialisation).
+warpgrad.py's `meta_update: per_point` (updaters.py). Baselines (wrapper.py, run_multi.py): MAML (second
+order, 5 training steps, outer SGD lr 0.5; maml.py adapts on a fresh mini-batch per step through
+`MiniBatchObjective.draw`; its meta-objective the training alphabet's held-out drawings, augmented),
+first-order MAML as _FOWrapper (100 steps, outer lr 0.5: the gradient of the last training mini-batch
+before the last step, `meta_training_task`), `ft` (multi-headed pretraining: one head per training
+alphabet, SGD on their mixed mini-batches, then fine-tuning with a fresh head) and `scratch` (the
+official `no`, renamed as YAML reads a key `no` as false: training each test task from the seeded
+initialisation). MAML and FOMAML test with the benchmark's steps (100, the official task_val_steps),
+as every method.
+
+Pipeline: a benchmark with `task: alphabets` (params.yaml's paper profile: `omniglot-alphabets`, the
+settings of PAPER) runs through `metalearn split` (make_episodes: the alphabet split), `metalearn
+train` (train: resumable) and `metalearn evaluate` (evaluate: one episode per test alphabet), which
+dispatch here; `python -m metalearn.alphabets` runs the same functions in one command.
 
 Tasks run one at a time here (`parallel_tasks` off): the BatchNorm running statistics are the
 module's own buffers and mini-batches and transforms draw from torch's generator.
@@ -35,18 +46,28 @@ module's own buffers and mini-batches and transforms draw from torch's generator
 from __future__ import annotations
 
 import copy
+import hashlib
+import inspect
+import json
 import math
+import sys
+import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torchvision import transforms
 
 from metalearn.algorithms import build_algorithm
+from metalearn.config import BadFile, BadInput, benchmark
 from metalearn.models import OmniConv
 from metalearn.tasks import Objective, Task
 
+TASK = "alphabets"  # params.yaml's `task` of the protocol's benchmark (paper profile: omniglot-alphabets)
+METHODS = ("warpleap", "leap", "reptile", "maml", "fomaml", "ft", "scratch")
+DRAWINGS = 20  # per Omniglot character
 HOLD_OUT = 5  # data.py: the first 5 drawings of each character are its test images
 AFFINE = dict(degrees=(0, 360), translate=(0.2, 0.2), scale=(0.8, 1.2))  # data.py DEFAULT_TRANSFORM
 
@@ -113,6 +134,11 @@ class MiniBatchObjective(Objective):
         self.batch_size = batch_size
         self.augment = False
 
+    @property
+    def batches_tasks(self) -> bool:
+        """Never a chunk of tasks at once (maml.py's batched path reads whole support sets, not `draw`)."""
+        return False
+
     def draw(self, data):
         inputs, targets = data
         if len(inputs) > self.batch_size:
@@ -123,14 +149,23 @@ class MiniBatchObjective(Objective):
 
 # -- the protocol ----------------------------------------------------------------------------------
 
-def build_learner(method: str, settings: dict, hparams: dict, seed: int):
-    """The algorithm (or baseline's plain-SGD learner) for `method`, on a fresh OmniConv."""
+def build_learner(method: str, bench: dict, hparams: dict, seed: int):
+    """The algorithm (or baseline's plain-SGD learner) for `method`, on a fresh OmniConv seeded by
+    `seed`. Every method adapts for the benchmark's `steps` at test; in meta-training for `inner_steps`
+    (default `steps`; MAML: 5), FOMAML for one fewer (its meta-gradient is the next mini-batch's
+    gradient, `meta_training_task`)."""
+    if method not in METHODS:
+        raise BadInput(f"{method!r} is not a method of the multi-shot protocol; use one of {list(METHODS)}")
     torch.manual_seed(seed)
-    model = OmniConv(1, settings["ways"], settings.get("filters", 64))
-    objective = MiniBatchObjective(model, settings["batch_size"])
-    name = {"ft": "reptile", "no": "reptile"}.get(method, method)  # the baselines adapt by plain SGD
-    algo = build_algorithm(name, model, objective, {"inner_lr": settings["inner_lr"], "inner_steps": settings["steps"],
-                                                    "test_inner_steps": settings["steps"], **hparams})
+    model = OmniConv(1, bench["ways"], bench["filters"])
+    objective = MiniBatchObjective(model, bench["batch_size"])
+    name = {"ft": "reptile", "scratch": "reptile"}.get(method, method)  # the baselines adapt by plain SGD
+    steps = bench["steps"]
+    inner_steps = hparams.get("inner_steps", steps)  # mini-batches per task in meta-training
+    if method == "fomaml":  # the last one is the meta-objective's (meta_training_task)
+        inner_steps -= 1
+    own = {k: v for k, v in hparams.items() if k not in ("meta_lr", "iterations", "inner_steps")}
+    algo = build_algorithm(name, model, objective, {**own, "inner_steps": inner_steps, "test_inner_steps": steps})
     algo.parallel_tasks = False  # running BatchNorm statistics and random mini-batches: one task at a time
     return algo
 
@@ -152,120 +187,343 @@ def evaluate_alphabet(algo, task: Task, steps: int) -> float:
         model.train()
 
 
-def meta_batches(alphabets: int, meta_steps: int, meta_batch: int, generator: torch.Generator):
-    """Training-alphabet indices, `meta_batch` per meta-step: shuffled cycles through the alphabets,
-    cut at `meta_batch` (DataContainer.train: shuffle, extend, cut; a fresh draw every meta-step)."""
-    for _ in range(meta_steps):
-        pending: list[int] = []
-        while len(pending) < meta_batch:
-            pending += torch.randperm(alphabets, generator=generator).tolist()
-        yield pending[:meta_batch]
+def meta_batch(alphabets: int, size: int, generator: torch.Generator) -> list[int]:
+    """One meta-step's training-alphabet indices: shuffled cycles through the alphabets, cut at
+    `size` (DataContainer.train: shuffle, extend, cut; a fresh draw every meta-step)."""
+    pending: list[int] = []
+    while len(pending) < size:
+        pending += torch.randperm(alphabets, generator=generator).tolist()
+    return pending[:size]
 
 
-def pretrain_multihead(algo, tasks: list[Task], settings: dict, generator: torch.Generator) -> None:
-    """wrapper.py FtWrapper: one network with a head per training alphabet; each meta-step trains on
-    `steps` mini-batches of each of `meta_batch` alphabets, mixed in random order, SGD (lr inner_lr)
-    on the shared layers and that alphabet's head. The shared layers then start every test task with
-    a fresh head (model.init_adaptation resets the heads)."""
+def meta_training_task(method: str, task: Task, objective: MiniBatchObjective) -> Task:
+    """What one meta-step sees of a training alphabet (support: its training drawings, query: its
+    held-out ones), as the official wrappers feed it:
+      * maml: adapts on mini-batches of training drawings, its meta-objective the loss on the held-out
+        drawings (maml_task's outer loader: dataset.eval(), all of them, through the same transform).
+      * fomaml (_FOWrapper, _all_grads False): the meta-gradient is the gradient of the last of the
+        `steps` training mini-batches at the point before the last step, i.e. FOMAML with steps - 1
+        inner steps (build_learner) whose query is one more augmented mini-batch of training drawings.
+      * the others read the training drawings only (query = support: Reptile and Leap only report
+        metrics on it; Warp-Leap's meta-objective draws its mini-batches from it, as updaters.py).
+    Deviation: the official MAML meta-loss also adds the last inner step's training loss (maml_task's
+    `loss +=` continues the inner loop's variable); ours is the held-out loss alone."""
+    if method == "maml":
+        return Task(task.support, (augment(task.query[0]), task.query[1]))
+    if method == "fomaml":
+        return Task(task.support, objective.draw(task.support))
+    return Task(task.support, task.support)
+
+
+def multihead_step(algo, heads: nn.ModuleList, optimizer, tasks: list[Task], chosen: list[int], steps: int,
+                   generator: torch.Generator) -> dict[str, float]:
+    """One meta-step of wrapper.py's FtWrapper: one network with a head per training alphabet;
+    `steps` mini-batches of each chosen alphabet, mixed in random order, SGD (lr inner_lr) on the
+    shared layers and that alphabet's head. (The fresh head of every test task: `train`.)"""
     model, objective = algo.objective.model, algo.objective
-    heads = [copy.deepcopy(model.head) for _ in tasks]
-    for head in heads:
-        head.reset_parameters()
-    trunk = [p for name, p in model.named_parameters() if not name.startswith("head.")]
-    optimizer = torch.optim.SGD(trunk + [p for h in heads for p in h.parameters()], lr=algo.inner_lr)
-    objective.augment = True
-    for chosen in meta_batches(len(tasks), settings["meta_steps"], settings["meta_batch"], generator):
-        order = [i for i in chosen for _ in range(settings["steps"])]
-        order = [order[j] for j in torch.randperm(len(order), generator=generator).tolist()]
-        for i in order:
-            x, y = objective.draw(tasks[i].support)
-            loss = objective.criterion(heads[i](model.features(x).flatten(1)), y)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-    objective.augment = False
-    model.head.reset_parameters()
+    order = [i for i in chosen for _ in range(steps)]
+    order = [order[j] for j in torch.randperm(len(order), generator=generator).tolist()]
+    total, correct = 0.0, 0.0
+    for i in order:
+        x, y = objective.draw(tasks[i].support)
+        outputs = heads[i](model.features(x).flatten(1))
+        loss = objective.criterion(outputs, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += loss.item()
+        correct += (outputs.argmax(1) == y).float().mean().item()
+    return {"loss": total / len(order), "accuracy": correct / len(order)}
 
 
-def run_method(method: str, settings: dict, hparams: dict, images: Tensor, split: AlphabetSplit,
-               seed: int, log=print) -> dict[str, Any]:
-    """Meta-train `method` on the training alphabets and score it on the test alphabets."""
-    algo = build_learner(method, settings, hparams, seed)
-    # Meta-training reads only the training drawings: WarpGrad's meta-objective draws its two
-    # mini-batches from them too (updaters.py via utils.get_data, which sets dataset.train()).
-    train_tasks = [Task(t.support, t.support) for t in (alphabet_task(images, chars) for _, chars in split.train)]
-    test_tasks = [alphabet_task(images, chars) for _, chars in split.test]
+# -- the pipeline's benchmark (`task: alphabets`): split, train, evaluate ------------------------
+
+EPISODE_SETTINGS = ("task", "dataset", "ways", "train_alphabets", "test_alphabets", "split_seed")
+Log = Callable[[str], None]
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def is_alphabets(bench: dict) -> bool:
+    return bench.get("task") == TASK
+
+
+def episode_settings(bench: dict) -> dict:
+    """What the saved alphabet split depends on (stored with it, checked on use)."""
+    return {k: bench[k] for k in EPISODE_SETTINGS}
+
+
+def load_split(params: dict, bench: dict) -> tuple[Tensor, AlphabetSplit]:
+    """The prepared Omniglot images and the benchmark's alphabet split of them."""
+    from metalearn.benchmarks import prepared_path
+    from metalearn.data import omniglot
+
+    images, classes = omniglot.load(prepared_path(params, bench["dataset"]))
+    try:
+        split = split_alphabets(classes, bench["ways"], bench["train_alphabets"], bench["test_alphabets"],
+                                bench["split_seed"])
+    except ValueError as exc:
+        raise BadInput(f"train_alphabets + test_alphabets: {exc}") from None
+    return images, split
+
+
+def make_episodes(params: dict, bench_name: str) -> Path:
+    """`metalearn split`: the alphabets of each split and their characters (indices into the prepared
+    cache), so evaluation scores exactly the test alphabets training never saw."""
+    from metalearn.benchmarks import episodes_path
+    from metalearn.data.episodes import save_episodes
+
+    bench = params["benchmarks"][bench_name]
+    _, split = load_split(params, bench)
+    saved: dict[str, Any] = {"settings": episode_settings(bench)}
+    for part in ("train", "val", "test"):
+        chosen = getattr(split, part)
+        characters = [c for _, c in chosen]
+        saved[part] = {"alphabets": [a for a, _ in chosen], "characters": torch.stack(characters) if characters
+                       else torch.empty(0, bench["ways"], dtype=torch.long)}
+    path = episodes_path(params, bench_name)
+    save_episodes(saved, path)
+    return path
+
+
+def source_files(method: str) -> list[Path]:
+    """The files whose edits change a run: this module, models.py, tasks.py and the algorithm files
+    of the method (the baselines adapt with reptile.py's plain SGD)."""
+    from metalearn import algorithms, models, tasks
+
+    files = [Path(inspect.getsourcefile(m)).resolve() for m in (sys.modules[__name__], models, tasks)]
+    name = {"ft": "reptile", "scratch": "reptile"}.get(method, method)
+    return files + [p for p in algorithms.source_files(name) if p not in files]
+
+
+def config_hash(config: dict) -> str:
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for source in sorted(source_files(config["algorithm"])):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, device: str = "auto",
+          tracker=None, log: Log = _stderr) -> Path:
+    """Meta-train `method` on the training alphabets (resumable, as train.train: every
+    `checkpoint_every` meta-steps the network, the heads (ft), the optimiser and both random states
+    are saved); `scratch` has nothing to learn and saves its seeded initialisation. Writes
+    out_dir/model.pt and history.json."""
+    from metalearn.train import MODEL_FORMAT, TrainingDiverged, _atomic_save, pick_device, read_checkpoint, run_config
+
+    dev = pick_device(device)
+    bench = benchmark(params, bench_name)
+    cfg, config = bench["train"], run_config(params, bench_name, method, seed)
+    hparams, digest = config["hparams"], config_hash(config)
+    algo = build_learner(method, bench, hparams, seed).to(dev)
+    images, split = load_split(params, bench)
+    tasks = [_on(alphabet_task(images, chars), dev) for _, chars in split.train]
+    iterations = 0 if method == "scratch" else hparams.get("iterations", cfg["iterations"])
+    heads = nn.ModuleList()
+    if method == "ft":  # a head per training alphabet beside the shared layers (FtWrapper)
+        heads = nn.ModuleList(copy.deepcopy(algo.model.head) for _ in tasks)
+        for head in heads:
+            head.reset_parameters()
+        trunk = [p for name, p in algo.model.named_parameters() if not name.startswith("head.")]
+        optimizer = torch.optim.SGD(trunk + list(heads.parameters()), lr=algo.inner_lr)
+    else:  # Leap, Reptile, MAML, FOMAML: plain SGD on the meta-gradient (main.py's outer optimiser);
+        # Warp-Leap's per_point updater steps its own SGD and leaves no gradient for this one
+        optimizer = torch.optim.SGD(algo.parameters(), lr=hparams.get("meta_lr", 0.1))
     generator = torch.Generator().manual_seed(seed)
-    history = []
-    if method == "ft":
-        pretrain_multihead(algo, train_tasks, settings, generator)
-    elif method != "no":
-        # Leap / Reptile: plain SGD on the meta-gradient (main.py's outer optimiser); Warp-Leap's
-        # per_point updater steps its own SGD and leaves no gradient for this one.
-        optimizer = torch.optim.SGD(algo.parameters(), lr=settings["outer_lr"])
-        for step, chosen in enumerate(meta_batches(len(train_tasks), settings["meta_steps"],
-                                                         settings["meta_batch"], generator), 1):
-            algo.objective.augment = True
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint_path = out_dir / "checkpoint.pt"
+    start, history, elapsed = 0, [], 0.0
+    state = read_checkpoint(checkpoint_path, dev, log) if iterations else None
+    if state is not None:
+        if state.get("config_hash") == digest:
+            algo.load_state_dict(state["algorithm"])
+            heads.load_state_dict(state["heads"])
+            optimizer.load_state_dict(state["optimizer"])
+            generator.set_state(state["generator"])
+            torch.set_rng_state(state["torch_rng"])  # mini-batches and augmentation draw from it
+            start, history, elapsed = state["iteration"], state["history"], state["train_seconds"]
+            log(f"resuming {bench_name}/{method}/seed{seed} from iteration {start}")
+        else:
+            log(f"ignoring {checkpoint_path}: it belongs to other settings")
+    if tracker is not None and start == 0:
+        tracker.log_params({"benchmark": bench_name, "algorithm": method, "seed": seed, "device": str(dev),
+                            **{f"train.{k}": v for k, v in cfg.items()}, **{f"hp.{k}": v for k, v in hparams.items()}})
+    every, log_every = cfg.get("checkpoint_every", 50), cfg.get("log_every", 10)
+    log(f"training {method} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-steps on "
+        f"{len(tasks)} training alphabets" + ("" if iterations else " (no meta-learning: the seeded initialisation)"))
+    window, running = 0, {}
+    for iteration in range(start + 1, iterations + 1):
+        tick = time.perf_counter()
+        chosen = meta_batch(len(tasks), cfg["meta_batch"], generator)
+        algo.objective.augment = True  # every meta-training image, each time it is drawn
+        if method == "ft":
+            metrics = multihead_step(algo, heads, optimizer, tasks, chosen, bench["steps"], generator)
+        else:
             optimizer.zero_grad(set_to_none=True)
-            metrics = algo.meta_step([train_tasks[i] for i in chosen])
+            metrics = algo.meta_step([meta_training_task(method, tasks[i], algo.objective) for i in chosen])
             optimizer.step()
-            history.append(metrics)
-            if step % max(1, settings["meta_steps"] // 5) == 0:
-                log(f"{method} meta-step {step}: training-task loss {metrics['loss']:.3f}, "
-                    f"accuracy {metrics['accuracy']:.3f}")
         algo.objective.augment = False
-    accuracies = [evaluate_alphabet(algo, task, settings["steps"]) for task in test_tasks]
-    n = len(accuracies)
-    mean = sum(accuracies) / n
-    std = math.sqrt(sum((a - mean) ** 2 for a in accuracies) / (n - 1)) if n > 1 else 0.0
-    return {"method": method, "accuracy": mean, "ci95": 1.96 * std / math.sqrt(n), "per_alphabet": accuracies,
-            "test_alphabets": [a for a, _ in split.test], "history": history}
+        if not math.isfinite(metrics["loss"]) or not all(bool(torch.isfinite(p).all()) for p in algo.parameters()):
+            raise TrainingDiverged(f"{bench_name}/{method}/seed{seed}: the loss or the parameters became "
+                                   f"non-finite at meta-step {iteration}; lower meta_lr or inner_lr")
+        elapsed += time.perf_counter() - tick
+        window += 1
+        for key, value in metrics.items():
+            running[key] = running.get(key, 0.0) + value
+        if iteration % log_every == 0 or iteration == iterations:
+            means = {key: value / window for key, value in running.items()}
+            history.append({"iteration": iteration, "seconds": round(elapsed, 3), **means})
+            log(f"[{bench_name}/{method}/seed{seed}] meta-step {iteration}/{iterations} | "
+                + " | ".join(f"{k} {v:.4f}" for k, v in means.items()))
+            if tracker is not None:
+                tracker.log_metrics({f"train_{k}": v for k, v in means.items()}, step=iteration)
+            window, running = 0, {}
+        if iteration % every == 0 or iteration == iterations:
+            _atomic_save({"config_hash": digest, "config": config, "iteration": iteration,
+                          "algorithm": algo.state_dict(), "heads": heads.state_dict(),
+                          "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
+                          "torch_rng": torch.get_rng_state(), "history": history, "train_seconds": elapsed},
+                         checkpoint_path)
+    if method == "ft":  # the shared layers start every test task with a fresh head (init_adaptation)
+        algo.model.head.reset_parameters()
+    model_path = out_dir / "model.pt"
+    _atomic_save({"format": MODEL_FORMAT, "config": config, "config_hash": digest,
+                  "state_dict": {k: v.detach().cpu() for k, v in algo.state_dict().items()},
+                  "train_seconds": elapsed, "iterations": iterations}, model_path)
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    return model_path
+
+
+def _on(task: Task, device) -> Task:
+    return Task(tuple(t.to(device) for t in task.support), tuple(t.to(device) for t in task.query))
+
+
+def load_learner(saved: dict, model_path: Path, device):
+    config = saved["config"]
+    try:
+        algo = build_learner(config["algorithm"], config["settings"], config["hparams"], config["seed"]).to(device)
+        algo.load_state_dict(saved["state_dict"])
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        raise BadFile(f"{model_path}: its settings or parameters do not make a multi-shot {config['algorithm']} "
+                      f"learner ({type(exc).__name__}: {str(exc)[:300]}); train it again (`metalearn train`)") from None
+    return algo
+
+
+def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+             steps: int | None = None, log: Log = _stderr) -> dict:
+    """The evaluation record of metalearn.evaluate for a multi-shot model: one episode per alphabet of
+    the saved split (`metalearn split`), its accuracy (%) on the held-out drawings after `steps`
+    (default: the benchmark's) SGD steps on its training drawings (`evaluate_alphabet`); mini-batches
+    drawn from torch's generator seeded with the run's seed, so a rerun gives the same numbers."""
+    from metalearn.benchmarks import read_current_episodes
+    from metalearn.evaluate import mean_ci95
+    from metalearn.train import pick_device
+
+    config = saved["config"]
+    bench_name = config["benchmark"]
+    bench = params["benchmarks"][bench_name]
+    dev = pick_device(device)
+    algo = load_learner(saved, model_path, dev)
+    chosen = read_current_episodes(params, bench_name, episode_settings(bench))[split]
+    images, _ = load_split(params, bench)
+    steps = bench["steps"] if steps is None else steps
+    torch.manual_seed(config["seed"])
+    values = []
+    for alphabet, characters in zip(chosen["alphabets"], chosen["characters"]):
+        values.append(100.0 * evaluate_alphabet(algo, _on(alphabet_task(images, characters), dev), steps))
+        log(f"[evaluate {bench_name}/{config['algorithm']}/seed{config['seed']}] {alphabet}: {values[-1]:.1f}%")
+    mean, ci95 = mean_ci95(values)
+    return {"benchmark": bench_name, "algorithm": config["algorithm"], "seed": config["seed"], "split": split,
+            "ways": bench["ways"], "shots": DRAWINGS - HOLD_OUT, "metric": "accuracy", "mean": mean, "ci95": ci95,
+            "episodes": len(values), "inner_steps": steps, "iterations": saved.get("iterations"),
+            "train_seconds": saved["train_seconds"], "per_episode": values, "alphabets": list(chosen["alphabets"])}
+
+
+def cmd_train(params: dict, args) -> None:
+    """`metalearn train` for a multi-shot benchmark (cli.py dispatches here)."""
+    from metalearn.cli import check_writable
+    from metalearn.train import run_config
+
+    out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
+    if args.algorithm not in params["benchmarks"][args.benchmark]["algorithms"]:
+        run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError naming the algorithms there are
+    check_writable(out, "--out", folder=True)
+    if not args.track:
+        path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
+    else:
+        from metalearn import tracking
+        from metalearn.train import pick_device
+
+        commit = tracking.git_commit()
+        config = run_config(params, args.benchmark, args.algorithm, args.seed)
+        run = tracking.Store().start(f"{args.benchmark}/{args.algorithm}/seed{args.seed}", {
+            "benchmark": args.benchmark, "algorithm": args.algorithm, "seed": args.seed,
+            "profile": params["profile"], "git_commit": commit,
+            "mlflow.source.git.commit": commit.removesuffix("-dirty"),
+            "data_hash": tracking._data_hash(params, params["benchmarks"][args.benchmark]),
+            "device": str(pick_device(args.device)), "config_hash": config_hash(config), "kind": "training"})
+        with tracking._finishing(run):
+            path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device, tracker=run)
+            tracking.log_model(run, path)
+    print(f"model -> {path}", file=sys.stderr)
 
 
 # -- settings and command line ---------------------------------------------------------------------
 
-# The official protocol (main.py's defaults; run_multi.py's learning rates; the paper sweeps the
-# number of training alphabets, run_multi.py --npres 1 3 5 10 15 20 25).
-PAPER = {"ways": 20, "train_alphabets": 25, "test_alphabets": 10, "seed": 8879, "steps": 100, "batch_size": 128,
-         "meta_batch": 20, "meta_steps": 1000, "outer_lr": 0.1, "inner_lr": 0.1, "filters": 64}
+# The official protocol (main.py's defaults; run_multi.py's learning rates and steps: maml and fomaml
+# inner 0.1, outer 0.5, maml 5 training steps; the others 0.1 and 0.1; the paper sweeps the number of
+# training alphabets, run_multi.py --npres 1 3 5 10 15 20 25). params.yaml's paper profile holds the
+# same as its `omniglot-alphabets` benchmark (tests/test_alphabets.py checks they agree).
+PAPER = {
+    "task": TASK, "model": "omniconv", "dataset": "omniglot", "ways": 20, "train_alphabets": 25, "test_alphabets": 10,
+    "split_seed": 8879, "steps": 100, "batch_size": 128, "filters": 64,
+    "train": {"meta_batch": 20, "iterations": 1000, "checkpoint_every": 20, "log_every": 10},
+    "algorithms": {
+        # Warp-Leap with the official updater (updaters.py): one SGD step per buffered point, shuffled
+        "warpleap": {"inner_lr": 0.1, "meta_update": "per_point", "shuffle_buffer": True, "warp_lr": 0.1,
+                     "init_lr": 0.1},
+        "leap": {"inner_lr": 0.1, "meta_lr": 0.1},
+        "reptile": {"inner_lr": 0.1, "meta_lr": 0.1},
+        "maml": {"inner_lr": 0.1, "meta_lr": 0.5, "inner_steps": 5},
+        "fomaml": {"inner_lr": 0.1, "meta_lr": 0.5},
+        "ft": {"inner_lr": 0.1},
+        "scratch": {"inner_lr": 0.1}}}
 # What this 2-core CPU ran (README, "Multi-shot Omniglot: the Leap/WarpGrad protocol"): 10 training
 # alphabets, 50 steps of 32 images, meta-batch 3, 12 meta-steps, 32 filters.
-CPU = {**PAPER, "train_alphabets": 10, "seed": 1, "steps": 50, "batch_size": 32, "meta_batch": 3, "meta_steps": 12,
-       "filters": 32}
-# Warp-Leap with the official updater (updaters.py): one SGD step per buffered point, shuffled.
-HPARAMS = {"warpleap": {"meta_update": "per_point", "shuffle_buffer": True, "warp_lr": 0.1, "init_lr": 0.1}}
-METHODS = ("warpleap", "leap", "reptile", "ft", "no")
+CPU = {**PAPER, "train_alphabets": 10, "split_seed": 1, "steps": 50, "batch_size": 32, "filters": 32,
+       "train": {"meta_batch": 3, "iterations": 12, "checkpoint_every": 4, "log_every": 4}}
 
 
 def main(argv: list[str] | None = None) -> None:
-    """python -m metalearn.alphabets --settings cpu|paper --data <root> [--methods ...] [--out results.json]"""
+    """python -m metalearn.alphabets --settings cpu|paper --data <root> [--methods ...] [--out results.json]:
+    split, train and evaluate as the pipeline's jobs do (models under --work)."""
     import argparse
-    import json
-    import time
-    from pathlib import Path
-
-    from metalearn.data import omniglot
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", choices=["cpu", "paper"], default="cpu")
     parser.add_argument("--data", default="data", help="data root holding prepared/omniglot.pt (metalearn prepare)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--work", type=Path, default=Path("models-alphabets"), help="folder for the models")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    settings = CPU if args.settings == "cpu" else PAPER
-    images, classes = omniglot.load(Path(args.data) / "prepared" / "omniglot.pt")
-    split = split_alphabets(classes, settings["ways"], settings["train_alphabets"], settings["test_alphabets"],
-                            settings["seed"])
+    name = f"omniglot-alphabets-{args.settings}"
+    params = {"profile": args.settings, "data": {"root": args.data},
+              "benchmarks": {name: CPU if args.settings == "cpu" else PAPER}}
+    make_episodes(params, name)
     results = {}
     for method in args.methods:
         start = time.process_time()
-        result = run_method(method, settings, HPARAMS.get(method, {}), images, split, settings["seed"])
+        model = train(params, name, method, args.seed, args.work / method, device="cpu", log=lambda s: None)
+        result = evaluate(params, model, torch.load(model, weights_only=True), log=lambda s: None)
         result["cpu_seconds"] = time.process_time() - start
-        print(f"{method}: {100 * result['accuracy']:.1f} +- {100 * result['ci95']:.1f} % "
-              f"({len(result['per_alphabet'])} test alphabets, {result['cpu_seconds']:.0f} CPU-s)", flush=True)
-        results[method] = {k: v for k, v in result.items() if k != "history"}
+        print(f"{method}: {result['mean']:.1f} +- {result['ci95']:.1f} % ({result['episodes']} test alphabets, "
+              f"{result['cpu_seconds']:.0f} CPU-s)", flush=True)
+        results[method] = result
     if args.out:
-        args.out.write_text(json.dumps({"settings": settings, "hparams": HPARAMS, "results": results}, indent=1))
+        args.out.write_text(json.dumps({"settings": params["benchmarks"][name], "results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -145,6 +145,9 @@ def cmd_split(params: dict, args) -> None:
         if params["benchmarks"][name]["task"] == "continual":  # its saved test sequences: metalearn.continual
             from metalearn import continual
             path = continual.make_episodes(params, name)
+        elif params["benchmarks"][name]["task"] == "alphabets":  # the alphabet split: metalearn.alphabets
+            from metalearn import alphabets
+            path = alphabets.make_episodes(params, name)
         elif is_rl(params["benchmarks"][name]):  # RL: the saved test tasks (goals, ...), metalearn.rl.tasks
             from metalearn.rl.tasks import make_test_tasks
             path = make_test_tasks(params, name)
@@ -159,6 +162,9 @@ def cmd_train(params: dict, args) -> None:
     if benchmark(params, args.benchmark)["task"] == "continual":  # its own training: metalearn.continual
         from metalearn import continual
         return continual.cmd_train(params, args)
+    if benchmark(params, args.benchmark)["task"] == "alphabets":  # the multi-shot protocol: metalearn.alphabets
+        from metalearn import alphabets
+        return alphabets.cmd_train(params, args)
 
     out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
     run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError for an unknown -b / -a

@@ -38,6 +38,9 @@ def evaluate(params: dict, model_path: Path, split: str = "test", device: str = 
     if params["benchmarks"][saved["config"]["benchmark"]]["task"] == "continual":  # metalearn.continual
         from metalearn import continual
         return continual.evaluate(params, model_path, saved, split, device, steps, log)
+    if params["benchmarks"][saved["config"]["benchmark"]]["task"] == "alphabets":  # one episode per test alphabet
+        from metalearn import alphabets
+        return alphabets.evaluate(params, model_path, saved, split, device, steps, log)
     if is_rl(params["benchmarks"][saved["config"]["benchmark"]]):  # RL: return after 0..k steps (metalearn.rl)
         from metalearn.rl.evaluate import evaluate as evaluate_rl
         return evaluate_rl(params, model_path, saved, split, steps, log)

@@ -147,5 +147,7 @@ class Leap(MAML):
         else:
             results = self.map_tasks(self.task_meta_gradient, tasks)
             metrics = [m for _, m in results]
-        add_to_grad(self.model.parameters(), [g for g, _ in results], 1.0 / len(tasks))
+        # the adapted parameters (initial_params: all the network's but those it marks meta_only, which
+        # no path moves, models.py), in their order
+        add_to_grad(list(self.initial_params().values()), [g for g, _ in results], 1.0 / len(tasks))
         return mean_metrics(metrics)

@@ -23,6 +23,9 @@ the official ones):
   in batches of K images per class, K = the support set's shots, as the MAML code's test episodes
   hold them (main.py: DataGenerator(update_batch_size * 2), K support + K query images per class;
   for Omniglot also the shape of its training query batches). Classification only.
+- The inner loop of one task (`adapt`) takes each step's support examples through
+  `objective.draw`: all of them here; a fresh random mini-batch per step under the multi-shot
+  Omniglot protocol (alphabets.MiniBatchObjective, whose objective never runs chunks of tasks).
 - Parameters the network marks `meta_only` (models.py: the MAML code's BatchNorm offsets, which are
   not among its adapted `weights`) stay out of theta' (`initial_params`): the inner loop never
   moves them, the network reads its own copy, and the meta-gradient reaches them directly.
@@ -104,9 +107,11 @@ class MAML(Algorithm):
               step_sizes: StepSizes | None = None) -> Params:
         """theta <- theta - step_size (.) grad L_S(theta), `steps` times (default: the test steps)."""
         params = detached(self.initial_params()) if params is None else params
-        inputs, targets = support
 
         def loss(p: Params) -> Tensor:
+            # each step's examples: the whole support set, or a fresh mini-batch of it where the
+            # objective draws one per step (tasks.Objective.draw; the Leap/WarpGrad protocol, alphabets.py)
+            inputs, targets = self.objective.draw(support)
             outputs = self.predict(p, inputs)
             return self.support_loss(self.objective.criterion(outputs, targets), outputs)
         return self.descend(loss, params, self.test_inner_steps if steps is None else steps, create_graph,
