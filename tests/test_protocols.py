@@ -439,14 +439,44 @@ IMAML = [  # the iMAML code's protocol, on every benchmark of the paper profile 
     ("imaml.test_lam", 0.0, "aravindr93/imaml_dev examples/README.md (measure_accuracy.py --lam 0.0)"),
     ("imaml.meta_adam_eps", 0.001, "aravindr93/imaml_dev implicit_maml/learner_model.py (outer Adam, eps=1e-3)"),
 ]
-for name in OFFICIAL:
-    OFFICIAL[name] = OFFICIAL[name] + MAML_CODE_EVALUATION + IMAML
+for name in OFFICIAL:  # (on Omniglot, iMAML has benchmarks of its own code's protocol: IMAML_OMNIGLOT)
+    OFFICIAL[name] = OFFICIAL[name] + MAML_CODE_EVALUATION + (IMAML if "imagenet" in name else [])
+IMAML_CODE = "aravindr93/imaml_dev"
+IMAML_OMNIGLOT = IMAML + [  # the iMAML code's Omniglot protocol: its pixels, network, tasks and outer loop
+    ("model", "conv4-imaml", f"{IMAML_CODE} implicit_maml/learner_model.py make_conv_network (ZeroPad2d((0, 1, 0, 1)) "
+                             "before conv3, Flatten, fc1 on 2*2*64, xavier_uniform_(gain=1.73), biases uniform_(0, 0.05))"),
+    ("batch_norm", "affine", f"{IMAML_CODE} learner_model.py (nn.BatchNorm2d(64, track_running_stats=False); "
+                             "Learner: inner SGD on model.parameters(), the BatchNorm scale and offset too)"),
+    ("dataset", "omniglot", f"{IMAML_CODE} implicit_maml/dataset.py (convert('L'), resize((28, 28), LANCZOS))"),
+    ("stroke", "dark", f"{IMAML_CODE} implicit_maml/dataset.py (the PNGs' grey levels / 255, not inverted)"),
+    ("rotations", "per_task", f"{IMAML_CODE} implicit_maml/dataset.py (np.random.choice([0, 90, 180, 270]) per class, "
+                              "every task, meta-test too)"),
+    ("split", "maml", f"{IMAML_CODE} examples/omniglot_implicit_maml.py (random.shuffle of the 1623 characters; "
+                      "dataset.py OmniglotTask: chars[:1200] meta-train, chars[1200:] meta-test)"),
+    ("imaml.inner_lr", 0.1, f"{IMAML_CODE} examples/README.md (--inner_lr 1e-1)"),
+    ("imaml.lam", 2.0, f"{IMAML_CODE} examples/README.md (--lam 2.0)"),
+    ("imaml.cg_steps", 5, f"{IMAML_CODE} examples/README.md (--cg_steps 5)"),
+    ("imaml.cg_damping", 1.0, f"{IMAML_CODE} examples/README.md (--cg_damping 1.0, matrix_evaluator's regu_coef)"),
+    ("imaml.lam_damping", 10.0, f"{IMAML_CODE} learner_model.py (matrix_evaluator lam_damping=10.0)"),
+    ("train.meta_lr", 0.001, f"{IMAML_CODE} examples/README.md (--outer_lr 1e-3)"),
+    ("imaml.eval_query_batch", "shots", f"{IMAML_CODE} examples/measure_accuracy.py (utils.measure_accuracy: "
+                                        "predict(task['x_val']), the N*K query images in one batch)"),
+]
+OFFICIAL.update({
+    "omniglot-5w1s-imaml": IMAML_OMNIGLOT + [
+        ("queries", 1, f"{IMAML_CODE} dataset.py OmniglotTask (num_inst support and num_inst query images per class)"),
+        ("imaml.inner_steps", 16, f"{IMAML_CODE} examples/README.md (--n_steps 16)"),
+        ("train.meta_batch", 32, f"{IMAML_CODE} examples/README.md (--task_mb_size 32)")],
+    "omniglot-20w1s-imaml": IMAML_OMNIGLOT + [("queries", 1, f"{IMAML_CODE} dataset.py OmniglotTask")],
+    **{name: IMAML_OMNIGLOT + [("queries", 5, f"{IMAML_CODE} dataset.py OmniglotTask (K = 5 query images per class)")]
+       for name in ("omniglot-5w5s-imaml", "omniglot-20w5s-imaml")},
+})
 EVERYWHERE = [  # every benchmark of the paper profile where the algorithm is configured
     ("metasgd.inner_steps", 1, "Li et al. 2017 (Meta-SGD), Section 3: one adaptation step"),
     ("metasgd.test_inner_steps", 1, "Li et al. 2017 (Meta-SGD): one step at meta-test too"),
 ]
 DEFAULTS = {"dataset": None, "queries": None, "inner_loss": "mean", "eval_query_batch": "all", "batch_norm": "affine", "head_init": "xavier", "rotations": "classes",
-            "train.clip_meta_grad": None}
+            "train.clip_meta_grad": None, "model": None, "stroke": "bright", "split": None}
 
 
 def _setting(bench: dict, key: str):
@@ -485,8 +515,9 @@ def test_paper_profile_uses_the_official_settings():
 def test_default_and_quick_profiles_keep_todays_protocol(profile):
     params = load_params(ROOT / "params.yaml", profile)
     for bench in params["benchmarks"].values():
-        for key in ("batch_norm", "head_init", "rotations"):
+        for key in ("batch_norm", "head_init", "rotations", "stroke", "reproduces"):
             assert key not in bench
+        assert bench["model"] != "conv4-imaml"
         assert "clip_meta_grad" not in bench["train"]
         for hp in bench["algorithms"].values():
             assert not {"inner_loss", "eval_query_batch", "proximal", "test_lam", "meta_adam_eps"} & set(hp)
@@ -645,3 +676,253 @@ def test_protocol_study_names_a_bad_variant_key_and_the_pipeline_plans_it():
     runs = pipeline.study_settings(params, "protocols")
     assert [r["variant"] for r in runs] == ["default", "default-15-queries", "maml-code"]
     assert {r["bench"]["train"]["iterations"] for r in runs} == {3000}
+
+
+# ------------------------------------------------- iMAML's own Omniglot protocol (aravindr93/imaml_dev)
+
+def _imaml_code_network(ways: int, filters: int = 64) -> torch.nn.Sequential:
+    """The iMAML code's Omniglot network as implicit_maml/learner_model.py make_conv_network lays it out and
+    initialises it (conv1-4 stride 2 padding 1, BatchNorm2d(track_running_stats=False), ReLU, ZeroPad2d((0, 1,
+    0, 1)) before conv3, Flatten, fc1 on 2*2*filters; xavier_uniform_(gain=1.73), biases uniform_(0, 0.05)), in
+    the order it creates and initialises them."""
+    nn = torch.nn
+    layers, convs = [], []
+    for i in range(4):
+        if i == 2:
+            layers.append(nn.ZeroPad2d((0, 1, 0, 1)))
+        convs.append(nn.Conv2d(1 if i == 0 else filters, filters, 3, stride=2, padding=1))
+        layers += [convs[-1], nn.BatchNorm2d(filters, track_running_stats=False), nn.ReLU()]
+    fc1 = nn.Linear(2 * 2 * filters, ways)
+    for layer in convs + [fc1]:
+        nn.init.xavier_uniform_(layer.weight, gain=1.73)
+        nn.init.uniform_(layer.bias, a=0.0, b=0.05)
+    return nn.Sequential(*layers, nn.Flatten(), fc1)
+
+
+def test_conv4_imaml_is_the_imaml_codes_network_draw_for_draw():
+    """build_model's conv4-imaml against make_conv_network's layout, seeded alike: the same parameters
+    (weights drawn in the same order), and the same outputs when given the iMAML code's dark-stroke pixels
+    (stroke dark: our network sees 1 - x); the chunked path (forward_tasks) is each task's own forward."""
+    torch.manual_seed(0)
+    ours = build_model({"model": "conv4-imaml", "ways": 5, "stroke": "dark"}).double()
+    torch.manual_seed(0)
+    official = _imaml_code_network(5).double()
+    mine = [p for _, p in ours.named_parameters()]
+    theirs = list(official.parameters())
+    assert [p.shape for p in mine] == [p.shape for p in theirs]  # fc1: 256 = 2 x 2 x 64 inputs
+    assert all(torch.equal(p, q) for p, q in zip(mine, theirs))
+    assert ours.meta_only == ()  # every parameter adapted, as the official inner SGD on model.parameters()
+    x = torch.rand(10, 1, 28, 28, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    torch.testing.assert_close(ours(x), official(1 - x), rtol=1e-12, atol=1e-12)
+    # why conv4-imaml has no ZeroPad2d: on the 7x7 maps it adds the zero row and column that conv3's padding
+    # already supplies there, and no stride-2 window reaches beyond: the same function with or without it
+    unpadded = torch.nn.Sequential(*[m for m in official if not isinstance(m, torch.nn.ZeroPad2d)])
+    torch.testing.assert_close(unpadded(1 - x), official(1 - x), rtol=0, atol=0)
+    assert not torch.allclose(ours(x), official(x))  # and the strokes' side matters
+    xs = torch.rand(3, 6, 1, 28, 28, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    params = {n: p.detach() + 0.05 * torch.randn(3, *p.shape, dtype=p.dtype) for n, p in ours.named_parameters()}
+    together = ours.forward_tasks(params, xs)
+    for t in range(3):
+        alone = functional_call(ours, {n: p[t] for n, p in params.items()}, (xs[t],))
+        torch.testing.assert_close(together[t], alone, rtol=1e-12, atol=1e-12)
+
+
+def test_imaml_init_bounds_and_default_init_unchanged():
+    """init imaml: |w| <= 1.73 sqrt(6 / (fan_in + fan_out)) (Xavier-uniform, gain 1.73), filled up to the
+    bound, std bound / sqrt(3); biases in [0, 0.05]; BatchNorm scale 1, offset 0. The default conv4 keeps
+    Xavier (gain 1) and zero biases, draw for draw."""
+    torch.manual_seed(0)
+    model = build_model({"model": "conv4-imaml", "ways": 20})
+    layers = [block[0] for block in model.features] + [model.head]
+    for layer in layers:
+        w = layer.weight
+        fan_in, fan_out = w[0].numel(), w.shape[0] * w[0, 0].numel()
+        bound = 1.73 * (6 / (fan_in + fan_out)) ** 0.5
+        assert w.abs().max().item() <= bound and w.abs().max().item() > 0.95 * bound
+        assert abs(w.std().item() - bound / 3 ** 0.5) < 0.1 * bound / 3 ** 0.5
+        assert 0 <= layer.bias.min().item() and layer.bias.max().item() <= 0.05 and layer.bias.std().item() > 0.01
+    for block in model.features:
+        assert (block[1].weight == 1).all() and (block[1].bias == 0).all()
+    assert model.head.in_features == 256
+    with pytest.raises(ValueError, match="head_init"):
+        build_model({"model": "conv4-imaml", "ways": 5, "head_init": "normal"})
+    # the default network, against its recipe: modules created in order, then Xavier-uniform and zeros
+    torch.manual_seed(0)
+    default = build_model({"model": "conv4", "ways": 5})
+    torch.manual_seed(0)
+    convs = [torch.nn.Conv2d(1 if i == 0 else 64, 64, 3, stride=2, padding=1) for i in range(4)]
+    head = torch.nn.Linear(64, 5)
+    for layer in convs + [head]:
+        torch.nn.init.xavier_uniform_(layer.weight)
+        torch.nn.init.zeros_(layer.bias)
+    expected = [t for layer in convs for t in (layer.weight, layer.bias)] + [head.weight, head.bias]
+    got = [p for n, p in default.named_parameters() if n.split(".")[-2] != "1"]  # less BatchNorm's (1 and 0)
+    assert all(torch.equal(p, q) for p, q in zip(got, expected)) and len(got) == len(expected)
+    assert not default.dark_stroke and not default.flatten
+
+
+def test_imaml_on_its_network_adapts_the_batch_norm_scale_and_offset():
+    """The iMAML code's BatchNorm has a scale and an offset, both adapted by the inner SGD and both given
+    an implicit meta-gradient (chunked and one-task paths alike)."""
+    torch.manual_seed(0)
+    model = Conv4(1, 5, filters=8, features="flatten", init="imaml", stroke="dark").double()
+    hparams = {"inner_lr": 0.1, "inner_steps": 3, "test_inner_steps": 3, "lam": 2.0, "cg_steps": 2,
+               "proximal": "final_step", "test_lam": 0.0}
+    algo = build_algorithm("imaml", model, Objective(model, "classification"), hparams).double()
+    tasks = _tasks()
+    theta = algo.initial_params()
+    adapted = algo.adapt(tasks[0].support, 3, lam=algo.lam)
+    norms = [f"features.{i}.1.{kind}" for i in range(4) for kind in ("weight", "bias")]
+    assert set(norms) <= set(adapted)
+    assert all(not torch.equal(adapted[k], theta[k]) for k in norms)
+    grads = {}
+    for batched in (True, False):
+        algo.zero_grad(set_to_none=True)
+        algo.batched_tasks = batched
+        algo.meta_step(tasks)
+        grads[batched] = {n: p.grad.clone() for n, p in algo.model.named_parameters()}
+        assert all(grads[batched][k].abs().sum() > 0 for k in norms)
+    for n in grads[True]:
+        torch.testing.assert_close(grads[True][n], grads[False][n], rtol=1e-8, atol=1e-10)
+
+
+def test_dark_stroke_gives_the_imaml_codes_pixels(mirror):
+    """aravindr93/imaml_dev dataset.py: Image.open(f).convert('L').resize((28, 28), LANCZOS) / 255, rotated
+    by scipy's rotate(image, 90 k). Ours: the `omniglot` cache (the same Lanczos, strokes 255) is exactly
+    255 - its pixels, the network with stroke dark sees 1 - cache / 255 (to float rounding), and the
+    per-task rotation (torch.rot90, k quarter turns) is scipy's rotate by 90 k degrees."""
+    import io
+    import zipfile
+
+    import numpy as np
+    from PIL import Image
+    from scipy.ndimage import rotate
+
+    from metalearn.data import omniglot
+
+    dark = Conv4(1, 5, filters=4, stroke="dark")
+    with zipfile.ZipFile(mirror / "images_background_small1.zip") as archive:
+        names = [n for n in archive.namelist() if n.endswith(".png")][::97][:40]
+        for i, name in enumerate(names):
+            data = archive.read(name)
+            official = np.asarray(Image.open(io.BytesIO(data), mode="r").convert("L").resize((28, 28), resample=Image.LANCZOS))
+            cache = omniglot._load_image(data)  # uint8 [28, 28], what the `omniglot` cache holds
+            assert np.array_equal(255 - cache.numpy(), official), name
+            seen = dark.pixels(cache.float() / 255)  # gather_tasks' / 255, then the network's 1 - x
+            torch.testing.assert_close(seen, torch.from_numpy(official.astype(np.float32) / 255.0), rtol=0, atol=1e-7)
+            k = i % 4
+            turned = ep.rotate_classes(cache.view(1, 1, 1, 28, 28), torch.tensor([[k]]))[0, 0, 0]
+            np.testing.assert_allclose(255 - turned.numpy(), rotate(official.astype(np.float32), 90.0 * k), atol=1e-3)
+    assert len(np.unique(official)) > 2  # grey edges: not the MAML code's binary pixels
+
+
+def test_imaml_benchmarks_draw_the_maml_codes_characters_and_episodes():
+    """The paper profile's -imaml benchmarks differ from the MAML code's only in pixels and network: the
+    same meta-test characters, and the same saved episodes (classes, drawings, rotations)."""
+    from metalearn.data import omniglot
+
+    paper = load_params(ROOT / "params.yaml", "paper")["benchmarks"]
+    names = [f"background/A/character{i:04d}" for i in range(1623)]
+    for name in ("omniglot-5w1s", "omniglot-20w1s", "omniglot-5w5s", "omniglot-20w5s"):
+        maml, imaml = paper[name], paper[f"{name}-imaml"]
+        assert "imaml" not in maml["algorithms"] and set(imaml["algorithms"]) == {"imaml"}
+        assert imaml["reproduces"] == name
+        differ = {k for k in set(maml) | set(imaml) if maml.get(k) != imaml.get(k)}
+        assert differ <= {"model", "dataset", "stroke", "batch_norm", "head_init", "train", "algorithms", "reproduces"}, differ
+        splits = [omniglot.split_classes(names, b["dataset"], b["split"], b["split_seed"]) for b in (maml, imaml)]
+        assert all(torch.equal(splits[0][s], splits[1][s]) for s in ("train", "val", "test"))
+        assert len(splits[1]["test"]) == 423  # the iMAML code's meta-test characters: chars[1200:]
+        sizes = omniglot.split_sizes(imaml["dataset"], imaml["split"])
+        episodes = [ep.make_eval_episodes(b, sizes) for b in (maml, imaml)]
+        for split in ("val", "test"):
+            assert set(episodes[1][split]) == {"classes", "drawings", "rotations"}
+            assert all(torch.equal(episodes[0][split][k], episodes[1][split][k]) for k in episodes[1][split])
+
+
+def test_paper_rows_put_a_reproducing_benchmark_beside_the_papers_number():
+    """metalearn/paper.py: a benchmark that `reproduces` the paper's gets the paper's number, in its own row."""
+    from metalearn import paper
+
+    number = {"benchmark": "omniglot-5w1s", "algorithm": "imaml", "metric": "accuracy", "mean": 99.16, "ci95": 0.35,
+              "iterations": 60000, "requires": {"dataset": ["omniglot", "omniglot-binary"]}, "source": "T"}
+
+    def result(bench, values):
+        return {"benchmark": bench, "algorithm": "imaml", "metric": "accuracy", "inner_steps": 16,
+                "per_episode": values, "iterations": 60000, "seed": 0}
+    settings = {"omniglot-5w1s": {"dataset": "omniglot-binary"},
+                "omniglot-5w1s-imaml": {"dataset": "omniglot", "reproduces": "omniglot-5w1s"},
+                "omniglot-5w1s-other": {"dataset": "omniglot"}}
+    results = [result("omniglot-5w1s-imaml", [99.0, 99.4]), result("omniglot-5w1s", [90.0, 92.0]),
+               result("omniglot-5w1s-other", [50.0, 50.0])]
+    rows = paper.paper_rows(results, settings, [number])
+    assert [(r["benchmark"], r["ours_mean"]) for r in rows] == [("omniglot-5w1s", 91.0), ("omniglot-5w1s-imaml", 99.2)]
+    assert rows[1]["paper_mean"] == 99.16 and rows[1]["verdict"] == "within the paper's CI"
+    assert paper.paper_rows(results[:1], None, [number]) == []  # without the settings nothing says so
+
+
+@pytest.mark.parametrize("name, bench, key", [
+    ("omniglot-5w1s", {"model": "conv4-imaml", "head_init": "normal"}, "head_init"),
+    ("omniglot-5w1s", {"model": "conv4-imaml", "algorithms": {"mtnet": {"inner_lr": 0.1, "inner_steps": 1,
+                                                                        "test_inner_steps": 1}}}, "algorithms.mtnet"),
+    ("omniglot-5w1s", {"stroke": "grey"}, "stroke"),
+    ("omniglot-5w1s", {"stroke": "dark", "algorithms": {"tnet": {"inner_lr": 0.1, "inner_steps": 1,
+                                                                 "test_inner_steps": 1}}}, "algorithms.tnet"),
+    ("omniglot-5w1s", {"reproduces": "Omniglot 5-way"}, "reproduces"),
+    ("sinusoid", {"stroke": "dark"}, "stroke"),  # Omniglot only
+])
+def test_schema_refuses_bad_imaml_protocol_settings_naming_the_key(tmp_path, name, bench, key):
+    from metalearn.config import ConfigError
+
+    with pytest.raises(ConfigError, match=rf"{name}\.{key}"):
+        quick_params(tmp_path, benchmarks={name: bench})
+
+
+def test_imaml_protocol_trains_evaluates_and_adapts_end_to_end(prepared_small, tmp_path):
+    """A conv4-imaml, stroke-dark benchmark through the ordinary machinery: meta-training, the saved
+    model's evaluation, and `metalearn adapt`'s rebuilding of the network from the model file."""
+    import shutil
+
+    from metalearn import adapt
+    from metalearn.evaluate import evaluate
+
+    params = copy.deepcopy(prepared_small)
+    bench = params["benchmarks"]["omniglot-5w1s"]
+    bench.update({"model": "conv4-imaml", "stroke": "dark", "rotations": "per_task",
+                  "train": {**bench["train"], "iterations": 2, "checkpoint_every": 2}})
+    bench["algorithms"] = {"imaml": {"inner_lr": 0.1, "inner_steps": 2, "test_inner_steps": 2, "lam": 2.0, "cg_steps": 2,
+                                     "proximal": "final_step", "test_lam": 0.0, "meta_adam_eps": 1e-3}}
+    params["data"]["root"] = str(tmp_path / "data")
+    shutil.copytree(prepared_small["data"]["root"], tmp_path / "data")
+    benchmarks.make_episodes(params, "omniglot-5w1s")  # rotations per task: new episodes
+    model_path = train(params, "omniglot-5w1s", "imaml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    scored = evaluate(params, model_path, device="cpu", log=lambda s: None)
+    assert scored["episodes"] == bench["test_tasks"] and 0 <= scored["mean"] <= 100
+    saved = torch.load(model_path, weights_only=True)
+    algo, policy = adapt.adapted_algorithm(saved, 5, device="cpu")
+    assert policy == "trained" and algo.model.dark_stroke and algo.model.head.in_features == 256
+    assert all(torch.equal(algo.state_dict()[k], v) for k, v in saved["state_dict"].items())
+
+
+def test_imaml_eval_query_batch_shots_feeds_k_query_images_per_class_at_a_time():
+    """The iMAML code's test predicts a task's N*K query images together: with eval_query_batch shots our
+    evaluation of 6 query images per class feeds the network K per class at a time, in the one-task path
+    and in the chunked one alike; the default feeds all at once."""
+    ways, shots, per_class = 5, 2, 6
+    algo = _imaml(proximal="final_step", test_lam=0.0, eval_query_batch="shots")
+    tasks = _tasks(tasks=3, ways=ways, shots=shots, queries=per_class)
+    expected = []
+    for task in tasks:
+        adapted = algo.adapt(task.support)
+        query_x, query_y = task.query
+        outputs = torch.empty(len(query_y), ways, dtype=torch.float64)
+        for start in range(0, per_class, shots):  # images start..start+K-1 of every class
+            batch = torch.cat([(query_y == c).nonzero().flatten()[start:start + shots] for c in range(ways)])
+            outputs[batch] = algo.predict(adapted, query_x[batch]).detach()
+        expected.append(((outputs.argmax(-1) == query_y).float().mean().item(), F.cross_entropy(outputs, query_y).item()))
+        whole = algo.predict(adapted, query_x).detach()
+        assert not torch.allclose(whole, outputs)  # the batch statistics differ, so the setting matters
+    for batched in (True, False):
+        algo.batched_tasks = batched
+        got = [(m["accuracy"], m["loss"]) for m in algo.evaluate_tasks(tasks, 3)]
+        assert [v for pair in got for v in pair] == pytest.approx([v for pair in expected for v in pair], rel=1e-9)
+    assert _imaml().eval_query_batch == "all"

@@ -12,6 +12,9 @@ like every parameter) and `maml`, the MAML code's (cbfinn/maml utils.py `normali
 tf.contrib.layers.batch_norm's defaults): an offset only, eps 1e-3, and the offset is not among the
 adapted weights there, so the network lists it in `meta_only` and the MAML family leaves it out of
 its inner loop (algorithms/maml.py `initial_params`): it is meta-learned only.
+The iMAML code's Omniglot network (`conv4-imaml`, aravindr93/imaml_dev implicit_maml/learner_model.py
+make_conv_network) is Conv4 with two differences, flattened features and its initialisation (`Conv4`'s
+`features` and `init`), and its pixels are the other way round (`stroke`): see `build_model`.
 """
 from __future__ import annotations
 
@@ -80,36 +83,65 @@ class Conv4(nn.Module):
     head_init: the output layer's weights, 'xavier' (Xavier-uniform, as the convolutions) or 'normal'
     (standard normal, std 1: cbfinn/maml maml.py construct_conv_weights, w5 = tf.random_normal, for
     every data set but mini-ImageNet); biases start at zero either way.
+    The iMAML code's choices (make_conv_network; all off by default):
+    features: 'mean' (over space; the default for pooling='stride') or 'flatten' (C x H x W, the
+      default for pooling='max'; the iMAML code flattens its 2x2x64 maps).
+    init: 'xavier' (Xavier-uniform weights, zero biases) or 'imaml' (every convolution and the head:
+      xavier_uniform_ with gain 1.73, biases uniform in [0, 0.05]; BatchNorm at PyTorch's 1 and 0).
+      (Its ZeroPad2d((0, 1, 0, 1)) before conv3 is left out: it appends the zero row and column that
+      conv3's own padding supplies on that side of the 7x7 maps, and the stride-2 windows never reach
+      the one beyond, so the function is the same; tests/test_protocols.py checks it.)
+    stroke: 'bright' (the input as given: our caches' strokes are bright, 255) or 'dark': the network
+      sees 1 - x, dark strokes on a white background, as the iMAML code's images (dataset.py: PIL
+      convert('L') of the PNGs, not inverted, / 255).
     """
 
     def __init__(self, in_channels: int, ways: int, filters: int = 64, pooling: str = "stride",
-                 image_size: int = 28, batch_norm: str = "affine", head_init: str = "xavier"):
+                 image_size: int = 28, batch_norm: str = "affine", head_init: str = "xavier",
+                 features: str | None = None, init: str = "xavier", stroke: str = "bright"):
         super().__init__()
         if pooling not in ("stride", "max"):
             raise ValueError(f"pooling must be 'stride' or 'max', not {pooling!r}")
         if head_init not in ("xavier", "normal"):
             raise ValueError(f"head_init must be 'xavier' or 'normal', not {head_init!r}")
-        self.pooling = pooling
+        features = features or ("mean" if pooling == "stride" else "flatten")
+        if features not in ("mean", "flatten"):
+            raise ValueError(f"features must be 'mean' or 'flatten', not {features!r}")
+        if init not in ("xavier", "imaml"):
+            raise ValueError(f"init must be 'xavier' or 'imaml', not {init!r}")
+        if init == "imaml" and head_init != "xavier":
+            raise ValueError("init 'imaml' initialises the head itself (gain 1.73); head_init 'normal' is the MAML code's")
+        if stroke not in ("bright", "dark"):
+            raise ValueError(f"stroke must be 'bright' or 'dark', not {stroke!r}")
+        self.pooling, self.flatten, self.dark_stroke = pooling, features == "flatten", stroke == "dark"
         channels = [in_channels] + [filters] * 4
         self.features = nn.Sequential(*(conv_block(channels[i], channels[i + 1], pooling, batch_norm)
                                         for i in range(4)))
         # parameters meta-learned but never adapted by the inner loop: the MAML code's BatchNorm offsets
         self.meta_only = tuple(f"features.{i}.1.bias" for i in range(4)) if batch_norm == "maml" else ()
         size = image_size
-        for _ in range(4):
-            size = size // 2
-        self.head = nn.Linear(filters if pooling == "stride" else filters * size * size, ways)
+        for _ in range(4):  # the maps' side after each block (stride 2, padding 1: ceil; pooling: floor)
+            size = (size + 1) // 2 if pooling == "stride" else size // 2
+        self.head = nn.Linear(filters * size * size if self.flatten else filters, ways)
         for module in self.modules():
             if isinstance(module, (nn.Conv2d, nn.Linear)):
+                if init == "imaml":  # weight then bias, layer by layer, as make_conv_network draws them
+                    nn.init.xavier_uniform_(module.weight, gain=1.73)
+                    nn.init.uniform_(module.bias, 0.0, 0.05)
+                    continue
                 if module is self.head and head_init == "normal":
                     nn.init.normal_(module.weight, std=1.0)
                 else:
                     nn.init.xavier_uniform_(module.weight)
                 nn.init.zeros_(module.bias)
 
+    def pixels(self, x: Tensor) -> Tensor:
+        """What the first convolution sees: x, or 1 - x with `stroke` dark (see the class docstring)."""
+        return 1 - x if self.dark_stroke else x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.features(x)
-        h = h.mean(dim=(2, 3)) if self.pooling == "stride" else h.flatten(1)
+        h = self.features(self.pixels(x))
+        h = h.flatten(1) if self.flatten else h.mean(dim=(2, 3))
         return self.head(h)
 
     def forward_tasks(self, params: dict[str, Tensor], x: Tensor) -> Tensor:
@@ -118,14 +150,14 @@ class Conv4(nn.Module):
         grouped convolution (a group per task) applies every task's filters, and one BatchNorm call
         normalises every (task, channel) over its own task's n images, as `forward` does."""
         tasks, n = x.shape[:2]
-        h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
+        h = self.pixels(x).transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
         for i, (conv, norm, *rest) in enumerate(self.features):
             weight, bias = params[f"features.{i}.0.weight"], params[f"features.{i}.0.bias"]
             h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), conv.stride, conv.padding, groups=tasks)
             h = batch_norm_tasks(norm, h, params, f"features.{i}.1.", tasks)
             for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                 h = layer(h)
-        h = h.mean(dim=(2, 3)) if self.pooling == "stride" else h.flatten(2)
+        h = h.flatten(2) if self.flatten else h.mean(dim=(2, 3))
         features = h.view(n, tasks, -1).transpose(0, 1)  # [tasks, n, features], forward's order
         return torch.baddbmm(params["head.bias"].unsqueeze(1), features, params["head.weight"].transpose(1, 2))
 
@@ -186,10 +218,15 @@ def build_model(bench: dict, extra_inputs: int = 0) -> nn.Module:
     task's x, e.g. the oracle baseline's true task parameters)."""
     if bench["model"] == "mlp":
         return MLP(in_features=1 + extra_inputs)
-    # the MAML code's network choices (params.yaml, benchmarks.<b>.batch_norm / head_init)
-    choices = {"batch_norm": bench.get("batch_norm", "affine"), "head_init": bench.get("head_init", "xavier")}
+    # the MAML code's network choices (params.yaml, benchmarks.<b>.batch_norm / head_init), and which
+    # way round the strokes reach the network (benchmarks.<b>.stroke)
+    choices = {"batch_norm": bench.get("batch_norm", "affine"), "head_init": bench.get("head_init", "xavier"),
+               "stroke": bench.get("stroke", "bright")}
     if bench["model"] == "conv4":
         return Conv4(1, bench["ways"], filters=64, pooling="stride", image_size=28, **choices)
+    if bench["model"] == "conv4-imaml":  # the iMAML code's Omniglot network (make_conv_network)
+        return Conv4(1, bench["ways"], filters=64, pooling="stride", image_size=28, features="flatten", init="imaml",
+                     **choices)
     if bench["model"] == "conv4-maxpool":
         return Conv4(3, bench["ways"], filters=32, pooling="max", image_size=84, **choices)
     raise ValueError(f"unknown model {bench['model']!r}")

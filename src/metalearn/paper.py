@@ -1,5 +1,6 @@
 """Paper vs ours: every published number (paper_numbers.yaml) beside our result for the same
-benchmark, algorithm and number of test steps, with a verdict.
+benchmark (or one whose settings say it `reproduces` it, e.g. under another code's protocol),
+algorithm and number of test steps, with a verdict.
 
 Verdicts, in this order:
   not comparable      the run's settings differ from what the paper's number assumes (`requires`,
@@ -63,34 +64,40 @@ def verdict(paper: dict, mean: float, ci95: float, ratio: float | None, mismatch
 
 def paper_rows(results: list[dict], settings: dict[str, dict] | None = None,
                numbers: list[dict] | None = None) -> list[dict]:
-    """One row per published number whose benchmark and algorithm are among `results` (evaluation
-    records). `settings`: each benchmark's params.yaml settings, to check a number's `requires`."""
+    """One row per published number and each of our benchmarks for it that has results of its algorithm:
+    the benchmark of the same name, and any whose settings say it `reproduces` that one (e.g.
+    omniglot-5w1s-imaml, the iMAML code's protocol of omniglot-5w1s); the row names ours. `settings`: each
+    benchmark's params.yaml settings, to check a number's `requires` and to read `reproduces`."""
     numbers = paper_numbers() if numbers is None else numbers
+    settings = settings or {}
     groups: dict[tuple[str, str], list[dict]] = {}
     for r in results:
         groups.setdefault((r["benchmark"], r["algorithm"]), []).append(r)
     rows = []
     for paper in numbers:
-        runs = groups.get((paper["benchmark"], paper["algorithm"]))
-        if not runs or runs[0]["metric"] != paper["metric"]:
-            continue
-        score = our_score(runs, paper.get("steps"))
-        if score is None:
-            continue
-        mean, ci95, episodes, steps = score
-        iterations = [r.get("iterations") for r in runs]
-        ratio = (sum(iterations) / len(iterations) / paper["iterations"]
-                 if paper.get("iterations") and all(iterations) else None)
-        bench = (settings or {}).get(paper["benchmark"], {})
-        mismatch = [f"{key} {bench.get(key)!r}, the paper's {value!r}"  # a list: any of its values
-                    for key, value in (paper.get("requires") or {}).items()
-                    if bench.get(key) not in (value if isinstance(value, list) else [value])]
-        rows.append({"benchmark": paper["benchmark"], "algorithm": paper["algorithm"], "metric": paper["metric"],
-                     "steps": steps, "paper_mean": paper["mean"],
-                     "paper_ci95": "" if paper.get("ci95") is None else paper["ci95"], "source": paper["source"],
-                     "ours_mean": round(mean, 4), "ours_ci95": round(ci95, 4), "episodes": episodes,
-                     "iterations_ratio": "" if ratio is None else round(ratio, 3),
-                     "verdict": verdict(paper, mean, ci95, ratio, mismatch)})
+        ours = sorted({name for name, algorithm in groups if algorithm == paper["algorithm"] and paper["benchmark"]
+                       in (name, settings.get(name, {}).get("reproduces"))})
+        for bench_name in ours:
+            runs = groups[(bench_name, paper["algorithm"])]
+            if runs[0]["metric"] != paper["metric"]:
+                continue
+            score = our_score(runs, paper.get("steps"))
+            if score is None:
+                continue
+            mean, ci95, episodes, steps = score
+            iterations = [r.get("iterations") for r in runs]
+            ratio = (sum(iterations) / len(iterations) / paper["iterations"]
+                     if paper.get("iterations") and all(iterations) else None)
+            bench = settings.get(bench_name, {})
+            mismatch = [f"{key} {bench.get(key)!r}, the paper's {value!r}"  # a list: any of its values
+                        for key, value in (paper.get("requires") or {}).items()
+                        if bench.get(key) not in (value if isinstance(value, list) else [value])]
+            rows.append({"benchmark": bench_name, "algorithm": paper["algorithm"], "metric": paper["metric"],
+                         "steps": steps, "paper_mean": paper["mean"],
+                         "paper_ci95": "" if paper.get("ci95") is None else paper["ci95"], "source": paper["source"],
+                         "ours_mean": round(mean, 4), "ours_ci95": round(ci95, 4), "episodes": episodes,
+                         "iterations_ratio": "" if ratio is None else round(ratio, 3),
+                         "verdict": verdict(paper, mean, ci95, ratio, mismatch)})
     return rows
 
 

@@ -30,6 +30,10 @@ Relation to the official code (aravindr93/imaml_dev), read to fix these choices:
   lam of meta-test adaptation (`adapt` without `lam`); default: `lam`, the proximal problem of training.
 - Its outer Adam has eps 1e-3 (implicit_maml/learner_model.py): `meta_adam_eps` (train.py's Adam;
   default PyTorch's 1e-8, the paper profile 1e-3).
+- Its test (measure_accuracy.py, utils.measure_accuracy) predicts a task's N*K query images (x_val) in
+  one forward pass, so BatchNorm normalises K query images per class together: `eval_query_batch: shots`
+  feeds our saved episodes' query images so, K per class at a time (as the MAML family, maml.py, whose
+  `predict_query` and `query_batches` are used here); default `all`, every query image at once.
 Memory does not depend on `inner_steps`: only phi* and one Hessian-vector-product graph live.
 
 Meta-training and evaluation run chunks of tasks together (as maml.py; solver `gd`), each task with its
@@ -45,7 +49,7 @@ import torch
 from torch import Tensor
 
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
-from metalearn.algorithms.maml import chunk_count
+from metalearn.algorithms.maml import MAML, chunk_count
 from metalearn.tasks import Params, Task, TaskBatch
 
 
@@ -138,6 +142,15 @@ class IMAML(Algorithm):
         if self.proximal == "final_step" and self.inner_solver != "gd":
             raise ValueError("proximal 'final_step' (the official code's inner loop) needs inner_solver gd")
         self.test_lam = float(hparams.get("test_lam", self.lam))  # lam of meta-test adaptation
+        self.eval_query_batch = hparams.get("eval_query_batch", "all")  # see the module docstring
+        if self.eval_query_batch not in ("all", "shots"):
+            raise ValueError(f"eval_query_batch must be 'all' or 'shots', not {self.eval_query_batch!r}")
+        if self.eval_query_batch == "shots" and objective.kind != "classification":
+            raise ValueError("eval_query_batch 'shots' is for classification (batches of K images per class)")
+
+    # evaluation's query batches (`eval_query_batch`), as the MAML family feeds them
+    predict_query = MAML.predict_query
+    query_batches = MAML.query_batches
 
     def hessian_operator(self, params: Params, support):
         """v -> (Hessian of L_S at `params`) v. The gradient graph is built once and reused by every
@@ -262,16 +275,23 @@ class IMAML(Algorithm):
                 self.objective.task_metrics(outputs.detach(), tasks.query_y, losses.detach()))
 
     def evaluate_tasks(self, tasks: TaskBatch, steps: int, curve: bool = False) -> list:
-        """Chunks of tasks adapted together (`adapt_tasks`, lam = `test_lam`), to the one-task loop's
-        metrics; the curve and the `hf` solver one task at a time (base.py)."""
-        if curve or not self.takes_chunks():
+        """Chunks of tasks adapted together (`adapt_tasks`, lam = `test_lam`), their query images fed in
+        `query_batches`, to the one-task loop's metrics; the curve, the `hf` solver and tasks whose query
+        sets are laid out differently one task at a time (base.py)."""
+        batches = self.query_batches(tasks.query_y, tasks.support_y)
+        if curve or not self.takes_chunks() or batches is None:
             return super().evaluate_tasks(tasks, steps, curve)
 
         def chunk_metrics(chunk: TaskBatch) -> list[dict[str, float]]:
             with torch.enable_grad():
                 phi = self.adapt_tasks(chunk.support_x, chunk.support_y, steps, self.test_lam)
             with torch.no_grad():
-                outputs = self.objective.forward_tasks(phi, chunk.query_x)
+                outputs = None
+                for batch in batches:
+                    predicted = self.objective.forward_tasks(phi, chunk.query_x[:, batch])
+                    if outputs is None:
+                        outputs = predicted.new_empty(len(chunk), chunk.query_y.shape[1], *predicted.shape[2:])
+                    outputs[:, batch] = predicted
                 return self.objective.task_metrics(outputs, chunk.query_y, self.objective.task_losses(outputs, chunk.query_y))
         chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
         return [m for metrics in self.map_tasks(chunk_metrics, chunks) for m in metrics]
