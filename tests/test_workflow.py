@@ -66,9 +66,36 @@ def sh(cmd: list[str], cwd: Path, check: bool = True) -> str:
     return text
 
 
+def dry_run(project: Path) -> str:
+    """`snakemake -n --cores 1` in `project` through Snakemake's Python API, in this process: the same
+    plan and output as the command, without its start-up (several seconds: Python, Snakemake, torch),
+    which the tests that plan after every edit would pay each time. The Snakefile's `import pipeline`
+    and `metalearn` are this process's (the checkout's; the projects are copies of it), so only the
+    plan is checked this way: the runs themselves are `snakemake` commands in the project."""
+    import contextlib
+    import io
+
+    from snakemake.api import SnakemakeApi
+    from snakemake.settings.types import OutputSettings, ResourceSettings
+
+    output, cwd, path = io.StringIO(), os.getcwd(), list(sys.path)
+    try:
+        with contextlib.redirect_stderr(output), contextlib.redirect_stdout(output):
+            with SnakemakeApi(OutputSettings()) as api:
+                workflow = api.workflow(resource_settings=ResourceSettings(cores=1),
+                                        snakefile=project / "Snakefile", workdir=project)
+                workflow.dag().execute_workflow(executor="dryrun")
+    except BaseException as exc:  # noqa: BLE001 -- a failed plan fails the test, with Snakemake's output
+        raise AssertionError(f"snakemake -n failed in {project}: {exc!r}\n{output.getvalue()[-6000:]}") from exc
+    finally:
+        os.chdir(cwd)
+        sys.path[:] = path  # the Snakefile puts the project's workflow/ first
+    return output.getvalue()
+
+
 def plan(project: Path) -> tuple[Counter, list[str]]:
-    """`snakemake -n`: (jobs per rule, wildcards of the train jobs)."""
-    out = sh([SNAKEMAKE, "-n", "--cores", "1"], project)
+    """`snakemake -n` (dry_run): (jobs per rule, wildcards of the train jobs)."""
+    out = dry_run(project)
     if "Nothing to be done" in out:
         return Counter(), []
     stats = out[out.index("Job stats:"):]
@@ -103,7 +130,9 @@ def test_an_algorithms_source_files_are_its_module_base_classes_and_the_modules_
     assert pipeline.source_files("fomaml") == pipeline.source_files("maml")  # FOMAML lives in maml.py
     assert set(pipeline.source_files("mtnet")) == {f"src/metalearn/algorithms/{f}.py" for f in ("mtnet", "maml", "base")}
     # Warp-Leap's initialisation objective is leap.py's LeapPath: not a base class, still its source
-    assert set(pipeline.source_files("warpleap")) == {f"src/metalearn/algorithms/{f}.py" for f in ("warpgrad", "leap", "base")}
+    # (and Leap's base class, MAML, whose evaluation it inherits: maml.py)
+    assert set(pipeline.source_files("warpleap")) == {f"src/metalearn/algorithms/{f}.py"
+                                                      for f in ("warpgrad", "leap", "maml", "base")}
 
 
 def test_params_slices_separate_algorithms_and_evaluation_settings():
