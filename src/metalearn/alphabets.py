@@ -58,7 +58,6 @@ from typing import Any, Callable
 
 import torch
 from torch import Tensor, nn
-from torchvision import transforms
 
 from metalearn.algorithms import build_algorithm
 from metalearn.config import BadFile, BadInput, benchmark
@@ -120,6 +119,8 @@ def alphabet_task(images: Tensor, characters: Tensor) -> Task:
 
 def augment(images: Tensor) -> Tensor:
     """Each image through its own draw of data.py's RandomAffine (torch's generator)."""
+    from torchvision import transforms  # here: see omniglot._load_image
+
     transform = transforms.RandomAffine(**AFFINE)
     return torch.stack([transform(image) for image in images])
 

@@ -44,8 +44,6 @@ import numpy as np
 import torch
 from torch import Tensor
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms.v2 import functional as TF
 
 from metalearn.config import ConfigError, data_mirror
 from metalearn.data.download import ChecksumError, DownloadError, RemoteFile, fetch, file_digests
@@ -216,6 +214,9 @@ def _to_84(image: Tensor) -> Tensor:
     antialiasing is the closest torchvision offers for tensors. 84x84 images are kept as they are."""
     if image.shape[-2:] == (IMAGE_SIZE, IMAGE_SIZE):
         return image
+    from torchvision.transforms import InterpolationMode  # here: see omniglot._load_image
+    from torchvision.transforms.v2 import functional as TF
+
     return TF.resize(image, [IMAGE_SIZE, IMAGE_SIZE], interpolation=InterpolationMode.BICUBIC, antialias=True)
 
 
@@ -225,6 +226,8 @@ def _decode(data: bytes | np.ndarray | str, what: str) -> Tensor:
     if isinstance(data, str):  # a Python 2 byte string, read as latin1
         data = data.encode("latin1")
     raw = data.tobytes() if isinstance(data, np.ndarray) else bytes(data)
+    from torchvision.transforms.v2 import functional as TF  # here: see omniglot._load_image
+
     try:
         with Image.open(io.BytesIO(raw)) as image:
             return _to_84(TF.pil_to_tensor(image.convert("RGB")))

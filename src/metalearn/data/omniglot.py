@@ -34,8 +34,6 @@ from pathlib import Path
 
 import torch
 from PIL import Image
-from torchvision.transforms import InterpolationMode
-from torchvision.transforms import functional as TF
 
 from metalearn.data.download import OMNIGLOT_FILES, fetch, file_digests, open_checked_zip
 
@@ -87,6 +85,10 @@ def _load_image(data: bytes, resize: str = "lanczos") -> torch.Tensor:
     """uint8 [28, 28], strokes bright on a dark background (as the MAML code's inverted images).
     `resize`: 'lanczos' (grey levels from the 8-bit image) or 'binary' (the MAML code's pixels: nearest
     neighbour on the 1-bit image, 0 or 255; see the module docstring)."""
+    # torchvision here, not at the top: importing it costs every process of the pipeline ~1.5 s (torch._dynamo)
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
     image = Image.open(io.BytesIO(data))
     if resize == "binary":
         image = image.convert("1").resize((IMAGE_SIZE, IMAGE_SIZE), resample=Image.Resampling.NEAREST).convert("L")
