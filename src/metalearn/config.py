@@ -268,7 +268,8 @@ def _protocols_study_problems(params: dict) -> list[str]:
         return []
     bench = params["benchmarks"].get(study["benchmark"])
     if bench is None or bench["task"] != "omniglot":
-        return [f"studies.protocols.benchmark: {study['benchmark']!r} is not a configured Omniglot benchmark"]
+        return [f"studies.protocols.benchmark: {study['benchmark']!r} is not a configured Omniglot benchmark "
+                f"(benchmarks: {sorted(params['benchmarks'])})"]
     if study["algorithm"] not in bench["algorithms"]:
         return [f"studies.protocols.algorithm: {study['algorithm']!r} is not configured in "
                 f"benchmarks.{study['benchmark']}.algorithms (the study takes its hyperparameters)"]
@@ -289,7 +290,8 @@ def _mtnet_study_problems(params: dict) -> list[str]:
         return []
     bench = params["benchmarks"].get(study["benchmark"])
     if bench is None or bench["task"] != "sinusoid":
-        return [f"studies.mtnet.benchmark: {study['benchmark']!r} is not a configured sinusoid benchmark"]
+        return [f"studies.mtnet.benchmark: {study['benchmark']!r} is not a configured sinusoid benchmark "
+                f"(benchmarks: {sorted(params['benchmarks'])})"]
     missing = [a for a in ["mtnet", *study["algorithms"]] if a not in bench["algorithms"]]
     return [f"studies.mtnet.algorithms: {sorted(set(missing))} not configured in "
             f"benchmarks.{study['benchmark']}.algorithms (the study takes their hyperparameters)"] if missing else []
