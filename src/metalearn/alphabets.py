@@ -312,7 +312,7 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
     `checkpoint_every` meta-steps the network, the heads (ft), the optimiser and both random states
     are saved); `scratch` has nothing to learn and saves its seeded initialisation. Writes
     out_dir/model.pt and history.json."""
-    from metalearn.train import MODEL_FORMAT, TrainingDiverged, _atomic_save, pick_device, read_checkpoint, run_config
+    from metalearn.train import Checkpoint, Progress, TrainingDiverged, pick_device, run_config, write_model
 
     dev = pick_device(device)
     bench = benchmark(params, bench_name)
@@ -334,27 +334,19 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
         optimizer = torch.optim.SGD(algo.parameters(), lr=hparams.get("meta_lr", 0.1))
     generator = torch.Generator().manual_seed(seed)
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out_dir / "checkpoint.pt"
-    start, history, elapsed = 0, [], 0.0
-    state = read_checkpoint(checkpoint_path, dev, log) if iterations else None
-    if state is not None:
-        if state.get("config_hash") == digest:
-            algo.load_state_dict(state["algorithm"])
-            heads.load_state_dict(state["heads"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])  # mini-batches and augmentation draw from it
-            start, history, elapsed = state["iteration"], state["history"], state["train_seconds"]
-            log(f"resuming {bench_name}/{method}/seed{seed} from iteration {start}")
-        else:
-            log(f"ignoring {checkpoint_path}: it belongs to other settings")
+    name = f"{bench_name}/{method}/seed{seed}"
+    # torch's generator, saved with the rest: mini-batches and augmentation draw from it
+    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, {"algorithm": algo, "heads": heads},
+                            optimizer, generator)
+    start, history, elapsed = checkpoint.resume(dev, log, name) if iterations else (0, [], 0.0)  # scratch: none
     if tracker is not None and start == 0:
         tracker.log_params({"benchmark": bench_name, "algorithm": method, "seed": seed, "device": str(dev),
                             **{f"train.{k}": v for k, v in cfg.items()}, **{f"hp.{k}": v for k, v in hparams.items()}})
-    every, log_every = cfg.get("checkpoint_every", 50), cfg.get("log_every", 10)
+    every = cfg.get("checkpoint_every", 50)
     log(f"training {method} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-steps on "
         f"{len(tasks)} training alphabets" + ("" if iterations else " (no meta-learning: the seeded initialisation)"))
-    window, running = 0, {}
+    progress = Progress(name, iterations, cfg.get("log_every", 10), history, log, tracker, unit="meta-step",
+                        speed=False)
     for iteration in range(start + 1, iterations + 1):
         tick = time.perf_counter()
         chosen = meta_batch(len(tasks), cfg["meta_batch"], generator)
@@ -367,34 +359,15 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
             optimizer.step()
         algo.objective.augment = False
         if not math.isfinite(metrics["loss"]) or not all(bool(torch.isfinite(p).all()) for p in algo.parameters()):
-            raise TrainingDiverged(f"{bench_name}/{method}/seed{seed}: the loss or the parameters became "
+            raise TrainingDiverged(f"{name}: the loss or the parameters became "
                                    f"non-finite at meta-step {iteration}; lower meta_lr or inner_lr")
         elapsed += time.perf_counter() - tick
-        window += 1
-        for key, value in metrics.items():
-            running[key] = running.get(key, 0.0) + value
-        if iteration % log_every == 0 or iteration == iterations:
-            means = {key: value / window for key, value in running.items()}
-            history.append({"iteration": iteration, "seconds": round(elapsed, 3), **means})
-            log(f"[{bench_name}/{method}/seed{seed}] meta-step {iteration}/{iterations} | "
-                + " | ".join(f"{k} {v:.4f}" for k, v in means.items()))
-            if tracker is not None:
-                tracker.log_metrics({f"train_{k}": v for k, v in means.items()}, step=iteration)
-            window, running = 0, {}
+        progress.add(iteration, metrics, elapsed)
         if iteration % every == 0 or iteration == iterations:
-            _atomic_save({"config_hash": digest, "config": config, "iteration": iteration,
-                          "algorithm": algo.state_dict(), "heads": heads.state_dict(),
-                          "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                          "torch_rng": torch.get_rng_state(), "history": history, "train_seconds": elapsed},
-                         checkpoint_path)
+            checkpoint.save(iteration, history, elapsed)
     if method == "ft":  # the shared layers start every test task with a fresh head (init_adaptation)
         algo.model.head.reset_parameters()
-    model_path = out_dir / "model.pt"
-    _atomic_save({"format": MODEL_FORMAT, "config": config, "config_hash": digest,
-                  "state_dict": {k: v.detach().cpu() for k, v in algo.state_dict().items()},
-                  "train_seconds": elapsed, "iterations": iterations}, model_path)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    return model_path
+    return write_model(out_dir, config, digest, algo, elapsed, iterations, history)
 
 
 def _on(task: Task, device) -> Task:

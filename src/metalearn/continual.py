@@ -331,8 +331,7 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
           tracker=None, log: Log = _stderr) -> Path:
     """Meta-train WarpGrad's warp layers (resumable, as train.train); `sgd` has nothing to learn and
     saves its initialisation. Writes out_dir/model.pt and history.json."""
-    from metalearn.train import (MODEL_FORMAT, TrainingDiverged, _atomic_save, pick_device, read_checkpoint,
-                                 run_config)
+    from metalearn.train import Checkpoint, Progress, TrainingDiverged, pick_device, run_config, write_model
 
     dev = pick_device(device)
     bench = benchmark(params, bench_name)
@@ -349,57 +348,29 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
     steps = bench["steps_per_subtask"]
     snapshots = hparams.get("snapshots", bench["subtasks"] * steps)  # default: every trajectory point
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out_dir / "checkpoint.pt"
-    start, history, elapsed = 0, [], 0.0
-    state = read_checkpoint(checkpoint_path, dev, log) if phi else None
-    if state is not None:
-        if state.get("config_hash") == digest:
-            learner.load_state_dict(state["algorithm"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            start, history, elapsed = state["iteration"], state["history"], state["train_seconds"]
-            log(f"resuming {bench_name}/{method}/seed{seed} from iteration {start}")
-        else:
-            log(f"ignoring {checkpoint_path}: it belongs to other settings")
+    name = f"{bench_name}/{method}/seed{seed}"
+    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, {"algorithm": learner}, optimizer, generator)
+    start, history, elapsed = checkpoint.resume(dev, log, name) if phi else (0, [], 0.0)  # sgd: none kept
     if tracker is not None and start == 0:
         tracker.log_params({"benchmark": bench_name, "algorithm": method, "seed": seed, "device": str(dev),
                             **{f"train.{k}": v for k, v in cfg.items()}, **{f"hp.{k}": v for k, v in hparams.items()}})
-    every, log_every = cfg.get("checkpoint_every", 500), cfg.get("log_every", 100)
+    every = cfg.get("checkpoint_every", 500)
     log(f"training {method} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-iterations"
         + ("" if phi else " (no meta-parameters: the fixed initialisation is the model)"))
-    window, running = 0, {}
+    progress = Progress(name, iterations, cfg.get("log_every", 100), history, log, tracker, speed=False)
     for iteration in range(start + 1, iterations + 1):
         tick = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         metrics = meta_gradient(learner, sampler.sample(cfg["meta_batch"]), steps, snapshots)
         if not math.isfinite(metrics["loss"]) or not all(bool(torch.isfinite(p.grad).all()) for p in phi):
-            raise TrainingDiverged(f"{bench_name}/{method}/seed{seed}: meta-loss or meta-gradient became "
+            raise TrainingDiverged(f"{name}: meta-loss or meta-gradient became "
                                    f"{metrics['loss']} at iteration {iteration}. Lower meta_lr or inner_lr.")
         optimizer.step()
         elapsed += time.perf_counter() - tick
-        window += 1
-        for key, value in metrics.items():
-            running[key] = running.get(key, 0.0) + value
-        if iteration % log_every == 0 or iteration == iterations:
-            means = {key: value / window for key, value in running.items()}
-            history.append({"iteration": iteration, "seconds": round(elapsed, 3), **means})
-            log(f"[{bench_name}/{method}/seed{seed}] iter {iteration}/{iterations} | "
-                + " | ".join(f"{k} {v:.4f}" for k, v in means.items()))
-            if tracker is not None:
-                tracker.log_metrics({f"train_{k}": v for k, v in means.items()}, step=iteration)
-            window, running = 0, {}
+        progress.add(iteration, metrics, elapsed)
         if iteration % every == 0 or iteration == iterations:
-            _atomic_save({"config_hash": digest, "config": config, "iteration": iteration,
-                          "algorithm": learner.state_dict(), "optimizer": optimizer.state_dict(),
-                          "generator": generator.get_state(), "torch_rng": torch.get_rng_state(),
-                          "history": history, "train_seconds": elapsed}, checkpoint_path)
-    model_path = out_dir / "model.pt"
-    _atomic_save({"format": MODEL_FORMAT, "config": config, "config_hash": digest,
-                  "state_dict": {k: v.detach().cpu() for k, v in learner.state_dict().items()},
-                  "train_seconds": elapsed, "iterations": iterations}, model_path)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    return model_path
+            checkpoint.save(iteration, history, elapsed)
+    return write_model(out_dir, config, digest, learner, elapsed, iterations, history)
 
 
 def load_learner(saved: dict, model_path: Path, device) -> Learner:

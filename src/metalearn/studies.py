@@ -55,6 +55,20 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _current_model(path: Path, digest: str) -> bool:
+    """Whether `path` holds a finished model of exactly this run's settings and code (its config hash):
+    such a run is reused, not trained again."""
+    return path.exists() and torch.load(path, weights_only=True).get("config_hash") == digest
+
+
+def _write_csv(path: Path, columns: list[str], rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, columns)
+        writer.writeheader()
+        writer.writerows(rows)
+
+
 def mtnet_runs(params: dict) -> list[dict]:
     """The study's training runs: {part, algorithm, degree, inner_lr, name, bench, hparams}."""
     study = params["studies"]["mtnet"]
@@ -117,7 +131,7 @@ def mtnet_study(params: dict, out: Path, device: str = "auto", log: Log = _stder
         model = work / "model.pt"
         digest = config_hash(run_config(rp, run["name"], run["algorithm"], seed))
         base = {k: run[k] for k in ("part", "algorithm", "degree", "inner_lr")}
-        if not (model.exists() and torch.load(model, weights_only=True).get("config_hash") == digest):
+        if not _current_model(model, digest):
             log(f"{label}: training")
             try:
                 train(rp, run["name"], run["algorithm"], seed, work, device=device, log=log)
@@ -141,11 +155,7 @@ def mtnet_study(params: dict, out: Path, device: str = "auto", log: Log = _stder
                          "diverged_episodes_train_steps": _not_finite(short), "episodes": result["episodes"],
                          "iterations": saved["iterations"], "train_seconds": round(saved["train_seconds"], 2),
                          "status": "ok"})
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "mtnet.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, CSV_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(out / "mtnet.csv", CSV_COLUMNS, rows)
     plot_mtnet(rows, out / "mtnet.png")
     return rows
 
@@ -256,7 +266,7 @@ def protocols_study(params: dict, out: Path, device: str = "auto", log: Log = _s
         if progress.get("config_hash") != digest:
             progress = {"config_hash": digest, "points": []}
         base = {"variant": run["variant"], "queries": bench["queries"], "dataset": bench["dataset"]}
-        if not (model.exists() and torch.load(model, weights_only=True).get("config_hash") == digest):
+        if not _current_model(model, digest):
             log(f"{label}: training")
             steps = bench["algorithms"][run["algorithm"]]["test_inner_steps"]
             clock = {"wall": time.perf_counter(), "cpu": time.process_time()}
@@ -295,11 +305,7 @@ def protocols_study(params: dict, out: Path, device: str = "auto", log: Log = _s
                      "accuracy": result["mean"], "ci95": result["ci95"], "episodes": result["episodes"], "status": "ok"})
         log(f"{label}: test accuracy {result['mean']:.2f} ± {result['ci95']:.2f} % after {result['iterations']} "
             f"meta-iterations")
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "protocols.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, PROTOCOL_COLUMNS)
-        writer.writeheader()
-        writer.writerows(rows)
+    _write_csv(out / "protocols.csv", PROTOCOL_COLUMNS, rows)
     plot_protocols(rows, out / "protocols.png")
     return rows
 

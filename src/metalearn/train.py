@@ -4,6 +4,8 @@ Resumable: every `checkpoint_every` iterations the whole state (meta-parameters,
 episode generator, history, elapsed time) is written atomically; a rerun continues from the last
 checkpoint and ends with exactly the parameters of an uninterrupted run (same device, same seed).
 A NaN/inf meta-loss or meta-gradient stops training with an error; the last good checkpoint stays.
+Its bookkeeping (Progress, Checkpoint, write_model) is also that of the other loops: metalearn.continual,
+metalearn.alphabets and metalearn.rl.train.
 """
 from __future__ import annotations
 
@@ -96,6 +98,90 @@ def clip_meta_grad(algo: torch.nn.Module, limit: float | None) -> None:
             p.grad.clamp_(-limit, limit)
 
 
+# ----------------------------------------------------------------------------- every loop's bookkeeping
+class Progress:
+    """A loop's reports: each iteration's metrics are summed over a window of `log_every` iterations
+    (the last window may be shorter); at its end their means join the history (with the iteration and
+    the training seconds so far), are logged as a progress line and go to the tracker as train_<key>.
+    `history`: the list the checkpoint saves (a resumed run's continues). `unit` names an iteration in
+    the line (alphabets: "meta-step"); `speed` adds the window's iterations per second to it."""
+
+    def __init__(self, name: str, iterations: int, log_every: int, history: list[dict],
+                 log: Callable[[str], None], tracker: Tracker | None = None, unit: str = "iter",
+                 speed: bool = True):
+        self.name, self.iterations, self.log_every, self.history = name, iterations, log_every, history
+        self.log, self.tracker, self.unit, self.speed = log, tracker, unit, speed
+        self._new_window()
+
+    def _new_window(self) -> None:
+        self.window_start, self.window, self.running = time.perf_counter(), 0, {}
+
+    def add(self, iteration: int, metrics: dict[str, float], elapsed: float) -> None:
+        self.window += 1
+        for key, value in metrics.items():
+            self.running[key] = self.running.get(key, 0.0) + value
+        if iteration % self.log_every != 0 and iteration != self.iterations:
+            return
+        means = {key: value / self.window for key, value in self.running.items()}
+        speed = self.window / max(time.perf_counter() - self.window_start, 1e-9)
+        self.history.append({"iteration": iteration, "seconds": round(elapsed, 3), **means})
+        shown = " | ".join(f"{k} {v:.4f}" for k, v in means.items())
+        self.log(f"[{self.name}] {self.unit} {iteration}/{self.iterations} | {shown}"
+                 + (f" | {speed:.2f} it/s" if self.speed else ""))
+        if self.tracker is not None:
+            self.tracker.log_metrics({f"train_{k}": v for k, v in means.items()}, step=iteration)
+        self._new_window()
+
+
+class Checkpoint:
+    """A loop's resumable state at `path`: the parameters of `modules` (saved under their keys), the
+    optimizer's state ({} without one: TRPO keeps none), the loop's generator and torch's global one
+    (algorithms draw noise, mini-batches and augmentations from it), the history and the training
+    seconds. Saved atomically; resumed only by a run of the same config hash, so that a rerun ends
+    with exactly the parameters of an uninterrupted run."""
+
+    def __init__(self, path: Path, digest: str, config: dict, modules: dict[str, torch.nn.Module],
+                 optimizer: torch.optim.Optimizer | None, generator: torch.Generator):
+        self.path, self.digest, self.config = path, digest, config
+        self.modules, self.optimizer, self.generator = modules, optimizer, generator
+
+    def resume(self, device: torch.device, log: Callable[[str], None], name: str) -> tuple[int, list[dict], float]:
+        """(iteration, history, training seconds) to continue from, the state loaded; (0, [], 0.0) afresh."""
+        state = read_checkpoint(self.path, device, log)
+        if state is None:
+            return 0, [], 0.0
+        if state.get("config_hash") != self.digest:
+            log(f"ignoring {self.path}: it belongs to other settings")
+            return 0, [], 0.0
+        for key, module in self.modules.items():
+            module.load_state_dict(state[key])
+        if self.optimizer is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        log(f"resuming {name} from iteration {state['iteration']}")
+        return state["iteration"], state["history"], state["train_seconds"]
+
+    def save(self, iteration: int, history: list[dict], elapsed: float) -> None:
+        _atomic_save({"config_hash": self.digest, "config": self.config, "iteration": iteration,
+                      **{key: module.state_dict() for key, module in self.modules.items()},
+                      "optimizer": {} if self.optimizer is None else self.optimizer.state_dict(),
+                      "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
+                      "history": history, "train_seconds": elapsed}, self.path)
+
+
+def write_model(out_dir: Path, config: dict, digest: str, module: torch.nn.Module, elapsed: float,
+                iterations: int, history: list[dict], **extra: Any) -> Path:
+    """The end of a loop: ``out_dir/model.pt`` (CPU parameters and the settings that rebuild them;
+    `extra` entries after them) and ``history.json``; returns the model path."""
+    model_path = out_dir / "model.pt"
+    _atomic_save({"format": MODEL_FORMAT, "config": config, "config_hash": digest,
+                  "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
+                  "train_seconds": elapsed, "iterations": iterations, **extra}, model_path)
+    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
+    return model_path
+
+
 def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
           device: str = "auto", tracker: Tracker | None = None,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
@@ -116,35 +202,18 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     sampler = benchmarks.train_sampler(params, bench, generator, dev)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out_dir / "checkpoint.pt"
-    start, history, elapsed = 0, [], 0.0
-    state = read_checkpoint(checkpoint_path, dev, log)
-    if state is not None:
-        if state.get("config_hash") == digest:
-            algo.load_state_dict(state["algorithm"])
-            optimizer.load_state_dict(state["optimizer"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])  # algorithms that draw noise (masks, ...) use it
-            start, history, elapsed = state["iteration"], state["history"], state["train_seconds"]
-            log(f"resuming {bench_name}/{algorithm}/seed{seed} from iteration {start}")
-        else:
-            log(f"ignoring {checkpoint_path}: it belongs to other settings")
-
-    def save_checkpoint(iteration: int) -> None:
-        _atomic_save({"config_hash": digest, "config": config, "iteration": iteration, "algorithm": algo.state_dict(),
-                      "optimizer": optimizer.state_dict(), "generator": generator.get_state(),
-                      "torch_rng": torch.get_rng_state(),
-                      "history": history, "train_seconds": elapsed}, checkpoint_path)
-
+    name = f"{bench_name}/{algorithm}/seed{seed}"
+    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, {"algorithm": algo}, optimizer, generator)
+    start, history, elapsed = checkpoint.resume(dev, log, name)
     if tracker is not None and start == 0:
         tracker.log_params({"benchmark": bench_name, "algorithm": algorithm, "seed": seed,
                             "device": str(dev), **{f"train.{k}": v for k, v in cfg.items()},
                             **{f"hp.{k}": v for k, v in config["hparams"].items()}})
     # An algorithm may have its own budget on a benchmark (e.g. equal-time comparisons).
     iterations = config["hparams"].get("iterations", cfg["iterations"])
-    every, log_every = cfg.get("checkpoint_every", 500), cfg.get("log_every", 100)
+    every = cfg.get("checkpoint_every", 500)
     log(f"training {algorithm} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-iterations")
-    window_start, window_iters, running = time.perf_counter(), 0, {}
+    progress = Progress(name, iterations, cfg.get("log_every", 100), history, log, tracker)
     for iteration in range(start + 1, iterations + 1):
         tick = time.perf_counter()
         tasks = sampler.sample(cfg["meta_batch"])
@@ -152,38 +221,22 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
         metrics = algo.meta_step(tasks)
         if not math.isfinite(metrics["loss"]) or not _all_finite(algo):
             kept = (f"the last good checkpoint (iteration {(iteration - 1) // every * every}) is kept at "
-                    f"{checkpoint_path}" if checkpoint_path.exists() else "no checkpoint was written yet")
+                    f"{checkpoint.path}" if checkpoint.path.exists() else "no checkpoint was written yet")
             raise TrainingDiverged(
-                f"{bench_name}/{algorithm}/seed{seed}: meta-loss or meta-gradient became "
+                f"{name}: meta-loss or meta-gradient became "
                 f"{metrics['loss']} at iteration {iteration}; {kept}. Lower meta_lr or inner_lr.")
         clip_meta_grad(algo, cfg.get("clip_meta_grad"))
         optimizer.step()
         elapsed += time.perf_counter() - tick
-        window_iters += 1
-        for key, value in metrics.items():
-            running[key] = running.get(key, 0.0) + value
-        if iteration % log_every == 0 or iteration == iterations:
-            means = {key: value / window_iters for key, value in running.items()}
-            speed = window_iters / max(time.perf_counter() - window_start, 1e-9)
-            history.append({"iteration": iteration, "seconds": round(elapsed, 3), **means})
-            shown = " | ".join(f"{k} {v:.4f}" for k, v in means.items())
-            log(f"[{bench_name}/{algorithm}/seed{seed}] iter {iteration}/{iterations} | {shown} | {speed:.2f} it/s")
-            if tracker is not None:
-                tracker.log_metrics({f"train_{k}": v for k, v in means.items()}, step=iteration)
-            window_start, window_iters, running = time.perf_counter(), 0, {}
+        progress.add(iteration, metrics, elapsed)
         if iteration % every == 0 or iteration == iterations:
             if on_checkpoint is not None:  # first: a run killed during it resumes before it and does it again
                 on_checkpoint(iteration, algo)
-            save_checkpoint(iteration)
+            checkpoint.save(iteration, history, elapsed)
 
-    model_path = out_dir / "model.pt"
-    _atomic_save({"format": MODEL_FORMAT, "config": config, "config_hash": digest,
-                  "state_dict": {k: v.detach().cpu() for k, v in algo.state_dict().items()},
-                  "train_seconds": elapsed, "iterations": iterations,
-                  # how images reach the network, for `metalearn adapt` on the user's own images
-                  "preprocessing": preprocessing_for(config["settings"])}, model_path)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    return model_path
+    # preprocessing: how images reach the network, for `metalearn adapt` on the user's own images
+    return write_model(out_dir, config, digest, algo, elapsed, iterations, history,
+                       preprocessing=preprocessing_for(config["settings"]))
 
 
 CHECKPOINT_KEYS = ("config_hash", "iteration", "algorithm", "optimizer", "generator", "torch_rng", "history",

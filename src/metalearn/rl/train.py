@@ -20,7 +20,7 @@ import torch
 from metalearn.config import benchmark
 from metalearn.rl.envs import sample_tasks
 from metalearn.rl.metarl import MetaRL
-from metalearn.train import MODEL_FORMAT, TrainingDiverged, Tracker, _atomic_save, read_checkpoint, run_config
+from metalearn.train import Checkpoint, Progress, TrainingDiverged, Tracker, run_config, write_model
 
 TRPO_DEFAULTS = {"max_kl": 0.01, "cg_iters": 10, "damping": 1e-5, "backtrack_ratio": 0.8, "max_backtracks": 15}
 
@@ -62,25 +62,10 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     trpo = trpo_settings(bench)
 
     out_dir.mkdir(parents=True, exist_ok=True)
-    checkpoint_path = out_dir / "checkpoint.pt"
-    start, history, elapsed = 0, [], 0.0
-    state = read_checkpoint(checkpoint_path, torch.device("cpu"), log)
-    if state is not None:
-        if state.get("config_hash") == digest:
-            learner.load_state_dict(state["algorithm"])
-            generator.set_state(state["generator"])
-            torch.set_rng_state(state["torch_rng"])
-            start, history, elapsed = state["iteration"], state["history"], state["train_seconds"]
-            log(f"resuming {bench_name}/{algorithm}/seed{seed} from iteration {start}")
-        else:
-            log(f"ignoring {checkpoint_path}: it belongs to other settings")
-
-    def save_checkpoint(iteration: int) -> None:
-        _atomic_save({"config_hash": digest, "config": config, "iteration": iteration,
-                      "algorithm": learner.state_dict(), "optimizer": {}, "generator": generator.get_state(),
-                      "torch_rng": torch.get_rng_state(), "history": history, "train_seconds": elapsed},
-                     checkpoint_path)
-
+    name = f"{bench_name}/{algorithm}/seed{seed}"
+    # no optimizer: TRPO keeps no state between steps
+    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, {"algorithm": learner}, None, generator)
+    start, history, elapsed = checkpoint.resume(torch.device("cpu"), log, name)
     if tracker is not None and start == 0:
         tracker.log_params({"benchmark": bench_name, "algorithm": algorithm, "seed": seed, "device": "cpu",
                             **{f"train.{k}": v for k, v in cfg.items()},
@@ -88,39 +73,22 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
                             **{f"hp.{k}": v for k, v in config["hparams"].items()}})
     # the random-initialisation baseline is not trained
     iterations = 0 if not learner.trains else config["hparams"].get("iterations", cfg["iterations"])
-    every, log_every = cfg.get("checkpoint_every", 50), cfg.get("log_every", 10)
+    every = cfg.get("checkpoint_every", 50)
     log(f"training {algorithm} on {bench_name} (seed {seed}): {iterations} meta-iterations")
-    window_start, window_iters, running = time.perf_counter(), 0, {}
+    progress = Progress(name, iterations, cfg.get("log_every", 10), history, log, tracker)
     for iteration in range(start + 1, iterations + 1):
         tick = time.perf_counter()
         goals = sample_tasks(bench, cfg["meta_batch"], generator)
         metrics = learner.meta_step(goals, generator, trpo)
         if not all(math.isfinite(v) for v in metrics.values()) or not all(
                 bool(torch.isfinite(p).all()) for p in learner.parameters()):
-            raise TrainingDiverged(f"{bench_name}/{algorithm}/seed{seed}: non-finite values at iteration "
-                                   f"{iteration} ({metrics}); the last checkpoint is kept at {checkpoint_path}")
+            raise TrainingDiverged(f"{name}: non-finite values at iteration "
+                                   f"{iteration} ({metrics}); the last checkpoint is kept at {checkpoint.path}")
         elapsed += time.perf_counter() - tick
-        window_iters += 1
-        for key, value in metrics.items():
-            running[key] = running.get(key, 0.0) + value
-        if iteration % log_every == 0 or iteration == iterations:
-            means = {key: value / window_iters for key, value in running.items()}
-            speed = window_iters / max(time.perf_counter() - window_start, 1e-9)
-            history.append({"iteration": iteration, "seconds": round(elapsed, 3), **means})
-            shown = " | ".join(f"{k} {v:.4f}" for k, v in means.items())
-            log(f"[{bench_name}/{algorithm}/seed{seed}] iter {iteration}/{iterations} | {shown} | {speed:.2f} it/s")
-            if tracker is not None:
-                tracker.log_metrics({f"train_{k}": v for k, v in means.items()}, step=iteration)
-            window_start, window_iters, running = time.perf_counter(), 0, {}
+        progress.add(iteration, metrics, elapsed)
         if iteration % every == 0 or iteration == iterations:
-            save_checkpoint(iteration)
-
-    model_path = out_dir / "model.pt"
-    _atomic_save({"format": MODEL_FORMAT, "config": config, "config_hash": digest,
-                  "state_dict": {k: v.detach().cpu() for k, v in learner.state_dict().items()},
-                  "train_seconds": elapsed, "iterations": iterations}, model_path)
-    (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
-    return model_path
+            checkpoint.save(iteration, history, elapsed)
+    return write_model(out_dir, config, digest, learner, elapsed, iterations, history)
 
 
 def load_model(saved: dict) -> MetaRL:
