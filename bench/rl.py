@@ -15,6 +15,9 @@ Half-cheetah (Gymnasium's HalfCheetah-v5 dynamics, goal velocity), 400 environme
   - `mujoco-rollout-Nthreads`: metalearn.rl.locomotion.HalfCheetah, all environments advanced by one
     `mujoco.rollout` call per step on N threads (one MjData each);
   - `gymnasium-loop`: `gymnasium.make("HalfCheetah-v5").step` in a plain Python loop (one environment).
+Ant (Gymnasium's Ant-v5, goal velocity), the same rows: its last substep of each step runs in a Python
+loop over the environments (locomotion.Ant explains why), so its batching gains less; environments whose
+episode has ended (unhealthy) are not stepped and not counted.
 Each figure is the median of `repeats` timed blocks. Writes bench/results/rl.csv.
 """
 from __future__ import annotations
@@ -101,34 +104,43 @@ def main(argv=None) -> None:
         seconds = median_time(fn, args.repeats)
         rows.append({"benchmark": "navigation-2d", "measure": name, "env_steps_per_s": round(steps / seconds),
                      "seconds": round(seconds, 4)})
-    from metalearn.rl.locomotion import HalfCheetah
+    from metalearn.rl.locomotion import Ant, HalfCheetah
 
-    cheetah_goals = 2 * torch.rand(TASKS, 1, generator=generator, dtype=torch.float64)
-    cheetah_actions = torch.rand(20, TASKS, ROLLOUTS, 6, generator=generator, dtype=torch.float64) * 2 - 1
-    for threads in (1, 2):
-        env = HalfCheetah(cheetah_goals, ROLLOUTS, "velocity", threads=threads)
+    for name, env_class, gym_id, max_velocity in (("halfcheetah-vel", HalfCheetah, "HalfCheetah-v5", 2.0),
+                                                  ("ant-vel", Ant, "Ant-v5", 3.0)):
+        robot_goals = max_velocity * torch.rand(TASKS, 1, generator=generator, dtype=torch.float64)
+        robot_actions = torch.rand(20, TASKS, ROLLOUTS, env_class.action_dim, generator=generator,
+                                   dtype=torch.float64) * 2 - 1
+        for threads in (1, 2):
+            env = env_class(robot_goals, ROLLOUTS, "velocity", threads=threads)
+            live_steps = []
 
-        def batched():
-            env.reset()
-            for t in range(20):
-                env.step(cheetah_actions[t])
+            def batched():
+                env.reset()
+                live = 0
+                for t in range(20):
+                    live += TASKS * ROLLOUTS - int(getattr(env, "done", np.zeros(0)).sum())
+                    env.step(robot_actions[t])
+                live_steps.append(live)  # an ant whose episode has ended is not stepped: not counted
 
-        seconds = median_time(batched, args.repeats)
-        rows.append({"benchmark": "halfcheetah-vel", "measure": f"mujoco-rollout-{threads}threads",
-                     "env_steps_per_s": round(TASKS * ROLLOUTS * 20 / seconds), "seconds": round(seconds, 4)})
-    import gymnasium as gym
+            seconds = median_time(batched, args.repeats)
+            rows.append({"benchmark": name, "measure": f"mujoco-rollout-{threads}threads",
+                         "env_steps_per_s": round(statistics.median(live_steps) / seconds),
+                         "seconds": round(seconds, 4)})
+        import gymnasium as gym
 
-    gym_env = gym.make("HalfCheetah-v5")
-    gym_env.reset(seed=0)
-    loop_actions = cheetah_actions.reshape(-1, 6).numpy()[:1000]
+        gym_env = gym.make(gym_id)
+        gym_env.reset(seed=0)
+        loop_actions = robot_actions.reshape(-1, env_class.action_dim).numpy()[:1000]
 
-    def gymnasium_loop():
-        for a in loop_actions:
-            gym_env.step(a)
+        def gymnasium_loop():
+            for a in loop_actions:
+                if gym_env.step(a)[2]:  # terminated (the ant only): a new episode, as a sampler would
+                    gym_env.reset()
 
-    seconds = median_time(gymnasium_loop, args.repeats)
-    rows.append({"benchmark": "halfcheetah-vel", "measure": "gymnasium-loop",
-                 "env_steps_per_s": round(len(loop_actions) / seconds), "seconds": round(seconds, 4)})
+        seconds = median_time(gymnasium_loop, args.repeats)
+        rows.append({"benchmark": name, "measure": "gymnasium-loop",
+                     "env_steps_per_s": round(len(loop_actions) / seconds), "seconds": round(seconds, 4)})
     for algorithm in ("maml", "pretrained"):
         torch.manual_seed(0)
         learner = MetaRL(algorithm, bench, {"inner_lr": 0.1, "inner_steps": 1, "test_inner_steps": 3})

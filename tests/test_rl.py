@@ -306,3 +306,80 @@ def test_batched_half_cheetah_matches_gymnasium_step_by_step():
                 forward = -abs(info["x_velocity"] - goal) if family == "velocity" else goal * info["x_velocity"]
                 np.testing.assert_allclose(steps[t][0].reshape(4, -1)[k].numpy(), o, atol=1e-8)
                 assert abs(steps[t][1].reshape(4)[k].item() - (forward + info["reward_ctrl"])) < 1e-8
+
+
+def test_batched_ant_matches_gymnasium_step_by_step_including_termination():
+    """Observations (with the clipped contact forces), rewards and termination of the batched Ant equal
+    Gymnasium's own Ant-v5 from the same states under the same actions, for both task families:
+    -|v - goal| or d * v, plus Gymnasium's healthy reward, minus its control and contact costs. One
+    environment is thrown upward and leaves the healthy z range at its third step: that step's reward
+    is Gymnasium's; afterwards its reward is 0 and its observation frozen, while the others go on."""
+    import gymnasium as gym
+
+    from metalearn.rl.locomotion import Ant
+
+    reference = gym.make("Ant-v5").unwrapped
+    rng = np.random.default_rng(0)
+    qpos = reference.init_qpos + rng.uniform(-0.1, 0.1, (4, 15))
+    qvel = 0.1 * rng.standard_normal((4, 14))
+    qvel[3, 2] = 2.0  # upward: above z = 1 after 3 steps
+    actions = rng.uniform(-1.3, 1.3, (8, 4, 8))  # some beyond the action space: clipped
+    for family, goals in (("velocity", [[2.5], [0.5]]), ("direction", [[1.0], [-1.0]])):
+        goals = torch.tensor(goals, dtype=torch.float64)
+        batch = Ant(goals, 2, family)
+        obs = batch.set_state(qpos, qvel).reshape(4, -1).numpy()
+        steps = [batch.step(torch.as_tensor(actions[t]).view(2, 2, 8)) for t in range(8)]
+        ended = []
+        for k in range(4):
+            reference.reset(seed=0)  # zeroes cfrc_ext, as a real reset does
+            reference.set_state(qpos[k], qvel[k])
+            np.testing.assert_allclose(obs[k], reference._get_obs(), atol=1e-9)
+            goal = goals[k // 2, 0].item()
+            for t in range(8):
+                o, _, terminated, _, info = reference.step(np.clip(actions[t, k], -1, 1))
+                forward = -abs(info["x_velocity"] - goal) if family == "velocity" else goal * info["x_velocity"]
+                expected = forward + info["reward_survive"] + info["reward_ctrl"] + info["reward_contact"]
+                np.testing.assert_allclose(steps[t][0].reshape(4, -1)[k].numpy(), o, atol=1e-8)
+                assert abs(steps[t][1].reshape(4)[k].item() - expected) < 1e-8
+                if terminated:
+                    ended.append((k, t))
+                    for later in steps[t + 1:]:
+                        assert later[1].reshape(4)[k].item() == 0.0
+                        assert torch.equal(later[0].reshape(4, -1)[k], steps[t][0].reshape(4, -1)[k])
+                    break
+        assert ended == [(3, 2)]
+        assert batch.done.tolist() == [False, False, False, True]
+        # the contact forces were exercised: zero after the reset, nonzero (feet landing) later
+        assert (obs[:, 27:] == 0).all() and any((o[..., 27:] != 0).any() for o, _ in steps)
+
+
+def test_saved_locomotion_test_tasks_follow_the_papers_distributions(tmp_path):
+    """The saved test tasks are the draws of `episode_seed`: goal velocities U[0, 3] for the ant and
+    U[0, 2] for the cheetah (the same uniforms, scaled), directions +1 / -1 for both."""
+    from metalearn.rl.tasks import make_test_tasks, read_test_tasks
+
+    benches = {name: tiny_bench(task=name, test_tasks=200)
+               for name in ("ant-vel", "ant-dir", "halfcheetah-vel", "halfcheetah-dir")}
+    params = validate({"profile": "test", "data": {"root": str(tmp_path)}, "seeds": [0], "benchmarks": benches})
+    tasks = {}
+    for name in benches:
+        make_test_tasks(params, name)
+        tasks[name] = read_test_tasks(params, name)[0]
+        assert tasks[name].shape == (200, 1)
+    uniform = torch.rand(200, 1, generator=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(tasks["ant-vel"], 3 * uniform)
+    torch.testing.assert_close(tasks["halfcheetah-vel"], 2 * uniform)
+    assert tasks["ant-vel"].max() > 2.5 and tasks["ant-vel"].min() < 0.5
+    for name in ("ant-dir", "halfcheetah-dir"):
+        assert set(tasks[name].flatten().tolist()) == {-1.0, 1.0}
+        assert 60 < (tasks[name] > 0).sum() < 140
+
+
+def test_ant_oracle_observation_and_learner_dimensions():
+    """The policy of an ant benchmark sees Gymnasium's 105 numbers (+ the goal for the oracle) and acts in 8."""
+    learner = MetaRL("oracle", tiny_bench(task="ant-dir"), {"inner_lr": 0.0, "test_inner_steps": 1})
+    env = learner.env(torch.tensor([[1.0], [-1.0]]))
+    obs = env.reset()
+    assert obs.shape == (2, 4, 106) and torch.equal(obs[..., -1], torch.tensor([[1.0] * 4, [-1.0] * 4]))
+    assert (env.observation_dim, env.action_dim) == (106, 8)
+    assert learner.policy.w0.shape == (106, 100) and learner.policy.w2.shape == (100, 8)

@@ -5,7 +5,7 @@ with the policy, so it cannot be a fixed support/query set: this subpackage has 
 (policy-gradient surrogate), its own meta-update (TRPO) and its own loop, beside the supervised ones.
 
   envs.py        2D navigation, vectorised in torch (tasks x rollouts stepped in one tensor op)
-  locomotion.py  HalfCheetah goal velocity / direction (Gymnasium's definitions, mujoco.rollout stepping)
+  locomotion.py  HalfCheetah and Ant goal velocity / direction (Gymnasium's definitions, mujoco.rollout stepping)
   policy.py      Gaussian MLP policy, functional (parameters as a dict, per-task stacks)
   baseline.py    linear feature baseline, least squares per task
   trpo.py        TRPO step: conjugate gradient on Hessian-vector products of the KL, line search
@@ -17,7 +17,7 @@ with the policy, so it cannot be a fixed support/query set: this subpackage has 
 from __future__ import annotations
 
 # params.yaml `task` values of the RL benchmarks
-RL_TASKS = ("navigation", "halfcheetah-vel", "halfcheetah-dir")
+RL_TASKS = ("navigation", "halfcheetah-vel", "halfcheetah-dir", "ant-vel", "ant-dir")
 # the RL methods (metarl.py): maml, fomaml, and the paper's baselines
 RL_ALGORITHMS = ("maml", "fomaml", "pretrained", "random", "oracle")
 

@@ -65,8 +65,7 @@ def make_env(bench: dict, goals: Tensor, rollouts: int, oracle: bool = False, se
     from metalearn.rl import locomotion
 
     if bench["task"] in locomotion.FAMILIES:
-        return locomotion.HalfCheetah(goals, rollouts, locomotion.FAMILIES[bench["task"]], oracle,
-                                      bench.get("horizon"), seed=seed)
+        return locomotion.make(bench["task"], goals, rollouts, oracle, bench.get("horizon"), seed=seed)
     raise ValueError(f"task {bench['task']!r} is not a reinforcement-learning task")
 
 
@@ -81,5 +80,5 @@ def sample_tasks(bench: dict, count: int, generator: torch.Generator) -> Tensor:
     from metalearn.rl import locomotion
 
     if bench["task"] in locomotion.FAMILIES:
-        return locomotion.sample_goals(locomotion.FAMILIES[bench["task"]], count, generator)
+        return locomotion.sample_task_goals(bench["task"], count, generator)
     raise ValueError(f"task {bench['task']!r} is not a reinforcement-learning task")

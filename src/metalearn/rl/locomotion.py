@@ -1,4 +1,5 @@
 """MuJoCo locomotion task families of the MAML paper (Section 5.3), many environments per call.
+HalfCheetah and Ant below; each keeps Gymnasium's own (v5) model, observation and costs.
 
 HalfCheetah, as Gymnasium's `HalfCheetah-v5` defines it (its model file, frame skip 5, dt 0.05,
 observation qpos[1:] + qvel (17 numbers), reset noise U[-0.1, 0.1] on qpos and 0.1 N(0, 1) on qvel,
@@ -11,8 +12,9 @@ v_x = (x_after - x_before) / dt, as Gymnasium computes it. Actions are clipped t
 
 Stepping: instead of one Python `env.step` per environment, all environments' MuJoCo states are
 advanced together by `mujoco.rollout` (MuJoCo's own batched stepping in C++, on a pool of threads,
-one MjData per thread): one call per time step for every task and rollout. `tests/test_rl.py`
-checks observations and rewards against Gymnasium's own environment step by step.
+one MjData per thread): one call per time step for every task and rollout (the Ant's last substep
+excepted, see Ant). `tests/test_rl.py` checks observations, rewards (and the Ant's termination)
+against Gymnasium's own environments step by step.
 """
 from __future__ import annotations
 
@@ -22,16 +24,19 @@ import numpy as np
 import torch
 from torch import Tensor
 
-FAMILIES = {"halfcheetah-vel": "velocity", "halfcheetah-dir": "direction"}
+# params.yaml `task` -> reward family; the robot is the name's prefix (ENVIRONMENTS)
+FAMILIES = {"halfcheetah-vel": "velocity", "halfcheetah-dir": "direction",
+            "ant-vel": "velocity", "ant-dir": "direction"}
 
 
-def _model_path() -> str:
+def _model_path(xml: str) -> str:
     import gymnasium
 
-    return os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets", "half_cheetah.xml")
+    return os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets", xml)
 
 
 class HalfCheetah:
+    xml = "half_cheetah.xml"
     horizon = 200
     observation_dim, action_dim = 17, 6
     frame_skip, ctrl_cost_weight, reset_noise = 5, 0.1, 0.1
@@ -48,8 +53,8 @@ class HalfCheetah:
         if horizon is not None:
             self.horizon = horizon
         if oracle:
-            self.observation_dim = 17 + goals.shape[-1]
-        self.model = mujoco.MjModel.from_xml_path(_model_path())
+            self.observation_dim = type(self).observation_dim + goals.shape[-1]
+        self.model = mujoco.MjModel.from_xml_path(_model_path(self.xml))
         self.dt = self.model.opt.timestep * self.frame_skip
         threads = threads or int(os.environ.get("OMP_NUM_THREADS", "1"))
         self.datas = [mujoco.MjData(self.model) for _ in range(max(1, threads))]
@@ -91,8 +96,113 @@ class HalfCheetah:
         return self._observe(), (forward - ctrl_cost).to(self.goals.dtype)
 
 
-def sample_goals(family: str, count: int, generator: torch.Generator) -> Tensor:
-    """[count, 1]: goal velocities U[0, 2] (cheetah), or directions +1 / -1."""
+class Ant(HalfCheetah):
+    """Gymnasium's `Ant-v5` (default arguments), with the paper's rewards in place of the forward reward
+    (cbfinn/maml_rl rllab/envs/mujoco/ant_env_rand.py, ant_env_rand_direc.py):
+
+      observation  qpos[2:] (13) + qvel (14) + cfrc_ext[1:] clipped to [-1, 1] (13 bodies x 6 = 78): 105
+      reward       forward + healthy - control cost - contact cost, with
+                   forward  -|v_x - v_goal| (v_goal ~ U[0, 3]) or d * v_x (d = +-1)
+                   healthy  1 while the torso height is in [0.2, 1.0] (and the state finite), else 0
+                   control  0.5 |a|^2, contact 5e-4 |clip(cfrc_ext, -1, 1)|^2
+      termination  when unhealthy (Gymnasium's default terminate_when_unhealthy=True)
+      reset        noise U[-0.1, 0.1] on every qpos entry, 0.1 N(0, 1) on qvel (as the cheetah's)
+
+    maml_rl's goal-velocity reward also adds a constant +1 ("make it happy, not suicidal") and 0.05 for
+    surviving: Gymnasium's healthy reward (1) plays that part here, so the velocity reward stays the
+    cheetah's. Its direction task draws v ~ U[0, 3] and goes backward when v < 1.5: a fair coin, as here.
+
+    Two Gymnasium details need the MjData of the last substep, which mujoco.rollout does not return:
+    v_x uses the torso's `xpos`, and Ant's integrator is RK4, whose last stage leaves `xpos` at an
+    intermediate point, not at the new qpos; and cfrc_ext is what mj_rnePostConstraint computes from
+    that same MjData. So of the 5 substeps, the first 4 are batched (mujoco.rollout) and the last is
+    one mj_step per environment in Python, as Gymnasium's do_simulation does it. After a reset the
+    torso's xpos is the reset qpos (Gymnasium's set_state runs mj_forward) and the contact forces
+    in the observation are zeros (mj_resetData zeroes them and mj_forward does not compute them).
+
+    Termination in fixed-length batched rollouts: an environment that terminates (its reward for the
+    terminating step included) is frozen: its later observations repeat the last one and its rewards
+    are 0, so every return is Gymnasium's episode return. The RL code needs no mask: after
+    termination the return-to-go is 0 whatever the actions, so those steps' policy-gradient terms have
+    expectation 0 (they add variance, not bias). `done` (one flag per environment, tasks x rollouts
+    flattened) says which have ended; `reset` starts every episode again."""
+
+    xml = "ant.xml"
+    observation_dim, action_dim = 105, 8
+    frame_skip, ctrl_cost_weight, reset_noise = 5, 0.5, 0.1
+    contact_cost_weight, healthy_reward, healthy_z = 5e-4, 1.0, (0.2, 1.0)
+
+    def set_state(self, qpos: np.ndarray, qvel: np.ndarray) -> Tensor:
+        n = len(qpos)
+        self.torso_x = np.asarray(qpos, dtype=np.float64)[:, 0].copy()  # xpos after mj_forward = qpos
+        self.contact = np.zeros((n, (self.model.nbody - 1) * 6))        # zeros until the first step
+        self.done = np.zeros(n, dtype=bool)
+        return super().set_state(qpos, qvel)
+
+    def _observe(self) -> Tensor:
+        qpos, qvel = self.state[:, 1 + 2:1 + self.nq], self.state[:, 1 + self.nq:1 + self.nq + self.nv]
+        obs = torch.as_tensor(np.concatenate([qpos, qvel, self.contact], 1), dtype=self.goals.dtype)
+        obs = obs.view(len(self.goals), self.rollouts, -1)
+        if self.oracle:
+            obs = torch.cat([obs, self.goals[:, None].expand(-1, self.rollouts, -1)], -1)
+        return obs
+
+    def _last_substep(self, states: np.ndarray, controls: np.ndarray):
+        """One mj_step + mj_rnePostConstraint per environment (Gymnasium's do_simulation, last substep):
+        (new states, torso x from xpos, clip(cfrc_ext[1:], -1, 1))."""
+        mujoco, data = self.mujoco, self.datas[0]
+        new_states, torso_x = np.empty_like(states), np.empty(len(states))
+        contact = np.empty((len(states), (self.model.nbody - 1) * 6))
+        for i in range(len(states)):
+            mujoco.mj_setState(self.model, data, states[i], self.spec)
+            data.ctrl[:] = controls[i]
+            mujoco.mj_step(self.model, data)
+            mujoco.mj_rnePostConstraint(self.model, data)
+            mujoco.mj_getState(self.model, data, new_states[i], self.spec)
+            torso_x[i], contact[i] = data.xpos[1, 0], data.cfrc_ext[1:].ravel()
+        return new_states, torso_x, np.clip(contact, -1.0, 1.0)
+
+    def step(self, action: Tensor) -> tuple[Tensor, Tensor]:
+        """action [tasks, rollouts, 8] -> (observation, reward [tasks, rollouts]); see `done`."""
+        shape = (len(self.goals), self.rollouts)
+        a = action.clamp(-1, 1).reshape(-1, self.action_dim).double().numpy()
+        live = ~self.done
+        if not live.any():  # every episode has ended: nothing moves, nothing is earned
+            return self._observe(), torch.zeros(shape, dtype=self.goals.dtype)
+        control = np.repeat(a[live][:, None], self.frame_skip - 1, 1)
+        states, _ = self._rollout.rollout(self.model, self.datas, self.state[live], control, persistent_pool=True)
+        new_states, torso_x, contact = self._last_substep(states[:, -1], a[live])
+        velocity = (torso_x - self.torso_x[live]) / self.dt
+        self.state[live], self.torso_x[live], self.contact[live] = new_states, torso_x, contact
+        qpos_qvel = new_states[:, 1:1 + self.nq + self.nv]   # Gymnasium's state_vector()
+        z = qpos_qvel[:, 2]
+        healthy = np.isfinite(qpos_qvel).all(1) & (self.healthy_z[0] <= z) & (z <= self.healthy_z[1])
+        goal = self.goals[:, :1].double().expand(shape).reshape(-1).numpy()[live]
+        forward = -np.abs(velocity - goal) if self.family == "velocity" else goal * velocity
+        reward = np.zeros(len(self.state))
+        reward[live] = (forward + self.healthy_reward * healthy - self.ctrl_cost_weight * (a[live] ** 2).sum(1)
+                        - self.contact_cost_weight * (contact ** 2).sum(1))
+        self.done[live] = ~healthy
+        return self._observe(), torch.as_tensor(reward, dtype=self.goals.dtype).view(shape)
+
+
+ENVIRONMENTS = {"halfcheetah": HalfCheetah, "ant": Ant}
+# goal velocities U[0, max] of the paper: cheetah 2, ant 3
+MAX_VELOCITY = {"halfcheetah": 2.0, "ant": 3.0}
+
+
+def make(task: str, goals: Tensor, rollouts: int, oracle: bool = False, horizon: int | None = None,
+         seed: int = 0) -> HalfCheetah:
+    robot = task.split("-")[0]
+    return ENVIRONMENTS[robot](goals, rollouts, FAMILIES[task], oracle, horizon, seed=seed)
+
+
+def sample_task_goals(task: str, count: int, generator: torch.Generator) -> Tensor:
+    return sample_goals(FAMILIES[task], count, generator, MAX_VELOCITY[task.split("-")[0]])
+
+
+def sample_goals(family: str, count: int, generator: torch.Generator, max_velocity: float = 2.0) -> Tensor:
+    """[count, 1]: goal velocities U[0, max_velocity] (cheetah 2, ant 3), or directions +1 / -1."""
     if family == "velocity":
-        return 2.0 * torch.rand(count, 1, generator=generator)
+        return max_velocity * torch.rand(count, 1, generator=generator)
     return torch.randint(0, 2, (count, 1), generator=generator).float() * 2 - 1
