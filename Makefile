@@ -23,8 +23,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -c "import metalearn, torch, snakemake, dvc, mlflow"
 	touch $(STAMP)
 
+# On every core (pytest-xdist; tests/conftest.py keeps the quick-profile run's tests on one worker);
+# the slowest tests listed, so CI logs show where its time goes. One test alone: .venv/bin/pytest tests/FILE.py
 test: $(STAMP)
-	$(BIN)/python -m pytest -q --durations=10  # the slowest tests, so CI logs show where its time goes
+	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=10
 
 # The whole benchmark (failed jobs do not stop the others), then the HTML report.
 reproduce: $(STAMP)

@@ -14,6 +14,41 @@ MIRROR = Path(os.environ.get("METALEARN_DATA_MIRROR", ROOT.parent / "shared" / "
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "device: runs on METALEARN_TEST_DEVICE (default cpu; bench/gpu_check.sh: cuda)")
+    if getattr(config.option, "dist", "no") == "loadgroup" and pytest.version_tuple >= (9, 2):
+        from importlib.metadata import version
+
+        if tuple(int(p) for p in version("pytest-xdist").split(".")[:2]) <= (3, 8):
+            raise pytest.UsageError("pytest >= 9.2 with pytest-xdist <= 3.8 ignores --dist loadgroup's groups "
+                                    "(pytest-xdist#1386): pip install 'pytest<9.2' (the test extra pins it)")
+
+
+# Tests that read the session's quick-profile run (the `quick_run` fixture, tests/quick_run.py) or
+# install Debian packages. `make test` runs the suite on every core with pytest-xdist (`-n auto --dist
+# loadgroup`), where a session fixture is made once per worker: one group keeps the quick run on a
+# single worker (made once, as without xdist), and apt-get (slurm, chromium) off two workers at once
+# (dpkg's lock). xdist starts the largest group first: the quick run, then the SLURM test beside it,
+# is the suite's longest chain, while the other workers take the remaining tests.
+SERIAL_GROUP = "quick-run"
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the groups into the test ids
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if {"quick_run", "cluster"} & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group(SERIAL_GROUP))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session):
+    """xdist groups a test by a suffix on its id; where that fails silently (pytest-xdist#1386: pytest
+    9.2), the quick run would be made on every worker and two apt-gets could collide: stop instead."""
+    if not getattr(session.config.option, "loadgroup", False):  # set by xdist's workers
+        return
+    lost = [item.nodeid for item in session.items
+            if item.get_closest_marker("xdist_group") and not item.nodeid.endswith(f"@{SERIAL_GROUP}")]
+    if lost:
+        pytest.exit(f"pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more); see "
+                    "pytest-xdist#1386", returncode=4)
 
 
 def quick_params(tmp_path: Path, **overrides) -> dict:
