@@ -104,11 +104,11 @@ def main(argv=None) -> None:
         seconds = median_time(fn, args.repeats)
         rows.append({"benchmark": "navigation-2d", "measure": name, "env_steps_per_s": round(steps / seconds),
                      "seconds": round(seconds, 4)})
-    from metalearn.rl.locomotion import Ant, HalfCheetah
+    from metalearn.rl.locomotion import ENVIRONMENTS, MAX_VELOCITY
 
-    for name, env_class, gym_id, max_velocity in (("halfcheetah-vel", HalfCheetah, "HalfCheetah-v5", 2.0),
-                                                  ("ant-vel", Ant, "Ant-v5", 3.0)):
-        robot_goals = max_velocity * torch.rand(TASKS, 1, generator=generator, dtype=torch.float64)
+    for robot, gym_id in (("halfcheetah", "HalfCheetah-v5"), ("ant", "Ant-v5")):
+        name, env_class = f"{robot}-vel", ENVIRONMENTS[robot]
+        robot_goals = MAX_VELOCITY[robot] * torch.rand(TASKS, 1, generator=generator, dtype=torch.float64)
         robot_actions = torch.rand(20, TASKS, ROLLOUTS, env_class.action_dim, generator=generator,
                                    dtype=torch.float64) * 2 - 1
         for threads in (1, 2):
