@@ -28,10 +28,11 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=10
 
-# The whole benchmark (failed jobs do not stop the others), then the HTML report.
+# The whole benchmark (failed jobs do not stop the others), the HTML report, then each job's runtime.
 reproduce: $(STAMP)
 	$(BIN)/snakemake --cores $(CORES) --keep-going $(SMK_CONFIG)
 	$(BIN)/snakemake --report results/report.html $(SMK_CONFIG)
+	$(BIN)/metalearn runtimes
 
 report: $(STAMP)
 	$(BIN)/snakemake --report results/report.html $(SMK_CONFIG)

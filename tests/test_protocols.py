@@ -657,19 +657,23 @@ def test_protocol_study_resumes_a_killed_run_and_keeps_its_validations(prepared_
 
 
 def test_protocol_study_names_a_bad_variant_key_and_the_pipeline_plans_it():
-    """A misspelt overlay key is refused with the variant and the key named; the default profile's
-    pipeline has one study_protocols job reading both image sets it needs."""
+    """A misspelt overlay key is refused with the variant and the key named; the protocols profile's
+    pipeline has one study_protocols job reading both image sets it needs; the default profile's has
+    none (about 100 CPU-minutes: opt-in, `make reproduce PROFILE=protocols`), and otherwise the same jobs."""
     from metalearn.config import ConfigError, validate
 
-    params = load_params(ROOT / "params.yaml", "default")
+    params = load_params(ROOT / "params.yaml", "protocols")
     params["studies"]["protocols"]["variants"]["typo"] = {"benchmark": {"quries": 3}}
     with pytest.raises(ConfigError, match=r"studies\.protocols\.variants\.typo(.|\n)*quries"):
         validate(params)
     sys.path.insert(0, str(ROOT / "workflow"))
     import pipeline
 
-    params = load_params(ROOT / "params.yaml", "default")
-    assert "protocols" in pipeline.studies(params)
+    default = load_params(ROOT / "params.yaml", "default")
+    params = load_params(ROOT / "params.yaml", "protocols")
+    assert "protocols" not in pipeline.studies(default) and "protocols" in pipeline.studies(params)
+    assert {k: v for k, v in params.items() if k not in ("profile", "studies")} == \
+        {k: v for k, v in default.items() if k not in ("profile", "studies")}
     sources = pipeline.study_sources(params, "protocols")
     assert {"data/prepared/omniglot.pt", "data/prepared/omniglot-binary.pt", "src/metalearn/studies.py",
             "src/metalearn/algorithms/maml.py"} <= set(sources)

@@ -235,6 +235,14 @@ def test_quick_profile_end_to_end_reruns_and_dvc_round_trip(tmp_path, quick_run)
     assert {r["part"] for r in csv.DictReader(open(table))} == {"degree", "inner_lr"}
     assert figure.read_bytes()[:4] == b"\x89PNG" and figure.name in report
 
+    # Each training, evaluation and study job's runtime, from Snakemake's benchmark files, in one table.
+    runtimes = list(csv.DictReader(open(project / "results" / "runtimes.csv")))
+    assert sorted((r["step"], r["benchmark"], r["algorithm"], r["seed"]) for r in runtimes) == sorted(
+        [(step, b, a, str(s)) for b, a, s in runs_planned for step in ("train", "evaluate")]
+        + [("study", "", "mtnet", "")])
+    assert all(float(r["seconds"]) > 0 and float(r["max_rss_mb"]) > 0 for r in runtimes)
+    assert [float(r["seconds"]) for r in runtimes] == sorted((float(r["seconds"]) for r in runtimes), reverse=True)
+
     # Snakemake ran exactly the commands dvc.yaml declares (one definition for both).
     ran = set(re.findall(r"^Shell command: (metalearn .*)$", log, re.M))
     declared = {s["cmd"] for s in yaml.safe_load((project / "dvc.yaml").read_text())["stages"].values()}

@@ -156,6 +156,26 @@ PLOTS = "results/plots"
 
 
 STUDIES = "results/studies"
+# Snakemake's `benchmark:` files, one per training, evaluation and study job: its wall-clock and CPU
+# seconds and peak memory (`metalearn runtimes` tabulates them; `make reproduce` prints the table).
+# Not inputs of any rule: a tree restored by `make pull` has none, and must not retrain for them.
+RUNTIMES = "results/runtimes"
+
+
+def runtime_file(step: str, *parts) -> str:
+    """The `benchmark:` file of a job, e.g. results/runtimes/train/sinusoid/maml/seed0.tsv."""
+    return "/".join([RUNTIMES, step, *map(str, parts)]) + ".tsv"
+
+
+def train_priority(params: dict, bench: str) -> int:
+    """Scheduling priority of a benchmark's training: the longest jobs first, so that the cores are
+    not left idle at the end waiting for one long job that started late. Convolutional networks on
+    images and policy-gradient trainings take minutes to tens of minutes on a CPU core (the README's
+    runtime table); the sinusoid-sized ones seconds to a few minutes."""
+    from metalearn.rl import is_rl
+
+    settings = params["benchmarks"][bench]
+    return 2 if "dataset" in settings or is_rl(settings) else 1
 
 
 def studies(params: dict) -> list[str]:

@@ -10,6 +10,7 @@
   metalearn study protocols --out DIR        protocol study: validation accuracy per iteration and CPU-second
   metalearn adapt --model M --support DIR --query DIR --out CSV
                                              adapt a trained model to your own classes (metalearn.adapt)
+  metalearn runtimes [--dir D] [--out CSV]   per-job runtimes of a pipeline run (metalearn.runtimes)
 
 Every subcommand takes --params (default params.yaml) and --profile, and validates them first.
 
@@ -247,6 +248,19 @@ def cmd_adapt(params: dict | None, args) -> None:
           f"predictions -> {args.out}{scored}", file=sys.stderr)
 
 
+def cmd_runtimes(params: None, args) -> None:
+    from metalearn.runtimes import format_runtimes, read_runtimes, write_runtimes
+
+    folder = Path(args.dir)
+    if not folder.is_dir():
+        raise BadInput(f"--dir {folder}: no such folder; it is written by the pipeline's jobs "
+                       "(run `make reproduce` first)")
+    check_writable(args.out, "--out")
+    rows = read_runtimes(folder)
+    write_runtimes(rows, Path(args.out))
+    print(format_runtimes(rows), file=sys.stderr)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="metalearn", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -311,6 +325,11 @@ def parser() -> argparse.ArgumentParser:
                    help="output layer: trained head, or zero-initialised (auto: zero when the classes differ in number)")
     p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=cmd_adapt)
+
+    p = sub.add_parser("runtimes", help="per-job runtimes of a pipeline run (Snakemake's benchmark files)")
+    p.add_argument("--dir", default="results/runtimes", help="the jobs' benchmark files (default: results/runtimes)")
+    p.add_argument("--out", default="results/runtimes.csv")
+    p.set_defaults(func=cmd_runtimes)
     return top
 
 
@@ -333,8 +352,8 @@ def main(argv: list[str] | None = None) -> int:
         return code
 
     try:
-        # adapt needs no params.yaml: the model file carries its settings
-        params = None if args.command == "adapt" else load_params(args.params, args.profile)
+        # adapt needs no params.yaml (the model file carries its settings), nor runtimes (files only)
+        params = None if args.command in ("adapt", "runtimes") else load_params(args.params, args.profile)
         args.func(params, args)
     except (BadInput, AdaptError, StaleEpisodes) as exc:  # ConfigError, BadFile: bad input
         return error(str(exc), EXIT_BAD_INPUT)

@@ -38,9 +38,10 @@ for _study in pipeline.studies(PARAMS):
         params:
             study=_study,
             runs=pipeline.study_settings(PARAMS, _study),
+        benchmark: pipeline.runtime_file("study", _study)
         threads: JOB_THREADS
         resources: **JOB_RESOURCES
-        # A study trains its runs one after another: the longest job of a profile, so it starts first
-        # and the other jobs fill the remaining cores beside it.
+        # A study trains its runs one after another, often the longest job of a profile: it starts
+        # first and the other jobs fill the remaining cores beside it (pipeline.train_priority).
         priority: 10
         shell: cmd("study", study="{params.study}", out=pipeline.STUDIES)

@@ -15,6 +15,8 @@ rule train:
         history=pipeline.model_dir("{benchmark}", "{algorithm}", "{seed}") + "/history.json",
     params:
         run=lambda w: pipeline.train_settings(PARAMS, w.benchmark, w.algorithm, w.seed),
+    benchmark: pipeline.runtime_file("train", "{benchmark}", "{algorithm}", "seed{seed}")
+    priority: lambda w: pipeline.train_priority(PARAMS, w.benchmark)
     threads: JOB_THREADS
     resources: **JOB_RESOURCES
     shell: TRAIN_CMD
@@ -27,6 +29,7 @@ rule evaluate:
         data=lambda w: pipeline.bench_data(PARAMS, w.benchmark),
     output: pipeline.eval_json("{benchmark}", "{algorithm}", "{seed}")
     params: settings=lambda w: pipeline.split_settings(PARAMS, w.benchmark)
+    benchmark: pipeline.runtime_file("evaluate", "{benchmark}", "{algorithm}", "seed{seed}")
     threads: JOB_THREADS
     resources: **JOB_RESOURCES
     shell: cmd("evaluate", model="{input.model}", out="{output}")
