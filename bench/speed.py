@@ -8,7 +8,8 @@ learning rate and steps) and takes an Adam step, for
     meta-batch 32, conv4 with 64 filters, 1 inner step (alpha 0.4);
   - MAML second order and first order on sinusoid 10-shot (10 query points), meta-batch 25, MLP 40-40,
     1 inner step (alpha 0.01);
-  - Meta-SGD, T-net, MT-net, iMAML (5 inner steps, 5 CG steps) and Leap (3 steps, path energy) on
+  - Meta-SGD, T-net, MT-net, iMAML (5 inner steps, 5 CG steps), Leap (3 steps, path energy) and WarpGrad
+    (warp layers meta-learned, initialisation fixed; the default profile's steps and buffer) on
     both, against their own one-task-at-a-time loop (`loop`: the same code with chunking off;
     `OTHER_ALGORITHMS`); iMAML also against TorchOpt's implicit differentiation (`torchopt`:
     torchopt.diff.implicit.custom_root, its conjugate gradient, the same inner steps and linear system).
@@ -164,6 +165,13 @@ OTHER_ALGORITHMS = {
     "metasgd": {}, "tnet": {}, "mtnet": {},
     "imaml": {"inner_steps": 5, "lam": 2.0, "cg_steps": 5, "cg_damping": 1.0, "lam_damping": 10.0},
     "leap": {"inner_steps": 3, "norm": False},
+    "warpgrad": {},  # per benchmark: BENCHMARK_HPARAMS
+}
+# Settings that differ between the benchmarks, by objective kind: WarpGrad's default-profile ones
+# (params.yaml: Omniglot 5w1s 3 steps, 2 buffered points; sinusoid 5 steps, every point buffered)
+BENCHMARK_HPARAMS = {
+    ("warpgrad", "classification"): {"inner_steps": 3, "snapshots": 2},
+    ("warpgrad", "regression"): {"inner_steps": 5, "snapshots": 5},
 }
 OTHER_IMPLS = ["ours", "loop"]
 # Peers beyond the one-task loop, per algorithm
@@ -221,7 +229,8 @@ def step_torchopt_imaml(model, tasks, criterion, inner_lr, hparams):
 def algorithm_hparams(algorithm: str, criterion, inner_lr: float) -> dict:
     kind = "classification" if criterion is F.cross_entropy else "regression"
     return {"inner_lr": inner_lr if algorithm != "imaml" or kind == "regression" else 0.1,
-            "inner_steps": 1, "test_inner_steps": 1, **OTHER_ALGORITHMS[algorithm]}
+            "inner_steps": 1, "test_inner_steps": 1, **OTHER_ALGORITHMS[algorithm],
+            **BENCHMARK_HPARAMS.get((algorithm, kind), {})}
 
 
 def step_algorithm(algorithm: str, model, tasks, criterion, inner_lr, chunked: bool):

@@ -53,6 +53,23 @@ Meta-update (`meta_update`):
     the loop's optimiser, which therefore changes nothing. Memory: the meta-batch's buffers are all
     alive until the warp epoch (the official code keeps them too).
 
+Chunks of tasks (`batched_tasks`, `takes_chunks`; as maml.py, leap.py, imaml.py): on Conv4 and the MLP
+the meta-batch is cut into chunks (maml.py `chunk_count`), run concurrently (base.py `map_tasks`).
+A chunk's tasks each have their own theta [tasks, *shape] and go through the warped network in one
+call (`WarpedNetwork.forward_tasks`: the task network's layers as its forward_tasks, models.py; the
+warp layers are phi, shared: Conv4's convolution as one plain convolution over every task's maps,
+its BatchNorm over each task's own images; the MLP's Omega h + b on [tasks, n, F]). The gradient of
+the chunk's summed loss w.r.t. one task's theta is that task's own, and w.r.t. phi (or theta_0,
+expanded per task) the sum over the tasks. `run_chunk` walks the chunk's trajectories together
+(phi fixed, no graph; Warp-MAML: through the steps; Warp-Leap: `LeapPath(tasks=True)`), buffers
+the same points, and takes J's gradient at each buffered point for the whole chunk: the one-task
+loop's meta-gradient, to float rounding (tests/test_warpgrad_chunks.py). Chunked: mode offline with
+meta_update batch (the default), every init, first_order or not, and evaluation (`evaluate_tasks`,
+with MAML's `eval_query_batch`). One task at a time: mode online (not chunked yet: its gradient at every
+point as the trajectory is produced), meta_update per_point (SGD steps on phi one buffered point after
+another, each at the previous one's phi), OmniConv (running statistics, alphabets.py) and
+objectives that draw mini-batches (alphabets.MiniBatchObjective), and `batched_tasks = False`.
+
 Names: `warpgrad` (init from hparams, default none), `warpmaml` (init maml), `warpleap` (init leap).
 """
 from __future__ import annotations
@@ -60,12 +77,14 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
 from metalearn.algorithms.leap import LeapPath
-from metalearn.models import MLP, Conv4, OmniConv
-from metalearn.tasks import Objective, Params, Task
+from metalearn.algorithms.maml import MAML, chunk_count
+from metalearn.models import MLP, Conv4, OmniConv, batch_norm_tasks
+from metalearn.tasks import Objective, Params, Task, TaskBatch
 
 
 class ResidualConvWarp(nn.Module):
@@ -81,6 +100,16 @@ class ResidualConvWarp(nn.Module):
 
     def forward(self, h: Tensor) -> Tensor:
         return h + self.norm(self.conv(h))
+
+    def forward_tasks(self, h: Tensor, tasks: int) -> Tensor:
+        """`forward` on a chunk laid out [n, tasks * C, H, W] (models.Conv4.forward_tasks). The
+        convolution is phi's for every task, so it runs as one plain convolution over the n * tasks
+        maps ([n * tasks, C, H, W], the same memory; no grouped convolution of phi repeated per task,
+        which is slower on the CPU); BatchNorm then normalises each (task, channel) over its own task's
+        images. phi's gradient sums over the tasks."""
+        n, channels = h.shape[0], h.shape[1] // tasks
+        warped = self.conv(h.reshape(n * tasks, channels, *h.shape[2:])).view(h.shape)
+        return h + batch_norm_tasks(self.norm, warped, {}, "", tasks)
 
 
 def linear_warp(features: int) -> nn.Linear:
@@ -114,9 +143,10 @@ class WarpedNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(self.task, Conv4):
+            x = self.task.pixels(x)
             for block, warp in zip(self.task.features, self.warp):
                 x = warp(block(x))
-            x = x.mean(dim=(2, 3)) if self.task.pooling == "stride" else x.flatten(1)
+            x = x.flatten(1) if self.task.flatten else x.mean(dim=(2, 3))  # as Conv4.forward
             return self.task.head(x)
         if isinstance(self.task, OmniConv):
             for block, warp in zip(self.task.features, self.warp):
@@ -127,6 +157,35 @@ class WarpedNetwork(nn.Module):
             x = layer(x)
             if isinstance(layer, nn.ReLU):
                 x = next(warps)(x)
+        return x
+
+    def forward_tasks(self, params: Params, x: Tensor) -> Tensor:
+        """`forward` for a chunk of tasks, each with its own task parameters (params "task.<name>" ->
+        [tasks, *shape]), x [tasks, n, ...] -> [tasks, n, ...]; the warp layers (phi) are the module's,
+        shared by the tasks. The task network's layers run as in its own forward_tasks (models.py)."""
+        theta = {name.removeprefix("task."): p for name, p in params.items()}
+        if isinstance(self.task, Conv4):
+            tasks, n = x.shape[:2]
+            h = self.task.pixels(x).transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
+            for i, ((conv, norm, *rest), warp) in enumerate(zip(self.task.features, self.warp)):
+                weight, bias = theta[f"features.{i}.0.weight"], theta[f"features.{i}.0.bias"]
+                h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), conv.stride, conv.padding, groups=tasks)
+                h = batch_norm_tasks(norm, h, theta, f"features.{i}.1.", tasks)
+                for layer in rest:  # ReLU (and max-pooling): per channel, so per task
+                    h = layer(h)
+                h = warp.forward_tasks(h, tasks)
+            h = h.flatten(2) if self.task.flatten else h.mean(dim=(2, 3))
+            features = h.view(n, tasks, -1).transpose(0, 1)  # [tasks, n, features]
+            return torch.baddbmm(theta["head.bias"].unsqueeze(1), features, theta["head.weight"].transpose(1, 2))
+        if not isinstance(self.task, MLP):  # OmniConv: running statistics, one task at a time (alphabets.py)
+            raise TypeError(f"{type(self.task).__name__} runs one task at a time")
+        warps = iter(self.warp)
+        for i, layer in enumerate(self.task.net):
+            if isinstance(layer, nn.Linear):
+                x = torch.baddbmm(theta[f"net.{i}.bias"].unsqueeze(1), x, theta[f"net.{i}.weight"].transpose(1, 2))
+            else:  # ReLU, then the shared warp Omega h + b on [tasks, n, F]
+                warp = next(warps)
+                x = F.linear(layer(x), warp.weight, warp.bias)
         return x
 
 
@@ -140,6 +199,7 @@ class WarpGrad(Algorithm):
     name = "warpgrad"
     default_init = "none"
     parallel_tasks = True  # per-task code is pure: forward passes through self.warped, autograd only
+    batched_tasks = True  # chunks of tasks together where `takes_chunks` (the module docstring)
 
     def __init__(self, model, objective, hparams: dict[str, Any]):
         super().__init__(model, objective, hparams)
@@ -164,6 +224,12 @@ class WarpGrad(Algorithm):
         self.snapshots = int(hparams.get("snapshots", self.inner_steps))
         self.leap = dict(norm=bool(hparams.get("norm", True)), use_loss=bool(hparams.get("use_loss", False)),
                          stabilizer=bool(hparams.get("stabilizer", True)))
+        # how evaluation feeds the query set to the network: as MAML's `eval_query_batch` (maml.py)
+        self.eval_query_batch = hparams.get("eval_query_batch", "all")
+        if self.eval_query_batch not in ("all", "shots"):
+            raise ValueError(f"eval_query_batch must be 'all' or 'shots', not {self.eval_query_batch!r}")
+        if self.eval_query_batch == "shots" and objective.kind != "classification":
+            raise ValueError("eval_query_batch 'shots' is for classification (batches of K images per class)")
         self.warp = warp_layers(model)  # phi
         if self.init == "none":
             self.model.requires_grad_(False)  # theta_0 stays the seeded initialisation
@@ -174,6 +240,10 @@ class WarpGrad(Algorithm):
     def predict(self, params: Params, inputs: Tensor) -> Tensor:
         """The warped network's outputs with task parameters `params` and the current phi."""
         return self.warped.forward({f"task.{k}": v for k, v in params.items()}, inputs)
+
+    # the query set fed all at once or in batches of K per class, as MAML's evaluation (maml.py)
+    predict_query = MAML.predict_query
+    query_batches = MAML.query_batches
 
     def task_loss(self, params: Params, data: tuple[Tensor, Tensor]) -> Tensor:
         inputs, targets = self.objective.draw(data)  # all of it, or a mini-batch (tasks.Objective.draw)
@@ -276,7 +346,121 @@ class WarpGrad(Algorithm):
             init_optimizer.step()
             init_optimizer.zero_grad(set_to_none=True)
 
+    # -- a chunk of tasks at once (see the module docstring) ---------------------------------------
+    def takes_chunks(self) -> bool:
+        """Whether evaluation (and, with mode offline and meta_update batch, meta-training) runs
+        chunks of tasks: the task network is Conv4 or the MLP (not OmniConv) and the objective feeds
+        whole support sets (not alphabets.py's mini-batches)."""
+        return self.batched_tasks and self.objective.batches_tasks and isinstance(self.model, (Conv4, MLP))
+
+    def chunk_losses(self, theta: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Each task's loss [tasks] (and the outputs) with its own theta [tasks, *shape], the shared phi."""
+        outputs = self.warped.forward_tasks({f"task.{k}": v for k, v in theta.items()}, x)
+        return self.warped.task_losses(outputs, y), outputs
+
+    def chunk_step(self, theta: Params, tasks: TaskBatch, create_graph: bool = False):
+        """`step` of every task of the chunk: the gradient of the summed support losses w.r.t. one
+        task's theta is that task's own."""
+        losses, _ = self.chunk_losses(theta, tasks.support_x, tasks.support_y)
+        grads = torch.autograd.grad(losses.sum(), list(theta.values()), create_graph=create_graph)
+        new = {k: p - self.inner_lr * g for (k, p), g in zip(theta.items(), grads)}
+        return (new if create_graph else detached(new)), losses, grads
+
+    def chunk_warp_meta_losses(self, theta: Params, tasks: TaskBatch) -> Tensor:
+        """`warp_meta_loss` of every task of a chunk, each at its own point theta [tasks, *shape]
+        (constants): [tasks] query losses after one differentiable step (first_order: at theta)."""
+        theta = detached(theta)
+        if not self.first_order:
+            theta, _, _ = self.chunk_step(theta, tasks, create_graph=True)
+        return self.chunk_losses(theta, tasks.query_x, tasks.query_y)[0]
+
+    def run_chunk(self, tasks: TaskBatch) -> dict[str, Any]:
+        """`run_task` (mode offline, meta_update batch) of a chunk's tasks, walked together: each
+        task's trajectory, its buffered points, J's gradient over them and the initialisation's
+        meta-gradient, each summed over the chunk's tasks (by autograd where phi or theta_0 is shared)."""
+        learn_init = self.init == "maml"
+        differentiable = learn_init and not self.first_order
+        start = self.initial_params()
+        if learn_init:  # one copy per task sharing theta_0's memory: gradients add up on theta_0
+            theta = {k: p.expand(len(tasks), *p.shape) for k, p in start.items()}
+        else:
+            theta = {k: p.detach().expand(len(tasks), *p.shape).clone().requires_grad_() for k, p in start.items()}
+        keep = snapshot_steps(self.inner_steps, self.snapshots)
+        buffer = []
+        path = LeapPath(**self.leap, tasks=True) if self.init == "leap" else None
+        for k in range(self.inner_steps):
+            if k in keep:
+                buffer.append({name: p.detach() for name, p in theta.items()})
+            theta_next, losses, grads = self.chunk_step(theta, tasks, create_graph=differentiable)
+            if path is not None:
+                path.add(list(theta.values()), losses, grads)
+            if learn_init and not differentiable:  # first order: theta_K = theta_0 - sum of constants
+                theta_next = {name: p - self.inner_lr * g.detach() for (name, p), g in zip(theta.items(), grads)}
+            theta = theta_next
+        init_grad = None
+        if learn_init:  # Warp-MAML through the chunk's warped steps
+            query_losses, outputs = self.chunk_losses(theta, tasks.query_x, tasks.query_y)
+            init_grad = list(torch.autograd.grad(query_losses.sum(), list(self.model.parameters())))
+            outputs = outputs.detach()
+        else:
+            with torch.no_grad():
+                _, outputs = self.chunk_losses(theta, tasks.query_x, tasks.query_y)
+        if path is not None:
+            with torch.no_grad():
+                path.add(list(theta.values()), self.chunk_losses(theta, tasks.support_x, tasks.support_y)[0], None)
+            init_grad = [g.sum(0) for g in path.gradient]
+        warp_params, warp_grad = list(self.warp.parameters()), None
+        for point in buffer:  # J at each buffered point of every task of the chunk
+            g = torch.autograd.grad(self.chunk_warp_meta_losses(point, tasks).sum(), warp_params)
+            warp_grad = list(g) if warp_grad is None else [a + b for a, b in zip(warp_grad, g)]
+        metrics = self.warped.task_metrics(outputs, tasks.query_y, self.warped.task_losses(outputs, tasks.query_y))
+        return {"warp_grad": warp_grad, "init_grad": init_grad, "points": len(buffer) * len(tasks),
+                "metrics": metrics}
+
+    def evaluate_tasks(self, tasks: TaskBatch, steps: int, curve: bool = False) -> list:
+        """`evaluate_task` (`curve`: after each of 0..`steps` steps) of every task, chunks of tasks
+        adapted together with phi fixed, to the one-task loop's numbers; one task at a time where
+        chunks are not taken or the query layouts differ (maml.py `query_batches`)."""
+        batches = self.query_batches(tasks.query_y, tasks.support_y)
+        if not self.takes_chunks() or batches is None:
+            return super().evaluate_tasks(tasks, steps, curve)
+        chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
+        results = self.map_tasks(lambda chunk: self.evaluate_chunk(chunk, steps, curve, batches), chunks)
+        return [result for chunk_results in results for result in chunk_results]
+
+    def evaluate_chunk(self, tasks: TaskBatch, steps: int, curve: bool, batches: list[Tensor]) -> list:
+        """The query metrics of a chunk's tasks after `steps` warped steps (`curve`: after each of
+        0..`steps`), each task's theta adapted on its own support set, phi fixed; no graph kept."""
+        theta = {k: p.detach().expand(len(tasks), *p.shape).clone().requires_grad_()
+                 for k, p in self.initial_params().items()}
+        after_step = []  # [steps taken][tasks] metrics
+        for step in range(steps + 1):
+            if step:
+                with torch.enable_grad():
+                    theta, _, _ = self.chunk_step(theta, tasks)
+            if curve or step == steps:
+                with torch.no_grad():
+                    outputs = None
+                    for batch in batches:
+                        predicted = self.warped.forward_tasks({f"task.{k}": v for k, v in theta.items()},
+                                                              tasks.query_x[:, batch])
+                        if outputs is None:
+                            outputs = predicted.new_empty(len(tasks), tasks.query_x.shape[1], *predicted.shape[2:])
+                        outputs[:, batch] = predicted
+                    losses = self.warped.task_losses(outputs, tasks.query_y)
+                    after_step.append(self.warped.task_metrics(outputs, tasks.query_y, losses))
+        per_task = [list(metrics) for metrics in zip(*after_step)]
+        return per_task if curve else [metrics[-1] for metrics in per_task]
+
     def meta_step(self, tasks) -> dict[str, float]:
+        if self.takes_chunks() and self.mode == "offline" and self.meta_update == "batch":
+            chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
+            results = self.map_tasks(self.run_chunk, chunks)
+            metrics = [m for r in results for m in r["metrics"]]
+            add_to_grad(self.warp.parameters(), [r["warp_grad"] for r in results], 1.0 / sum(r["points"] for r in results))
+            if self.init != "none":
+                add_to_grad(self.model.parameters(), [r["init_grad"] for r in results], 1.0 / len(tasks))
+            return mean_metrics(metrics)
         results = self.map_tasks(self.run_task, tasks)
         if self.meta_update == "per_point":
             self.per_point_update(results)
