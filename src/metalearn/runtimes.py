@@ -1,10 +1,13 @@
 """Per-job runtimes of a pipeline run, from Snakemake's `benchmark:` files (workflow/pipeline.py
 `runtime_file`): results/runtimes/<step>/<benchmark>/<algorithm>/seed<S>.tsv for trainings and
 evaluations, results/runtimes/study/<name>.tsv for studies. Each holds Snakemake's measurement of the
-job's process tree: `s` (wall-clock seconds), `cpu_time` (CPU seconds) and `max_rss` (peak MB).
+job's process tree: `s` (wall-clock seconds), `cpu_time` (CPU seconds) and `max_rss` (peak MB). The
+last two are sampled (psutil, every second for the first 30 s of a job, then every 30 s), so they can
+miss up to the last 30 s of a job: `seconds` is the exact one.
 
 `metalearn runtimes` (run by `make reproduce` after the pipeline) writes them as one CSV, the longest
 job first, and prints that table with the totals per step and per benchmark: what a run cost, and where.
+Jobs whose outputs came from elsewhere (`make pull`) were not run here and have no file, so no row.
 """
 from __future__ import annotations
 
