@@ -66,9 +66,10 @@ echo "== 2. make bench (speed, memory) =="
 t=$(now)
 if [ "$BENCH" = full ]; then
   "$PY" -m pip install --quiet -r bench/requirements.txt 2>&1 | grep -v "is ignored" || true
-  SPEED=() MEMORY=()
+  SPEED=(--control-threads 0) MEMORY=()  # (control rows: a CPU question, bench/speed.py)
 else
-  SPEED=(--impls ours plain --benchmarks sinusoid-10shot --algorithms --iterations 1 --repeats 1 --eval-episodes 0)
+  SPEED=(--impls ours plain --benchmarks sinusoid-10shot --algorithms --iterations 1 --repeats 1 --eval-episodes 0
+         --control-threads 0)
   MEMORY=(--algorithms maml --steps 1 --repeats 1)
 fi
 "$PY" -m bench.speed "${SPEED[@]}" --out "$WORK/speed.csv" 2>&1 | tee "$WORK/speed.log"

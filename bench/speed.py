@@ -18,9 +18,13 @@ growth of the process's peak resident memory over its resident memory just befor
 meta-step (the kernel's peak counter is reset there; on CUDA: torch.cuda.max_memory_allocated).
 The implementations of a setting are timed interleaved (`measure`): `iters_per_s` is the median of
 `repeats` timed blocks after a warm-up step. Writes bench/results/speed.csv
-(columns impl, algorithm, benchmark, iters_per_s, peak_mb) and prints ours / best peer, then the
+(columns impl, algorithm, benchmark, iters_per_s, peak_mb, threads) and prints ours / best peer, then the
 evaluation rows of bench/evaluation.py (algorithm `maml-evaluation`: 600 test episodes, chunked vs
 the one-episode loop; `iters_per_s` there is episodes per second).
+`threads` is the worker's intra-op threads (torch.get_num_threads(): every core by default, which
+also sets how many chunks of tasks ours runs at once, algorithms/base.py). The control rows
+(`--control-threads`, default 1) time MAML and first-order MAML again with every implementation on
+that many threads, so the table separates what batching tasks gains from what the other cores gain.
 """
 from __future__ import annotations
 
@@ -290,10 +294,12 @@ def reset_peak_rss() -> float:
     return _status_mb("VmRSS")
 
 
-def worker(impl: str, algorithm: str, benchmark: str) -> None:
+def worker(impl: str, algorithm: str, benchmark: str, threads: str = "0") -> None:
     """One implementation in its own process (see `main`), so its peak memory is its own. Sets up and
     warms up, says `ready`, then times blocks of meta-iterations on request ("time N" on stdin ->
     seconds on stdout); "done" -> its peak memory, and it exits."""
+    if int(threads):  # a control row: this many intra-op threads (and so concurrent chunks)
+        torch.set_num_threads(int(threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tasks, criterion = make_problem(benchmark, device)
     step = make_step(impl, algorithm, benchmark, model, tasks, criterion)
@@ -318,14 +324,16 @@ def worker(impl: str, algorithm: str, benchmark: str) -> None:
     print(json.dumps({"peak_mb": round(peak, 1)}), flush=True)
 
 
-def measure(impls: list[str], algorithm: str, benchmark: str, iterations: int, repeats: int) -> list[dict]:
+def measure(impls: list[str], algorithm: str, benchmark: str, iterations: int, repeats: int,
+            threads: int = 0) -> list[dict]:
     """Speed and peak memory of every implementation, interleaved: one worker process each, all set
     up first; then `repeats` rounds in which each worker in turn (the order rotating) times a block of
     `iterations` meta-iterations, the others idle. A slow spell of the machine thus hits every
     implementation alike instead of whichever happened to run then. Reports the median block."""
     workers = {}
     for impl in impls:  # one at a time, so set-up and warm-up do not compete either
-        workers[impl] = subprocess.Popen([sys.executable, "-m", "bench.speed", "--_worker", impl, algorithm, benchmark],
+        workers[impl] = subprocess.Popen([sys.executable, "-m", "bench.speed", "--_worker", impl, algorithm, benchmark,
+                                          str(threads)],
                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                                          cwd=Path(__file__).resolve().parent.parent)
         if workers[impl].stdout.readline().strip() != "ready":
@@ -343,7 +351,8 @@ def measure(impls: list[str], algorithm: str, benchmark: str, iterations: int, r
         peak = json.loads(process.stdout.readline())["peak_mb"]
         process.wait()
         rows.append({"impl": impl, "algorithm": algorithm, "benchmark": benchmark,
-                     "iters_per_s": round(1 / statistics.median(seconds[impl]), 3), "peak_mb": peak})
+                     "iters_per_s": round(1 / statistics.median(seconds[impl]), 3), "peak_mb": peak,
+                     "threads": threads or torch.get_num_threads()})
     return rows
 
 
@@ -383,7 +392,10 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-episodes", type=int, default=600,
                         help="test episodes of the evaluation rows (bench/evaluation.py; 0: none)")
     parser.add_argument("--out", default=str(RESULTS / "speed.csv"))
-    parser.add_argument("--_worker", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--control-threads", type=int, default=1,
+                        help="also time MAML and first-order MAML with every implementation on this many "
+                             "threads (0: no control rows)")
+    parser.add_argument("--_worker", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._worker:
         worker(*args._worker)
@@ -397,26 +409,34 @@ def main(argv=None) -> None:
                   f"{'plain' if algorithm in ('maml', 'fomaml') else 'one-task'} loop's by at most "
                   f"{check_same_gradients(benchmark, algorithm, impls):.1e} (relative, float64)", flush=True)
             iterations = args.iterations * (20 if benchmark.startswith("sinusoid") else 1)
-            for row in measure(impls, algorithm, benchmark, iterations, args.repeats):
-                rows.append(row)
-                print(f"  {row['impl']:9s} {row['iters_per_s']:8.2f} it/s  peak {row['peak_mb']:8.1f} MB", flush=True)
+            # (none on a GPU, and none where they would repeat the main rows: a machine of that many cores)
+            controls = [args.control_threads] if algorithm in ("maml", "fomaml") and not torch.cuda.is_available() \
+                and args.control_threads not in (0, torch.get_num_threads()) else []
+            for threads in [0, *controls]:
+                for row in measure(impls, algorithm, benchmark, iterations, args.repeats, threads):
+                    rows.append(row)
+                    print(f"  {row['impl']:9s} {row['iters_per_s']:8.2f} it/s  peak {row['peak_mb']:8.1f} MB  "
+                          f"{row['threads']} threads", flush=True)
     if args.eval_episodes:  # evaluation: episodes per second, chunked vs the one-episode loop
-        rows += evaluation.run(args.benchmarks, args.eval_episodes, min(args.repeats, 3))
+        rows += [{**row, "threads": torch.get_num_threads()}
+                 for row in evaluation.run(args.benchmarks, args.eval_episodes, min(args.repeats, 3))]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb"])
+        writer = csv.DictWriter(f, fieldnames=["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb", "threads"])
         writer.writeheader()
         writer.writerows(rows)
     print(f"\nmachine: {machine()}, torch {torch.__version__}")
     for benchmark in args.benchmarks:
         for algorithm in ("maml", "fomaml", *args.algorithms):
-            sel = {r["impl"]: r for r in rows if r["benchmark"] == benchmark and r["algorithm"] == algorithm}
-            peers = [r for i, r in sel.items() if i != "ours"]
-            if "ours" in sel and peers:
-                best = max(peers, key=lambda r: r["iters_per_s"])
-                print(f"{benchmark:16s} {algorithm:7s} ours {sel['ours']['iters_per_s']:.2f} it/s = "
-                      f"{sel['ours']['iters_per_s'] / best['iters_per_s']:.2f} x best peer ({best['impl']})")
+            for threads in sorted({r["threads"] for r in rows}, reverse=True):
+                sel = {r["impl"]: r for r in rows if (r["benchmark"], r["algorithm"], r["threads"]) ==
+                       (benchmark, algorithm, threads)}
+                peers = [r for i, r in sel.items() if i != "ours"]
+                if "ours" in sel and peers:
+                    best = max(peers, key=lambda r: r["iters_per_s"])
+                    print(f"{benchmark:16s} {algorithm:7s} {threads} threads: ours {sel['ours']['iters_per_s']:.2f} "
+                          f"it/s = {sel['ours']['iters_per_s'] / best['iters_per_s']:.2f} x best peer ({best['impl']})")
     print(f"-> {out}")
 
 

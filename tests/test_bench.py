@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 
 import pytest
+import torch
 
 from bench import evaluation, speed
 
@@ -27,14 +28,14 @@ def test_the_harness_writes_the_speed_table(tmp_path, capsys):
                 "--repeats", "2", "--eval-episodes", "60", "--algorithms", "metasgd", "--out", str(out)])
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb"]
-    assert {(r["impl"], r["algorithm"], r["benchmark"]) for r in rows} == {
-        (impl, algorithm, benchmark) for impl in ("ours", "plain") for algorithm in ("maml", "fomaml")
-        for benchmark in ["sinusoid-10shot"]} | {
-        (impl, algorithm, benchmark) for impl, algorithm, benchmark in [
-            ("ours", "metasgd", "sinusoid-10shot"), ("loop", "metasgd", "sinusoid-10shot"),
-            ("ours", "maml-evaluation", "sinusoid-10shot-60-episodes"),
-            ("loop", "maml-evaluation", "sinusoid-10shot-60-episodes")]}
+    assert list(rows[0]) == ["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb", "threads"]
+    cores = str(torch.get_num_threads())
+    assert sorted((r["impl"], r["algorithm"], r["benchmark"], r["threads"]) for r in rows) == sorted(
+        [(impl, algorithm, "sinusoid-10shot", threads) for impl in ("ours", "plain") for algorithm in ("maml", "fomaml")
+         for threads in {cores, "1"}]  # the control rows: one thread each (a set: a 1-core machine has one row)
+        + [("ours", "metasgd", "sinusoid-10shot", cores), ("loop", "metasgd", "sinusoid-10shot", cores),
+           ("ours", "maml-evaluation", "sinusoid-10shot-60-episodes", cores),
+           ("loop", "maml-evaluation", "sinusoid-10shot-60-episodes", cores)])
     assert all(float(r["iters_per_s"]) > 0 for r in rows)
     assert all(float(r["peak_mb"]) >= 0 for r in rows if r["algorithm"] != "maml-evaluation")
     printed = capsys.readouterr().out
