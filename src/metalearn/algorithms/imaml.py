@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
-from metalearn.algorithms.maml import MAML, chunk_count
+from metalearn.algorithms.maml import MAML, chunk_count, query_metrics
 from metalearn.tasks import Params, Task, TaskBatch
 
 
@@ -285,13 +285,6 @@ class IMAML(Algorithm):
         def chunk_metrics(chunk: TaskBatch) -> list[dict[str, float]]:
             with torch.enable_grad():
                 phi = self.adapt_tasks(chunk.support_x, chunk.support_y, steps, self.test_lam)
-            with torch.no_grad():
-                outputs = None
-                for batch in batches:
-                    predicted = self.objective.forward_tasks(phi, chunk.query_x[:, batch])
-                    if outputs is None:
-                        outputs = predicted.new_empty(len(chunk), chunk.query_y.shape[1], *predicted.shape[2:])
-                    outputs[:, batch] = predicted
-                return self.objective.task_metrics(outputs, chunk.query_y, self.objective.task_losses(outputs, chunk.query_y))
+            return query_metrics(lambda x: self.objective.forward_tasks(phi, x), self.objective, chunk, batches)
         chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
         return [m for metrics in self.map_tasks(chunk_metrics, chunks) for m in metrics]

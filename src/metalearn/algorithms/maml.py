@@ -65,6 +65,21 @@ def chunk_count(tasks: TaskBatch, device: torch.device) -> int:
     return -(-len(tasks) // tasks_per_chunk)
 
 
+def query_metrics(predict: Callable[[Tensor], Tensor], objective, tasks: TaskBatch,
+                  batches: list[Tensor]) -> list[dict[str, float]]:
+    """Each task's query metrics for a chunk of adapted tasks: `predict(query_x[:, batch])` for each of
+    `batches` (`MAML.query_batches`: all query images at once, or K per class), scored by `objective`.
+    Shared by the chunked evaluations (MAML family, iMAML, WarpGrad); no graph is kept."""
+    with torch.no_grad():
+        outputs = None
+        for batch in batches:
+            predicted = predict(tasks.query_x[:, batch])
+            if outputs is None:
+                outputs = predicted.new_empty(len(tasks), tasks.query_x.shape[1], *predicted.shape[2:])
+            outputs[:, batch] = predicted
+        return objective.task_metrics(outputs, tasks.query_y, objective.task_losses(outputs, tasks.query_y))
+
+
 class MAML(Algorithm):
     name = "maml"
     first_order = False
@@ -203,15 +218,7 @@ class MAML(Algorithm):
                 with torch.enable_grad():
                     params = detached(self.descend(support_loss, params, 1, False, rates))
             if curve or step == steps:
-                with torch.no_grad():
-                    outputs = None
-                    for batch in batches:
-                        predicted = self.predict_tasks(params, tasks.query_x[:, batch])
-                        if outputs is None:
-                            outputs = predicted.new_empty(len(tasks), tasks.query_x.shape[1], *predicted.shape[2:])
-                        outputs[:, batch] = predicted
-                    losses = self.objective.task_losses(outputs, tasks.query_y)
-                    after_step.append(self.objective.task_metrics(outputs, tasks.query_y, losses))
+                after_step.append(query_metrics(lambda x: self.predict_tasks(params, x), self.objective, tasks, batches))
         per_task = [list(metrics) for metrics in zip(*after_step)]
         return per_task if curve else [metrics[-1] for metrics in per_task]
 

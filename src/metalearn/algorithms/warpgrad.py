@@ -82,7 +82,7 @@ from torch import Tensor, nn
 
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
 from metalearn.algorithms.leap import LeapPath
-from metalearn.algorithms.maml import MAML, chunk_count
+from metalearn.algorithms.maml import MAML, chunk_count, query_metrics
 from metalearn.models import MLP, Conv4, OmniConv, batch_norm_tasks
 from metalearn.tasks import Objective, Params, Task, TaskBatch
 
@@ -439,16 +439,9 @@ class WarpGrad(Algorithm):
                 with torch.enable_grad():
                     theta, _, _ = self.chunk_step(theta, tasks)
             if curve or step == steps:
-                with torch.no_grad():
-                    outputs = None
-                    for batch in batches:
-                        predicted = self.warped.forward_tasks({f"task.{k}": v for k, v in theta.items()},
-                                                              tasks.query_x[:, batch])
-                        if outputs is None:
-                            outputs = predicted.new_empty(len(tasks), tasks.query_x.shape[1], *predicted.shape[2:])
-                        outputs[:, batch] = predicted
-                    losses = self.warped.task_losses(outputs, tasks.query_y)
-                    after_step.append(self.warped.task_metrics(outputs, tasks.query_y, losses))
+                task_params = {f"task.{k}": v for k, v in theta.items()}
+                after_step.append(query_metrics(lambda x: self.warped.forward_tasks(task_params, x), self.warped,
+                                                tasks, batches))
         per_task = [list(metrics) for metrics in zip(*after_step)]
         return per_task if curve else [metrics[-1] for metrics in per_task]
 
