@@ -265,13 +265,23 @@ class IMAML(Algorithm):
         support_losses = self.objective.task_losses(self.objective.forward_tasks(phi, tasks.support_x), tasks.support_y)
         grads = torch.autograd.grad(support_losses.sum(), list(phi.values()), create_graph=True)
 
-        def hessian(v: list[Tensor]) -> list[Tensor]:  # block-diagonal: each task's own H v
-            hv = torch.autograd.grad(grads, list(phi.values()), grad_outputs=v, retain_graph=True, allow_unused=True)
-            return [torch.zeros_like(p) if h is None else h for p, h in zip(phi.values(), hv)]
+        # CG runs on one [tasks, P] matrix, every task's parameters side by side in a row, rather than
+        # on the list of parameter tensors: a few operations per CG step instead of a few per tensor
+        # (iMAML's meta-step 7 % faster on Omniglot, bench/speed.py); the Hessian-vector products
+        # take and give the tensors.
+        shapes, sizes = [p.shape for p in phi.values()], [p[0].numel() for p in phi.values()]
+
+        def rows(tensors: list[Tensor]) -> Tensor:
+            return torch.cat([t.reshape(len(tasks), -1) for t in tensors], dim=1)
+
+        def hessian(v: Tensor) -> Tensor:  # block-diagonal: each task's own H v
+            hv = torch.autograd.grad(grads, list(phi.values()), retain_graph=True, allow_unused=True,
+                                     grad_outputs=[c.reshape(s) for c, s in zip(v.split(sizes, dim=1), shapes)])
+            return rows([torch.zeros_like(p) if h is None else h for p, h in zip(phi.values(), hv)])
         identity, scale = 1.0 + self.cg_damping, 1.0 / (self.lam + self.lam_damping)
-        meta_grads = conjugate_gradient_tasks(lambda v: [identity * vi + scale * h for vi, h in zip(v, hessian(v))],
-                                              query_grad, self.cg_steps)
-        return ([g.sum(0) for g in meta_grads],
+        [meta_grad] = conjugate_gradient_tasks(lambda v: [identity * v[0] + scale * hessian(v[0])],
+                                               [rows(query_grad)], self.cg_steps)
+        return ([g.sum(0).view(s[1:]) for g, s in zip(meta_grad.split(sizes, dim=1), shapes)],
                 self.objective.task_metrics(outputs.detach(), tasks.query_y, losses.detach()))
 
     def evaluate_tasks(self, tasks: TaskBatch, steps: int, curve: bool = False) -> list:
