@@ -156,8 +156,11 @@ def test_concurrent_conv_tasks_match_sequential_on_the_omniglot_network(pool_spy
     algo.parallel_tasks = True
     concurrent = meta_gradient(algo, batch)
     assert pool_spy == [2]
+    # float32, and the threads' convolutions may round differently: entries compared relative to the
+    # largest (the convolutions' biases, each followed by BatchNorm, have a gradient of 0 up to rounding)
+    scale = max(g.abs().max() for g in sequential.values())
     for name in sequential:
-        torch.testing.assert_close(concurrent[name], sequential[name], rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(concurrent[name], sequential[name], rtol=1e-4, atol=1e-5 * scale)
 
 
 HPARAMS = {"inner_lr": 0.05, "inner_steps": 2, "test_inner_steps": 2, "lam": 2.0, "cg_steps": 3}
