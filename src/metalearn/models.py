@@ -65,9 +65,10 @@ class BatchNormBatchStats(torch.autograd.Function):
     Hessian-vector products, WarpGrad's meta-gradient): PyTorch's runs about 30 full-size operations
     per call and was the largest item in the profile of a second-order MAML meta-step on Omniglot; this
     one, `BatchNormBackward.backward`, about 15. With `chunk_layout`: MAML's Omniglot meta-step 7 %
-    faster on one thread of this CPU, MT-net's 11 % (interleaved against commit e52ae5c, 2026-12-01). Equal to PyTorch's to float rounding (tests/test_batch_norm.py,
-    and every chunked-vs-one-task comparison of tests/test_batched.py, whose one-task side runs
-    PyTorch's). Differentiable any number of times: a third derivative differentiates the closed form."""
+    faster on one thread of this CPU, MT-net's 11 % (interleaved against commit e52ae5c, 2026-12-01).
+    Equal to PyTorch's to float rounding (tests/test_batch_norm.py, and every chunked-vs-one-task
+    comparison of tests/test_batched.py, whose one-task side runs PyTorch's). Differentiable any number
+    of times: a third derivative differentiates the closed form."""
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Tensor, bias: Tensor, eps: float) -> Tensor:
