@@ -15,7 +15,7 @@ import torch
 from conftest import ROOT, quick_params, write_params
 from metalearn.config import deep_merge
 from metalearn.evaluate import evaluate, mean_ci95
-from metalearn.train import TrainingDiverged, load_model, train
+from metalearn.train import TrainingDiverged, config_hash, load_model, run_config, train
 
 
 def _metalearn(*args, env=None):
@@ -188,6 +188,24 @@ def test_mean_ci95_is_the_papers_formula():
     mean, ci = mean_ci95([1.0, 2.0, 3.0, 4.0])
     assert mean == 2.5
     assert ci == pytest.approx(1.96 * (5 / 3) ** 0.5 / 2)
+
+
+def test_run_config_hash_changes_with_training_settings_only(tmp_path):
+    """A model is retrained (its config hash changes) when a setting of its training changes, not when
+    an evaluation-only setting or the paper-row label `reproduces` does (results/paper.md reads it)."""
+    params = quick_params(tmp_path)
+
+    def digest(**changes):
+        bench = deep_merge(params["benchmarks"]["omniglot-5w1s"], changes)
+        changed = deep_merge(params, {"benchmarks": {"omniglot-5w1s": bench}})
+        return config_hash(run_config(changed, "omniglot-5w1s", "maml", 0))
+
+    base = digest()
+    for evaluation_only in ({"reproduces": "omniglot-5w1s-other"}, {"test_tasks": 7}, {"eval_queries": 3},
+                            {"episode_seed": 5}, {"val_tasks": 3}, {"eval_curve": True}):
+        assert digest(**evaluation_only) == base, evaluation_only
+    for training in ({"queries": 2}, {"split_seed": 2}, {"train": {"meta_batch": 3}}):
+        assert digest(**training) != base, training
 
 
 def test_cli_pipeline_steps_on_tiny_data(tmp_path, mirror):

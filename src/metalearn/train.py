@@ -45,12 +45,16 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+NOT_TRAINING_SETTINGS = ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed", "eval_curve",
+                         "reproduces")
+
+
 def run_config(params: dict, bench_name: str, algorithm: str, seed: int) -> dict:
     """Everything that determines a training run; its hash guards against resuming a stale checkpoint."""
     bench = benchmark(params, bench_name)
-    # Evaluation-only settings are left out: changing them must not invalidate a trained model.
-    settings = {k: v for k, v in bench.items()
-                if k not in ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed", "eval_curve")}
+    # Evaluation-only settings and the paper-row label (`reproduces`, read by results/paper.md) are left
+    # out: changing them must not invalidate a trained model.
+    settings = {k: v for k, v in bench.items() if k not in NOT_TRAINING_SETTINGS}
     return {"benchmark": bench_name, "algorithm": algorithm, "seed": seed, "settings": settings,
             "hparams": algorithm_params(params, bench_name, algorithm)}
 
