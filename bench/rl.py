@@ -119,7 +119,7 @@ def main(argv=None) -> None:
                 env.reset()
                 live = 0
                 for t in range(20):
-                    live += TASKS * ROLLOUTS - int(getattr(env, "done", np.zeros(0)).sum())
+                    live += TASKS * ROLLOUTS - int(env.done.sum())
                     env.step(robot_actions[t])
                 live_steps.append(live)  # an ant whose episode has ended is not stepped: not counted
 

@@ -306,6 +306,7 @@ def test_batched_half_cheetah_matches_gymnasium_step_by_step():
                 forward = -abs(info["x_velocity"] - goal) if family == "velocity" else goal * info["x_velocity"]
                 np.testing.assert_allclose(steps[t][0].reshape(4, -1)[k].numpy(), o, atol=1e-8)
                 assert abs(steps[t][1].reshape(4)[k].item() - (forward + info["reward_ctrl"])) < 1e-8
+        assert batch.done.shape == (4,) and not batch.done.any()  # HalfCheetah-v5 never terminates
 
 
 def test_batched_ant_matches_gymnasium_step_by_step_including_termination():

@@ -35,11 +35,19 @@ def _model_path(xml: str) -> str:
     return os.path.join(os.path.dirname(gymnasium.__file__), "envs", "mujoco", "assets", xml)
 
 
-class HalfCheetah:
-    xml = "half_cheetah.xml"
+class Locomotion:
+    """What the robots share: a Gymnasium MuJoCo model stepped `frame_skip` substeps per action for every
+    task and rollout at once, Gymnasium's reset noise (U[-noise, noise] on qpos, noise * N(0, 1) on
+    qvel), an observation that starts with qpos (its first `qpos_skipped` entries left out: the
+    position on the floor) and qvel, the oracle's goal appended, and `done` (one flag per environment,
+    tasks x rollouts flattened): all False for a robot whose episodes never end early."""
+
+    xml: str
+    observation_dim: int
+    action_dim: int
+    qpos_skipped: int
     horizon = 200
-    observation_dim, action_dim = 17, 6
-    frame_skip, ctrl_cost_weight, reset_noise = 5, 0.1, 0.1
+    frame_skip, reset_noise = 5, 0.1
 
     def __init__(self, goals: Tensor, rollouts: int, family: str, oracle: bool = False,
                  horizon: int | None = None, threads: int | None = None, seed: int = 0):
@@ -72,18 +80,34 @@ class HalfCheetah:
         """Start every environment at (qpos, qvel) ([tasks * rollouts, nq / nv]), as Gymnasium's set_state."""
         self.state = np.zeros((len(qpos), self.mujoco.mj_stateSize(self.model, self.spec)))
         self.state[:, 1:1 + self.nq], self.state[:, 1 + self.nq:1 + self.nq + self.nv] = qpos, qvel
+        self.done = np.zeros(len(qpos), dtype=bool)
         return self._observe()
 
+    def _observation_parts(self) -> list[np.ndarray]:
+        """[environments, k] blocks of the observation, in Gymnasium's order."""
+        return [self.state[:, 1 + self.qpos_skipped:1 + self.nq], self.state[:, 1 + self.nq:1 + self.nq + self.nv]]
+
     def _observe(self) -> Tensor:
-        qpos, qvel = self.state[:, 1 + 1:1 + self.nq], self.state[:, 1 + self.nq:1 + self.nq + self.nv]
-        obs = torch.as_tensor(np.concatenate([qpos, qvel], 1), dtype=self.goals.dtype)
+        obs = torch.as_tensor(np.concatenate(self._observation_parts(), 1), dtype=self.goals.dtype)
         obs = obs.view(len(self.goals), self.rollouts, -1)
         if self.oracle:
             obs = torch.cat([obs, self.goals[:, None].expand(-1, self.rollouts, -1)], -1)
         return obs
 
     def step(self, action: Tensor) -> tuple[Tensor, Tensor]:
-        """action [tasks, rollouts, 6] -> (observation, reward [tasks, rollouts])."""
+        """action [tasks, rollouts, action_dim] -> (observation, reward [tasks, rollouts])."""
+        raise NotImplementedError
+
+
+class HalfCheetah(Locomotion):
+    """Gymnasium's `HalfCheetah-v5` with the paper's rewards (the module's docstring)."""
+
+    xml = "half_cheetah.xml"
+    observation_dim, action_dim, qpos_skipped = 17, 6, 1
+    ctrl_cost_weight = 0.1
+
+    def step(self, action: Tensor) -> tuple[Tensor, Tensor]:
+        """action [tasks, rollouts, 6] -> (observation, reward [tasks, rollouts]); episodes never end early."""
         a = action.clamp(-1, 1).reshape(-1, self.action_dim).double().numpy()
         x_before = self.state[:, 1].copy()
         control = np.repeat(a[:, None], self.frame_skip, 1)
@@ -96,7 +120,7 @@ class HalfCheetah:
         return self._observe(), (forward - ctrl_cost).to(self.goals.dtype)
 
 
-class Ant(HalfCheetah):
+class Ant(Locomotion):
     """Gymnasium's `Ant-v5` (default arguments), with the paper's rewards in place of the forward reward
     (cbfinn/maml_rl rllab/envs/mujoco/ant_env_rand.py, ant_env_rand_direc.py):
 
@@ -128,24 +152,17 @@ class Ant(HalfCheetah):
     flattened) says which have ended; `reset` starts every episode again."""
 
     xml = "ant.xml"
-    observation_dim, action_dim = 105, 8
-    frame_skip, ctrl_cost_weight, reset_noise = 5, 0.5, 0.1
-    contact_cost_weight, healthy_reward, healthy_z = 5e-4, 1.0, (0.2, 1.0)
+    observation_dim, action_dim, qpos_skipped = 105, 8, 2
+    ctrl_cost_weight, contact_cost_weight, healthy_reward, healthy_z = 0.5, 5e-4, 1.0, (0.2, 1.0)
 
     def set_state(self, qpos: np.ndarray, qvel: np.ndarray) -> Tensor:
         n = len(qpos)
         self.torso_x = np.asarray(qpos, dtype=np.float64)[:, 0].copy()  # xpos after mj_forward = qpos
         self.contact = np.zeros((n, (self.model.nbody - 1) * 6))        # zeros until the first step
-        self.done = np.zeros(n, dtype=bool)
         return super().set_state(qpos, qvel)
 
-    def _observe(self) -> Tensor:
-        qpos, qvel = self.state[:, 1 + 2:1 + self.nq], self.state[:, 1 + self.nq:1 + self.nq + self.nv]
-        obs = torch.as_tensor(np.concatenate([qpos, qvel, self.contact], 1), dtype=self.goals.dtype)
-        obs = obs.view(len(self.goals), self.rollouts, -1)
-        if self.oracle:
-            obs = torch.cat([obs, self.goals[:, None].expand(-1, self.rollouts, -1)], -1)
-        return obs
+    def _observation_parts(self) -> list[np.ndarray]:
+        return super()._observation_parts() + [self.contact]
 
     def _last_substep(self, states: np.ndarray, controls: np.ndarray):
         """One mj_step + mj_rnePostConstraint per environment (Gymnasium's do_simulation, last substep):
@@ -192,7 +209,7 @@ MAX_VELOCITY = {"halfcheetah": 2.0, "ant": 3.0}
 
 
 def make(task: str, goals: Tensor, rollouts: int, oracle: bool = False, horizon: int | None = None,
-         seed: int = 0) -> HalfCheetah:
+         seed: int = 0) -> Locomotion:
     robot = task.split("-")[0]
     return ENVIRONMENTS[robot](goals, rollouts, FAMILIES[task], oracle, horizon, seed=seed)
 
