@@ -46,7 +46,6 @@ module's own buffers and mini-batches and transforms draw from torch's generator
 from __future__ import annotations
 
 import copy
-import hashlib
 import inspect
 import json
 import math
@@ -300,10 +299,9 @@ def source_files(method: str) -> list[Path]:
 
 
 def config_hash(config: dict) -> str:
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for source in sorted(source_files(config["algorithm"])):
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:16]
+    from metalearn.train import settings_digest
+
+    return settings_digest(config, source_files(config["algorithm"]))
 
 
 def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, device: str = "auto",

@@ -58,9 +58,7 @@ dispatch here for benchmarks with `task: continual`; the report's `<benchmark>-c
 """
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
 import math
 import sys
 import time
@@ -317,10 +315,9 @@ def source_files(method: str) -> list[Path]:
 
 
 def config_hash(config: dict) -> str:
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for source in sorted(source_files(config["algorithm"])):
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:16]
+    from metalearn.train import settings_digest
+
+    return settings_digest(config, source_files(config["algorithm"]))
 
 
 def build_learner(bench: dict, method: str, hparams: dict, seed: int, device) -> Learner:

@@ -59,16 +59,20 @@ def run_config(params: dict, bench_name: str, algorithm: str, seed: int) -> dict
             "hparams": algorithm_params(params, bench_name, algorithm)}
 
 
+def settings_digest(config: dict, sources) -> str:
+    """16 hex digits of a run's settings and its source files' bytes (every task family's config hash)."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for source in sorted(Path(source) for source in sources):
+        digest.update(source.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def config_hash(config: dict) -> str:
     """Settings plus the algorithm's source code: a checkpoint from other settings or an edited
     algorithm is not resumed."""
     from metalearn.algorithms import source_files
 
-    sources = sorted(source_files(config["algorithm"]))
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for source in sources:
-        digest.update(Path(source).read_bytes())
-    return digest.hexdigest()[:16]
+    return settings_digest(config, source_files(config["algorithm"]))
 
 
 def _atomic_save(obj: Any, path: Path) -> None:

@@ -7,8 +7,6 @@ it and ends with exactly the parameters of an uninterrupted run. TRPO keeps no o
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import sys
 import time
@@ -31,10 +29,9 @@ def source_files() -> list[Path]:
 
 
 def config_hash(config: dict) -> str:
-    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
-    for source in source_files():
-        digest.update(source.read_bytes())
-    return digest.hexdigest()[:16]
+    from metalearn.train import settings_digest
+
+    return settings_digest(config, source_files())
 
 
 def build(config: dict) -> MetaRL:
