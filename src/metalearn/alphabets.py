@@ -38,7 +38,7 @@ as every method.
 Pipeline: a benchmark with `task: alphabets` (params.yaml's paper profile: `omniglot-alphabets`, the
 settings of PAPER) runs through `metalearn split` (make_episodes: the alphabet split), `metalearn
 train` (train: resumable) and `metalearn evaluate` (evaluate: one episode per test alphabet), which
-dispatch here; `python -m metalearn.alphabets` runs the same functions in one command.
+dispatch here (metalearn.families); `python -m metalearn.alphabets` runs the same functions in one command.
 
 Tasks run one at a time here (`parallel_tasks` off): the BatchNorm running statistics are the
 module's own buffers and mini-batches and transforms draw from torch's generator.
@@ -246,10 +246,6 @@ def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
-def is_alphabets(bench: dict) -> bool:
-    return bench.get("task") == TASK
-
-
 def episode_settings(bench: dict) -> dict:
     """What the saved alphabet split depends on (stored with it, checked on use)."""
     return {k: bench[k] for k in EPISODE_SETTINGS}
@@ -411,35 +407,6 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
             "ways": bench["ways"], "shots": DRAWINGS - HOLD_OUT, "metric": "accuracy", "mean": mean, "ci95": ci95,
             "episodes": len(values), "inner_steps": steps, "iterations": saved.get("iterations"),
             "train_seconds": saved["train_seconds"], "per_episode": values, "alphabets": list(chosen["alphabets"])}
-
-
-def cmd_train(params: dict, args) -> None:
-    """`metalearn train` for a multi-shot benchmark (cli.py dispatches here)."""
-    from metalearn.cli import check_writable
-    from metalearn.train import run_config
-
-    out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
-    if args.algorithm not in params["benchmarks"][args.benchmark]["algorithms"]:
-        run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError naming the algorithms there are
-    check_writable(out, "--out", folder=True)
-    if not args.track:
-        path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
-    else:
-        from metalearn import tracking
-        from metalearn.train import pick_device
-
-        commit = tracking.git_commit()
-        config = run_config(params, args.benchmark, args.algorithm, args.seed)
-        run = tracking.Store().start(f"{args.benchmark}/{args.algorithm}/seed{args.seed}", {
-            "benchmark": args.benchmark, "algorithm": args.algorithm, "seed": args.seed,
-            "profile": params["profile"], "git_commit": commit,
-            "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-            "data_hash": tracking._data_hash(params, params["benchmarks"][args.benchmark]),
-            "device": str(pick_device(args.device)), "config_hash": config_hash(config), "kind": "training"})
-        with tracking._finishing(run):
-            path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device, tracker=run)
-            tracking.log_model(run, path)
-    print(f"model -> {path}", file=sys.stderr)
 
 
 # -- settings and command line ---------------------------------------------------------------------

@@ -25,10 +25,9 @@ import sys
 import traceback
 from pathlib import Path
 
-from metalearn import benchmarks
+from metalearn import benchmarks, families
 from metalearn.config import BadInput, ConfigError, benchmark, data_mirror, load_params
 from metalearn.data.omniglot import VARIANTS as OMNIGLOT_VARIANTS
-from metalearn.rl import is_rl
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 1, 2, 3
 
@@ -142,36 +141,19 @@ def cmd_split(params: dict, args) -> None:
     names = [args.benchmark] if args.benchmark else sorted(params["benchmarks"])
     for name in names:
         benchmark(params, name)  # an unknown name: ConfigError naming the benchmarks there are
-    for name in names:
-        if params["benchmarks"][name]["task"] == "continual":  # its saved test sequences: metalearn.continual
-            from metalearn import continual
-            path = continual.make_episodes(params, name)
-        elif params["benchmarks"][name]["task"] == "alphabets":  # the alphabet split: metalearn.alphabets
-            from metalearn import alphabets
-            path = alphabets.make_episodes(params, name)
-        elif is_rl(params["benchmarks"][name]):  # RL: the saved test tasks (goals, ...), metalearn.rl.tasks
-            from metalearn.rl.tasks import make_test_tasks
-            path = make_test_tasks(params, name)
-        else:
-            path = benchmarks.make_episodes(params, name)
+    for name in names:  # saved episodes, test sequences, alphabets or RL test tasks (metalearn.families)
+        path = families.step(params["benchmarks"][name], "make_episodes")(params, name)
         print(f"episodes of {name} -> {path}", file=sys.stderr)
 
 
 def cmd_train(params: dict, args) -> None:
-    from metalearn.train import run_config, train
-
-    if benchmark(params, args.benchmark)["task"] == "continual":  # its own training: metalearn.continual
-        from metalearn import continual
-        return continual.cmd_train(params, args)
-    if benchmark(params, args.benchmark)["task"] == "alphabets":  # the multi-shot protocol: metalearn.alphabets
-        from metalearn import alphabets
-        return alphabets.cmd_train(params, args)
+    from metalearn.train import run_config
 
     out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
     run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError for an unknown -b / -a
     check_writable(out, "--out", folder=True)
-    if is_rl(params["benchmarks"][args.benchmark]):  # RL benchmarks: the TRPO loop (metalearn.rl.train)
-        from metalearn.rl.train import train
+    # the family's loop: episodes (metalearn.train), continual, alphabets, RL (TRPO); metalearn.families
+    train = families.step(params["benchmarks"][args.benchmark], "train")
     if not args.track:
         path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
     else:

@@ -53,7 +53,7 @@ Left open (or not known to us), and the choice made here (a benchmark setting wh
 Pipeline: `metalearn split` (make_episodes), `metalearn train` (train: WarpGrad meta-trains its warps;
 `sgd` has nothing to meta-learn and saves its initialisation), `metalearn evaluate` (evaluate: the
 standard evaluation record, its `per_episode` the final mean MSE, plus the curves under `continual`)
-dispatch here for benchmarks with `task: continual`; the report's `<benchmark>-continual.png` is
+dispatch here for benchmarks with `task: continual` (metalearn.families); the report's `<benchmark>-continual.png` is
 `plot_forgetting`.
 """
 from __future__ import annotations
@@ -79,16 +79,11 @@ from metalearn.models import MLP
 from metalearn.tasks import Params
 
 METHODS = ("warpgrad", "sgd")
-TASK = "continual"
 Log = Callable[[str], None]
 
 
 def _stderr(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
-
-
-def is_continual(bench: dict) -> bool:
-    return bench.get("task") == TASK
 
 
 # ----------------------------------------------------------------------------- the task family
@@ -423,32 +418,6 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
 
 
 # ----------------------------------------------------------------------------- CLI and tracking
-def cmd_train(params: dict, args) -> None:
-    """`metalearn train` for a continual benchmark (cli.py dispatches here)."""
-    from metalearn.cli import check_writable
-    from metalearn.train import run_config
-
-    out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
-    run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError for an unknown -a
-    check_writable(out, "--out", folder=True)
-    if not args.track:
-        path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
-    else:
-        from metalearn import tracking
-        from metalearn.train import pick_device
-
-        commit = tracking.git_commit()
-        config = run_config(params, args.benchmark, args.algorithm, args.seed)
-        run = tracking.Store().start(f"{args.benchmark}/{args.algorithm}/seed{args.seed}", {
-            "benchmark": args.benchmark, "algorithm": args.algorithm, "seed": args.seed,
-            "profile": params["profile"], "git_commit": commit,
-            "mlflow.source.git.commit": commit.removesuffix("-dirty"), "data_hash": "synthetic",
-            "device": str(pick_device(args.device)), "config_hash": config_hash(config), "kind": "training"})
-        with tracking._finishing(run):
-            path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device, tracker=run)
-            tracking.log_model(run, path)
-    print(f"model -> {path}", file=sys.stderr)
-
 
 # ----------------------------------------------------------------------------- the figure
 def plot_forgetting(results: list[dict], title: str, path: Path) -> Path:

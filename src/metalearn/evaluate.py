@@ -12,9 +12,8 @@ from pathlib import Path
 
 import torch
 
-from metalearn import benchmarks
+from metalearn import benchmarks, families
 from metalearn.config import BadInput, ConfigError
-from metalearn.rl import is_rl
 from metalearn.train import load_model
 
 # The settings a model is tied to: its network's shape and what it learned from. Evaluation-only
@@ -34,16 +33,17 @@ def mean_ci95(values: list[float]) -> tuple[float, float]:
 
 def evaluate(params: dict, model_path: Path, split: str = "test", device: str = "auto",
              steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """`metalearn evaluate`: the model file is checked against params.yaml, then scored by its
+    benchmark's task family (metalearn.families; for episodes: evaluate_episodes)."""
     saved = check_inputs(params, model_path, steps)
-    if params["benchmarks"][saved["config"]["benchmark"]]["task"] == "continual":  # metalearn.continual
-        from metalearn import continual
-        return continual.evaluate(params, model_path, saved, split, device, steps, log)
-    if params["benchmarks"][saved["config"]["benchmark"]]["task"] == "alphabets":  # one episode per test alphabet
-        from metalearn import alphabets
-        return alphabets.evaluate(params, model_path, saved, split, device, steps, log)
-    if is_rl(params["benchmarks"][saved["config"]["benchmark"]]):  # RL: return after 0..k steps (metalearn.rl)
-        from metalearn.rl.evaluate import evaluate as evaluate_rl
-        return evaluate_rl(params, model_path, saved, split, steps, log)
+    family_evaluate = families.step(params["benchmarks"][saved["config"]["benchmark"]], "evaluate")
+    return family_evaluate(params, model_path, saved, split, device, steps, log)
+
+
+def evaluate_episodes(params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+                      steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """A model adapted to each saved episode of `split` (support set, `steps` inner steps) and scored
+    on its query set: mean and 95% CI over the episodes, per-episode values."""
     algo, saved = load_model(model_path, device, saved)
     config = saved["config"]
     bench_name = config["benchmark"]

@@ -184,12 +184,11 @@ def _data_hash(params: dict, bench: dict) -> str:
 @contextlib.contextmanager
 def training_run(params: dict, bench_name: str, algorithm: str, seed: int, device: str) -> Iterator[Run]:
     """An MLflow run around one training; pass it as train(..., tracker=run), then `log_model`."""
-    from metalearn.rl import is_rl
-    from metalearn.train import config_hash, pick_device, run_config
+    from metalearn import families
+    from metalearn.train import pick_device, run_config
 
     bench = params["benchmarks"][bench_name]
-    if is_rl(bench):  # RL runs hash metalearn/rl's sources (its methods, e.g. random, are not in ALGORITHMS)
-        from metalearn.rl.train import config_hash
+    config_hash = families.step(bench, "config_hash")  # e.g. RL runs hash metalearn/rl's sources
     commit = git_commit()
     store = Store()
     run = store.start(f"{bench_name}/{algorithm}/seed{seed}", {

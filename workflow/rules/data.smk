@@ -5,7 +5,7 @@ for _dataset in pipeline.OMNIGLOT_ARCHIVE_SETS:  # ImageNet files come from the 
         name: f"download_{_dataset.replace('-', '_')}"
         output: pipeline.raw_archives(PARAMS, _dataset)
         params: dataset=_dataset
-        priority: 3  # data first: it unblocks the longest trainings (pipeline.train_priority)
+        priority: pipeline.DATA_PRIORITY  # data first: it unblocks the longest trainings (pipeline.train_priority)
         shell: cmd("download", dataset="{params.dataset}")
 
 
@@ -13,7 +13,7 @@ rule prepare:
     input: lambda w: pipeline.raw_inputs(PARAMS, w.dataset)
     params: source=lambda w: PARAMS["data"].get(w.dataset)  # data.<dataset> (ImageNet: path, format, files)
     output: pipeline.prepared(PARAMS, "{dataset}")
-    priority: 3
+    priority: pipeline.DATA_PRIORITY
     shell: cmd("prepare", dataset="{wildcards.dataset}")
 
 
@@ -21,5 +21,5 @@ rule split:
     input: lambda w: pipeline.bench_data(PARAMS, w.benchmark)
     output: pipeline.episodes(PARAMS, "{benchmark}")
     params: settings=lambda w: pipeline.split_settings(PARAMS, w.benchmark)
-    priority: 3
+    priority: pipeline.DATA_PRIORITY
     shell: cmd("split", benchmark="{wildcards.benchmark}")

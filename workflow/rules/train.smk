@@ -16,7 +16,7 @@ rule train:
     params:
         run=lambda w: pipeline.train_settings(PARAMS, w.benchmark, w.algorithm, w.seed),
     benchmark: pipeline.runtime_file("train", "{benchmark}", "{algorithm}", "seed{seed}")
-    priority: lambda w: pipeline.train_priority(PARAMS, w.benchmark)
+    priority: lambda w: pipeline.train_priority(PARAMS, w.benchmark, w.algorithm)
     threads: JOB_THREADS
     resources: **JOB_RESOURCES
     shell: TRAIN_CMD

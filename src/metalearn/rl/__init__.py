@@ -21,7 +21,3 @@ RL_TASKS = ("navigation", "halfcheetah-vel", "halfcheetah-dir", "ant-vel", "ant-
 # the RL methods (metarl.py): maml, fomaml, and the paper's baselines
 RL_ALGORITHMS = ("maml", "fomaml", "pretrained", "random", "oracle")
 
-
-def is_rl(bench: dict) -> bool:
-    """Whether a benchmark's settings describe a reinforcement-learning benchmark."""
-    return bench.get("task") in RL_TASKS

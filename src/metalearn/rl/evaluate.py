@@ -16,8 +16,10 @@ from metalearn.rl.tasks import read_test_tasks
 from metalearn.rl.train import load_model
 
 
-def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", steps: int | None = None,
-             log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "cpu",
+             steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+    """Return after 0..steps policy-gradient steps on the saved test tasks; on the CPU whatever `device`
+    says (accepted for the families' signature: environments and small policies, see rl/train.py)."""
     from metalearn.evaluate import mean_ci95
 
     config = saved["config"]

@@ -23,8 +23,9 @@ from metalearn.train import Checkpoint, Progress, TrainingDiverged, Tracker, run
 TRPO_DEFAULTS = {"max_kl": 0.01, "cg_iters": 10, "damping": 1e-5, "backtrack_ratio": 0.8, "max_backtracks": 15}
 
 
-def source_files() -> list[Path]:
-    """The files whose edits change an RL run's result (the config hash and the pipeline use them)."""
+def source_files(algorithm: str | None = None) -> list[Path]:
+    """The files whose edits change an RL run's result (the config hash and the pipeline use them):
+    every method's, since metalearn/rl runs them all (`algorithm` is accepted for the families' signature)."""
     return sorted(Path(__file__).resolve().parent.glob("*.py"))
 
 
