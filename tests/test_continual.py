@@ -227,6 +227,27 @@ def test_split_train_evaluate_aggregate_through_the_cli(tmp_path, monkeypatch):
     assert main(["evaluate", "--model", "models/sgd/model.pt", "--out", "x.json", "--steps", "3"]) == 2
 
 
+def test_a_tracked_continual_training_is_one_mlflow_run_with_the_model_files_config_hash(tmp_path, monkeypatch):
+    """`metalearn train --track` for a continual benchmark goes through the same tracked run as every
+    family (metalearn.families): tags name the run, its config hash is the model file's."""
+    import mlflow
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path)))
+    assert main(["split", "-b", "continual-tiny"]) == 0
+    assert main(["train", "-b", "continual-tiny", "-a", "warpgrad", "--out", "m", "--track"]) == 0
+    client = mlflow.tracking.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    (run,) = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    saved = torch.load(tmp_path / "m/model.pt", weights_only=True)
+    assert run.info.status == "FINISHED"
+    assert (run.data.tags["benchmark"], run.data.tags["algorithm"], run.data.tags["kind"]) == (
+        "continual-tiny", "warpgrad", "training")
+    assert run.data.tags["config_hash"] == saved["config_hash"] and run.data.tags["data_hash"] == "synthetic"
+    assert run.data.tags["model_sha256"]
+
+
 def test_an_interrupted_meta_training_resumes_to_the_same_warps(tmp_path, monkeypatch):
     """Killed after its checkpoint at iteration 2, a rerun resumes there and ends with the warps of an
     uninterrupted run (sampler and optimiser state restored)."""
