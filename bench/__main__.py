@@ -1,6 +1,6 @@
 """`python -m bench` (`make bench`): every benchmark under bench/, writing bench/results/*.csv."""
-from bench import memory, rl, speed
+from bench import allocator, memory, rl, speed
 
-for module in (speed, memory, rl):
+for module in (speed, memory, rl, allocator):
     print(f"== {module.__name__} ==", flush=True)
     module.main([])

@@ -298,6 +298,9 @@ def worker(impl: str, algorithm: str, benchmark: str, threads: str = "0") -> Non
     """One implementation in its own process (see `main`), so its peak memory is its own. Sets up and
     warms up, says `ready`, then times blocks of meta-iterations on request ("time N" on stdin ->
     seconds on stdout); "done" -> its peak memory, and it exits."""
+    from metalearn import allocator
+
+    allocator.tune()  # as the `metalearn` command runs, for every implementation alike (bench/allocator.py)
     if int(threads):  # a control row: this many intra-op threads (and so concurrent chunks)
         torch.set_num_threads(int(threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -324,36 +327,48 @@ def worker(impl: str, algorithm: str, benchmark: str, threads: str = "0") -> Non
     print(json.dumps({"peak_mb": round(peak, 1)}), flush=True)
 
 
-def measure(impls: list[str], algorithm: str, benchmark: str, iterations: int, repeats: int,
-            threads: int = 0) -> list[dict]:
-    """Speed and peak memory of every implementation, interleaved: one worker process each, all set
-    up first; then `repeats` rounds in which each worker in turn (the order rotating) times a block of
-    `iterations` meta-iterations, the others idle. A slow spell of the machine thus hits every
-    implementation alike instead of whichever happened to run then. Reports the median block."""
-    workers = {}
-    for impl in impls:  # one at a time, so set-up and warm-up do not compete either
-        workers[impl] = subprocess.Popen([sys.executable, "-m", "bench.speed", "--_worker", impl, algorithm, benchmark,
-                                          str(threads)],
-                                         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                                         cwd=Path(__file__).resolve().parent.parent)
-        if workers[impl].stdout.readline().strip() != "ready":
-            raise RuntimeError(f"the {impl} worker failed to start (its error is above)")
-    seconds = {impl: [] for impl in impls}
+def start_worker(impl: str, algorithm: str, benchmark: str, threads: int = 0, env: dict | None = None):
+    """A `worker` process, set up and warmed up (it has said `ready`)."""
+    process = subprocess.Popen([sys.executable, "-m", "bench.speed", "--_worker", impl, algorithm, benchmark,
+                                str(threads)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                               cwd=Path(__file__).resolve().parent.parent, env=env)
+    if process.stdout.readline().strip() != "ready":
+        raise RuntimeError(f"the {impl} worker failed to start (its error is above)")
+    return process
+
+
+def time_interleaved(workers: dict, iterations: int, repeats: int,
+                     before_exit=lambda: None) -> dict[str, tuple[float, float]]:
+    """label -> (median seconds per meta-iteration, peak MB) of started workers: `repeats` rounds in
+    which each worker in turn (the order rotating) times a block of `iterations` meta-iterations, the
+    others idle. A slow spell of the machine thus hits every worker alike instead of whichever happened
+    to run then. Then `before_exit()`, and the workers exit."""
+    labels = list(workers)
+    seconds = {label: [] for label in labels}
     for round_ in range(repeats):
-        for impl in impls[round_ % len(impls):] + impls[:round_ % len(impls)]:
-            workers[impl].stdin.write(f"time {iterations}\n")
-            workers[impl].stdin.flush()
-            seconds[impl].append(float(workers[impl].stdout.readline()) / iterations)
-    rows = []
-    for impl, process in workers.items():
+        for label in labels[round_ % len(labels):] + labels[:round_ % len(labels)]:
+            workers[label].stdin.write(f"time {iterations}\n")
+            workers[label].stdin.flush()
+            seconds[label].append(float(workers[label].stdout.readline()) / iterations)
+    before_exit()
+    result = {}
+    for label, process in workers.items():
         process.stdin.write("done\n")
         process.stdin.flush()
-        peak = json.loads(process.stdout.readline())["peak_mb"]
+        result[label] = (statistics.median(seconds[label]), json.loads(process.stdout.readline())["peak_mb"])
         process.wait()
-        rows.append({"impl": impl, "algorithm": algorithm, "benchmark": benchmark,
-                     "iters_per_s": round(1 / statistics.median(seconds[impl]), 3), "peak_mb": peak,
-                     "threads": threads or torch.get_num_threads()})
-    return rows
+    return result
+
+
+def measure(impls: list[str], algorithm: str, benchmark: str, iterations: int, repeats: int,
+            threads: int = 0) -> list[dict]:
+    """Speed and peak memory of every implementation, interleaved (`time_interleaved`): one worker
+    process each, all set up first, one at a time, so set-up and warm-up do not compete either."""
+    workers = {impl: start_worker(impl, algorithm, benchmark, threads) for impl in impls}
+    timed = time_interleaved(workers, iterations, repeats)
+    return [{"impl": impl, "algorithm": algorithm, "benchmark": benchmark, "iters_per_s": round(1 / seconds, 3),
+             "peak_mb": peak, "threads": threads or torch.get_num_threads()}
+            for impl, (seconds, peak) in timed.items()]
 
 
 def check_same_gradients(benchmark: str, algorithm: str, impls: list[str]) -> float:

@@ -46,3 +46,16 @@ def test_the_harness_writes_the_speed_table(tmp_path, capsys):
 def test_the_evaluation_benchmark_times_paths_that_agree(benchmark):
     """The two paths the evaluation rows compare give every episode the same metrics (float64)."""
     assert evaluation.check_same_metrics(benchmark, episodes=9) < 1e-9
+
+
+def test_the_allocator_benchmark_compares_both_settings_in_separate_workers(tmp_path, capsys):
+    from bench import allocator
+
+    out = tmp_path / "allocator.csv"
+    allocator.main(["--algorithms", "maml", "--benchmark", "sinusoid-10shot", "--threads", "1", "--iterations", "2",
+                    "--repeats", "2", "--out", str(out)])
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["algorithm"], r["threads"], r["malloc"]) for r in rows] == [("maml", "1", "default"), ("maml", "1", "tuned")]
+    assert all(float(r["iters_per_s"]) > 0 and int(r["page_faults_per_iter"]) >= 0 for r in rows)
+    assert "tuned" in capsys.readouterr().out

@@ -25,7 +25,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from metalearn import benchmarks, families
+from metalearn import allocator, benchmarks, families
 from metalearn.config import BadInput, ConfigError, benchmark, data_mirror, load_params
 from metalearn.data.omniglot import VARIANTS as OMNIGLOT_VARIANTS
 
@@ -322,6 +322,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser().parse_args(argv)
     except SystemExit as exc:  # argparse printed its message (a bad flag names itself) or --help
         return exc.code if isinstance(exc.code, int) else EXIT_BAD_INPUT
+    allocator.tune()  # malloc keeps the meta-steps' blocks for reuse (metalearn/allocator.py)
     import torch
 
     from metalearn.adapt import AdaptError

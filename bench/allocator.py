@@ -1,0 +1,74 @@
+"""glibc's malloc with its defaults against metalearn.allocator's settings, per meta-iteration.
+
+    python -m bench.allocator [--algorithms ...] [--threads 1 2] [--iterations 5] [--repeats 6]
+
+For each algorithm, our implementation (chunked, as `metalearn train` runs it) on bench/speed.py's
+Omniglot 5-way 1-shot problem in two worker processes, identical but for METALEARN_MALLOC=default
+in one; their blocks of meta-iterations are timed interleaved (bench.speed.time_interleaved). Also
+the minor page faults per meta-iteration of each. On one thread (as each job of the pipeline runs)
+and on two (as `make bench`'s speed table). Writes bench/results/allocator.csv: algorithm, benchmark, threads, malloc,
+iters_per_s, page_faults_per_iter, peak_mb; prints tuned ÷ default.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from pathlib import Path
+
+from bench import speed
+
+RESULTS = Path(__file__).resolve().parent / "results"
+ALGORITHMS = ["maml", "fomaml", "metasgd", "tnet", "mtnet", "imaml", "leap", "warpgrad"]
+SETTINGS = {"default": {"METALEARN_MALLOC": "default"}, "tuned": {"METALEARN_MALLOC": "tuned"}}
+
+
+def page_faults(pid: int) -> int:
+    """Minor page faults of a running process so far (/proc/PID/stat, field 10)."""
+    with open(f"/proc/{pid}/stat") as f:
+        return int(f.read().rsplit(")", 1)[1].split()[7])
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--algorithms", nargs="+", default=ALGORITHMS, choices=ALGORITHMS)
+    parser.add_argument("--benchmark", default="omniglot-5w1s", choices=list(speed.SETTINGS))
+    parser.add_argument("--threads", type=int, nargs="+", default=[1, 2])
+    parser.add_argument("--iterations", type=int, default=5, help="meta-iterations per timed block")
+    parser.add_argument("--repeats", type=int, default=6, help="timed blocks per setting (the median is reported)")
+    parser.add_argument("--out", default=str(RESULTS / "allocator.csv"))
+    args = parser.parse_args(argv)
+    rows = []
+    for threads, algorithm in ((t, a) for t in args.threads for a in args.algorithms):
+        workers = {name: speed.start_worker("ours", algorithm, args.benchmark, threads, {**os.environ, **env})
+                   for name, env in SETTINGS.items()}
+        faults_before = {name: page_faults(w.pid) for name, w in workers.items()}
+        pids = {name: w.pid for name, w in workers.items()}
+        faults = {}
+
+        def count_faults():  # read before the workers exit (time_interleaved ends them)
+            faults.update({name: page_faults(pid) - faults_before[name] for name, pid in pids.items()})
+
+        timed = speed.time_interleaved(workers, args.iterations, args.repeats, before_exit=count_faults)
+        iterations = args.iterations * args.repeats
+        for name, (seconds, peak) in timed.items():
+            rows.append({"algorithm": algorithm, "benchmark": args.benchmark, "threads": threads, "malloc": name,
+                         "iters_per_s": round(1 / seconds, 3),
+                         "page_faults_per_iter": round(faults[name] / iterations), "peak_mb": peak})
+        default, tuned = (next(r for r in rows if (r["algorithm"], r["threads"], r["malloc"]) ==
+                               (algorithm, threads, name)) for name in ("default", "tuned"))
+        print(f"{args.benchmark} {algorithm:8s} {threads} thread(s): default {default['iters_per_s']:7.3f} it/s "
+              f"({default['page_faults_per_iter']} faults/it), tuned {tuned['iters_per_s']:7.3f} it/s "
+              f"({tuned['page_faults_per_iter']} faults/it): {tuned['iters_per_s'] / default['iters_per_s']:.3f}x",
+              flush=True)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    with open(out, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    main()
