@@ -141,81 +141,6 @@ class BatchNormBackward(torch.autograd.Function):
         return grad_g, grad_x, grad_weight, None, None, None
 
 
-def _transposed_padding(x_shape, grad_shape, kernel, stride, padding) -> tuple[int, ...]:
-    """The output_padding with which conv_transpose2d maps a convolution's output grid back onto x's."""
-    return tuple(x_shape[d + 2] - ((grad_shape[d + 2] - 1) * stride[d] - 2 * padding[d] + kernel[d]) for d in range(2))
-
-
-class GroupedConv2d(torch.autograd.Function):
-    """`F.conv2d(x, weight, None, stride, padding, groups=groups)` with a cheaper double backward.
-    PyTorch's double backward of a grouped convolution loops over the groups (one small convolution
-    and copies per group and tensor); here the backward is written with whole-chunk operations that
-    autograd differentiates as they are: grad_x = conv_transpose2d(grad_y, weight), grad_weight by
-    `GroupedConvWeightGrad`. A first-order backward (grad mode off) is PyTorch's own kernel."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor, stride, padding, groups: int) -> Tensor:
-        ctx.save_for_backward(x, weight)
-        ctx.conf = (tuple(stride), tuple(padding), groups)
-        return F.conv2d(x, weight, None, stride, padding, 1, groups)
-
-    @staticmethod
-    def backward(ctx, grad_y: Tensor):
-        x, weight = ctx.saved_tensors
-        stride, padding, groups = ctx.conf
-        need_x, need_weight = ctx.needs_input_grad[:2]
-        if not torch.is_grad_enabled():
-            grad_x, grad_weight, _ = torch.ops.aten.convolution_backward(
-                grad_y, x, weight, None, stride, padding, (1, 1), False, (0, 0), groups, [need_x, need_weight, False])
-            return grad_x, grad_weight, None, None, None
-        grad_x = grad_weight = None
-        if need_x:
-            grad_x = F.conv_transpose2d(grad_y, weight, None, stride, padding,
-                                        _transposed_padding(x.shape, grad_y.shape, weight.shape[2:], stride, padding),
-                                        groups)
-        if need_weight:
-            grad_weight = GroupedConvWeightGrad.apply(x, grad_y, weight.shape, stride, padding, groups)
-        return grad_x, grad_weight, None, None, None
-
-
-class GroupedConvWeightGrad(torch.autograd.Function):
-    """(x, grad_y) -> the convolution's weight gradient, by PyTorch's kernel. It is bilinear:
-    <A, grad_weight(x, g)> = <conv2d(x, A), g> for any A, so its backward for an incoming A is
-    d/dg = conv2d(x, A) and d/dx = conv_transpose2d(g, A): plain convolutions again."""
-
-    @staticmethod
-    def forward(ctx, x: Tensor, grad_y: Tensor, weight_shape, stride, padding, groups: int) -> Tensor:
-        ctx.save_for_backward(x, grad_y)
-        ctx.conf = (stride, padding, groups)
-        weight = x.new_empty(weight_shape)  # only its shape is read
-        return torch.ops.aten.convolution_backward(grad_y, x, weight, None, stride, padding, (1, 1), False, (0, 0),
-                                                   groups, [False, True, False])[1]
-
-    @staticmethod
-    def backward(ctx, a: Tensor):
-        x, g = ctx.saved_tensors
-        stride, padding, groups = ctx.conf
-        grad_x = grad_g = None
-        if ctx.needs_input_grad[0]:
-            grad_x = F.conv_transpose2d(g, a, None, stride, padding,
-                                        _transposed_padding(x.shape, g.shape, a.shape[2:], stride, padding), groups)
-        if ctx.needs_input_grad[1]:
-            grad_g = F.conv2d(x, a, None, stride, padding, 1, groups)
-        return grad_x, grad_g, None, None, None, None
-
-
-_CUSTOM_CONV = True
-
-
-def conv2d_tasks(h: Tensor, weight: Tensor, bias: Tensor, conv: nn.Conv2d, tasks: int) -> Tensor:
-    """A chunk's convolution: every task's filters (weight [tasks, out, in, k, k], bias [tasks, out]) on
-    its own channels of h [n, tasks * in, H, W], one grouped convolution."""
-    if not _CUSTOM_CONV:
-        return F.conv2d(h, weight.flatten(0, 1), bias.flatten(), conv.stride, conv.padding, groups=tasks)
-    out = GroupedConv2d.apply(h, weight.flatten(0, 1), conv.stride, conv.padding, tasks)
-    return out + bias.flatten().view(1, -1, 1, 1)
-
-
 def chunk_layout(h: Tensor) -> Tensor:
     """A chunk's feature maps [n, tasks * C, H, W] as the convolutions run them fastest: on the CPU in
     channels-last memory (the same tensor, NHWC strides; oneDNN's convolutions take it as it is; with
@@ -318,7 +243,7 @@ class Conv4(nn.Module):
         h = chunk_layout(self.pixels(x).transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:]))
         for i, (conv, norm, *rest) in enumerate(self.features):
             weight, bias = params[f"features.{i}.0.weight"], params[f"features.{i}.0.bias"]
-            h = conv2d_tasks(h, weight, bias, conv, tasks)
+            h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), conv.stride, conv.padding, groups=tasks)
             h = batch_norm_tasks(norm, h, params, f"features.{i}.1.", tasks)
             for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                 h = layer(h)
