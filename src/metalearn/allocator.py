@@ -5,11 +5,11 @@ maps of a chunk of tasks, their gradients and second-order terms). With glibc's 
 above the mmap threshold (128 kB at first, raised as such blocks are freed) get their own mapping,
 and free memory at the top of the heap beyond the trim threshold is returned to the system: either
 way the next allocation of that size starts on fresh pages, which the kernel zeroes on first touch.
-On this machine's 2-core CPU an Omniglot meta-step took 3 000-64 000 minor page faults; with every
-block below 32 MB taken from the heap and 64 MB of free heap kept, 26-168, and the meta-steps are
-faster on one thread by 15 % (MAML), 12-13 % (Meta-SGD, T-net, MT-net, Leap), 5 % (iMAML), 4 %
-(first-order MAML) and 2 % (WarpGrad); on two threads by 0-13 % (`python -m bench.allocator`,
-bench/results/allocator.csv, 2026-12-01). Peak memory moved by -4 to +9 MB. The price: up to
+On this machine's 2-core CPU an Omniglot meta-step took 4 800-57 000 minor page faults; with every
+block below 32 MB taken from the heap and 64 MB of free heap kept, 25-232, and the meta-steps are
+faster on one thread by 15 % (MAML), 11-13 % (Meta-SGD, T-net, MT-net, Leap), 7 % (first-order
+MAML), 2-3 % (iMAML, WarpGrad); on two threads by 3-12 % (`python -m bench.allocator`,
+bench/results/allocator.csv, 2026-12-01). Peak memory moved by -2 to +12 MB. The price: up to
 TOP_PAD more resident memory per process after a peak.
 
 `tune()` is called by the `metalearn` command and by bench/speed.py's workers (every implementation
