@@ -12,11 +12,10 @@ iters_per_s, page_faults_per_iter, peak_mb; prints tuned ÷ default.
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 from pathlib import Path
 
-from bench import speed
+from bench import speed, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 ALGORITHMS = ["maml", "fomaml", "metasgd", "tnet", "mtnet", "imaml", "leap", "warpgrad"]
@@ -61,13 +60,7 @@ def main(argv=None) -> None:
               f"({default['page_faults_per_iter']} faults/it), tuned {tuned['iters_per_s']:7.3f} it/s "
               f"({tuned['page_faults_per_iter']} faults/it): {tuned['iters_per_s'] / default['iters_per_s']:.3f}x",
               flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"-> {out}")
+    print(f"-> {write_csv(rows, args.out)}")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ To add an algorithm: one entry in ALGORITHMS (name in the registry -> hyperparam
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import statistics
 import subprocess
@@ -25,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from bench import write_csv
 from bench.speed import _status_mb, reset_peak_rss
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -92,12 +92,7 @@ def main(argv=None) -> None:
             rows.append(row)
             print(f"{algorithm:8s} {steps:4d} inner steps: peak {row['peak_mb']:8.1f} MB, "
                   f"{row['seconds_per_iter']:.3f} s/meta-step", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["algorithm", "inner_steps", "peak_mb", "seconds_per_iter"])
-        writer.writeheader()
-        writer.writerows(rows)
+    out = write_csv(rows, args.out, ["algorithm", "inner_steps", "peak_mb", "seconds_per_iter"])
     for algorithm in args.algorithms:
         peaks = {r["inner_steps"]: r["peak_mb"] for r in rows if r["algorithm"] == algorithm}
         low, high = min(peaks), max(peaks)

@@ -23,13 +23,14 @@ Each figure is the median of `repeats` timed blocks. Writes bench/results/rl.csv
 from __future__ import annotations
 
 import argparse
-import csv
 import statistics
 import time
 from pathlib import Path
 
 import numpy as np
 import torch
+
+from bench import write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TASKS, ROLLOUTS, HORIZON = 20, 20, 100
@@ -150,13 +151,7 @@ def main(argv=None) -> None:
                      "env_steps_per_s": "", "seconds": round(seconds, 3)})
     for row in rows:
         print(f"  {row['measure']:24s} {row['env_steps_per_s']!s:>10} env steps/s  {row['seconds']} s", flush=True)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    print(f"-> {out}")
+    print(f"-> {write_csv(rows, args.out)}")
 
 
 if __name__ == "__main__":
