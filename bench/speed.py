@@ -29,7 +29,6 @@ that many threads, so the table separates what batching tasks gains from what th
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import platform
 import statistics
@@ -42,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch.func import functional_call
 
-from bench import evaluation
+from bench import evaluation, write_csv
 
 RESULTS = Path(__file__).resolve().parent / "results"
 SETTINGS = {
@@ -435,12 +434,7 @@ def main(argv=None) -> None:
     if args.eval_episodes:  # evaluation: episodes per second, chunked vs the one-episode loop
         rows += [{**row, "threads": torch.get_num_threads()}
                  for row in evaluation.run(args.benchmarks, args.eval_episodes, min(args.repeats, 3))]
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with open(out, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb", "threads"])
-        writer.writeheader()
-        writer.writerows(rows)
+    out = write_csv(rows, args.out, ["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb", "threads"])
     print(f"\nmachine: {machine()}, torch {torch.__version__}")
     for benchmark in args.benchmarks:
         for algorithm in ("maml", "fomaml", *args.algorithms):
