@@ -42,20 +42,19 @@ def main(argv=None) -> None:
         workers = {name: speed.start_worker("ours", algorithm, args.benchmark, threads, {**os.environ, **env})
                    for name, env in SETTINGS.items()}
         faults_before = {name: page_faults(w.pid) for name, w in workers.items()}
-        pids = {name: w.pid for name, w in workers.items()}
         faults = {}
 
         def count_faults():  # read before the workers exit (time_interleaved ends them)
-            faults.update({name: page_faults(pid) - faults_before[name] for name, pid in pids.items()})
+            faults.update({name: page_faults(w.pid) - faults_before[name] for name, w in workers.items()})
 
         timed = speed.time_interleaved(workers, args.iterations, args.repeats, before_exit=count_faults)
         iterations = args.iterations * args.repeats
-        for name, (seconds, peak) in timed.items():
-            rows.append({"algorithm": algorithm, "benchmark": args.benchmark, "threads": threads, "malloc": name,
-                         "iters_per_s": round(1 / seconds, 3),
-                         "page_faults_per_iter": round(faults[name] / iterations), "peak_mb": peak})
-        default, tuned = (next(r for r in rows if (r["algorithm"], r["threads"], r["malloc"]) ==
-                               (algorithm, threads, name)) for name in ("default", "tuned"))
+        by_setting = {name: {"algorithm": algorithm, "benchmark": args.benchmark, "threads": threads, "malloc": name,
+                             "iters_per_s": round(1 / seconds, 3),
+                             "page_faults_per_iter": round(faults[name] / iterations), "peak_mb": peak}
+                      for name, (seconds, peak) in timed.items()}
+        rows += by_setting.values()
+        default, tuned = by_setting["default"], by_setting["tuned"]
         print(f"{args.benchmark} {algorithm:8s} {threads} thread(s): default {default['iters_per_s']:7.3f} it/s "
               f"({default['page_faults_per_iter']} faults/it), tuned {tuned['iters_per_s']:7.3f} it/s "
               f"({tuned['page_faults_per_iter']} faults/it): {tuned['iters_per_s'] / default['iters_per_s']:.3f}x",

@@ -86,24 +86,29 @@ def source_files(algorithm: str) -> list[str]:
     if algorithm not in algorithms.ALGORITHMS:
         raise ConfigError(f"algorithm {algorithm!r} is configured but not implemented; "
                           f"known: {sorted(algorithms.ALGORITHMS)}")
-    package = Path(algorithms.__file__).resolve().parent  # .../metalearn/algorithms
-    return [(ROOT / "src/metalearn/algorithms" / path.relative_to(package)).relative_to(ROOT).as_posix()
-            for path in algorithms.source_files(algorithm)]
+    return _in_repository(algorithms.source_files(algorithm))
+
+
+def _in_repository(paths) -> list[str]:
+    """Files of the metalearn package as paths of this repository (src/metalearn/...), wherever the
+    package is installed."""
+    import metalearn
+
+    package = Path(metalearn.__file__).resolve().parent  # .../metalearn
+    return [(ROOT / "src/metalearn" / Path(path).resolve().relative_to(package)).relative_to(ROOT).as_posix()
+            for path in paths]
 
 
 def train_sources(params: dict, bench: str, algorithm: str) -> list[str]:
     """The package files a training job depends on: its task family's (metalearn.families), i.e. the
     algorithm's (source_files) for episodes, and for the continual, multi-shot (alphabets) and RL
     families those of their own module, which runs its methods (e.g. sgd, ft, random) itself."""
-    import metalearn
     from metalearn import families
 
     settings = params["benchmarks"][bench]
     if families.family(settings) == "episodes":
         return source_files(algorithm)  # with the error for an algorithm that is not implemented
-    package = Path(metalearn.__file__).resolve().parent  # .../metalearn
-    return [(ROOT / "src/metalearn" / path.resolve().relative_to(package)).relative_to(ROOT).as_posix()
-            for path in families.step(settings, "source_files")(algorithm)]
+    return _in_repository(families.step(settings, "source_files")(algorithm))
 
 
 # ----------------------------------------------------------------------------- paths
