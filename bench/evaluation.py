@@ -1,14 +1,15 @@
-"""Evaluation speed: 600 test episodes, chunked (ours) against the one-episode loop.
+"""Evaluation speed: 600 test episodes, chunked (ours) against the one-episode loops.
 
     python -m bench.evaluation [--episodes N] [--repeats R]      (`make bench` runs it through bench.speed)
 
-`metalearn evaluate` adapts a chunk of test episodes at once (maml.py, `evaluate_tasks`); the peer is
-the one-episode loop it replaced (`batched_tasks` off: each episode adapted alone, the episodes spread
-over the cores by `map_tasks`). Both score the same episodes with the same network, as the default
-profile's test episodes:
+`metalearn evaluate` adapts a chunk of test episodes at once (maml.py, `evaluate_tasks`). Against it,
+with `batched_tasks` off (each episode adapted alone):
+  - `serial`: the plain one-episode loop, episodes one after another on every intra-op thread;
+  - `loop`: the loop it replaced, the episodes spread over the cores by `map_tasks`.
+All three score the same episodes with the same network, as the default profile's test episodes:
   - Omniglot 5-way 1-shot: MAML's conv4 (64 filters), 15 queries per class, 3 test steps at alpha 0.4;
   - sinusoid 10-shot: the MLP 40-40, 100 query points, 10 test steps at alpha 0.01.
-The per-episode metrics of the two are checked equal (float64) before the timing. Rows in
+The per-episode metrics of the three are checked equal (float64) before the timing. Rows in
 bench/speed.py's format: `iters_per_s` is episodes per second, `algorithm` is `maml-evaluation`.
 """
 from __future__ import annotations
@@ -45,30 +46,37 @@ def make_problem(benchmark: str, episodes: int, dtype=torch.float32):
     return algo, TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
 
 
-def evaluate_all(algo, tasks: TaskBatch, chunked: bool, batch: int = 50) -> list[dict]:
-    """The episodes in batches of 50, as `metalearn evaluate` reads them (benchmarks.eval_batches)."""
-    algo.batched_tasks = chunked
+IMPLS = ("ours", "serial", "loop")
+
+
+def evaluate_all(algo, tasks: TaskBatch, impl: str, batch: int = 50) -> list[dict]:
+    """The episodes in batches of 50, as `metalearn evaluate` reads them (benchmarks.eval_batches),
+    by `impl` (the module docstring)."""
+    algo.batched_tasks = impl == "ours"
+    algo.parallel_tasks = impl != "serial"
     return [m for start in range(0, len(tasks), batch)
             for m in algo.evaluate_tasks(tasks.slice(start, start + batch), algo.test_inner_steps)]
 
 
 def check_same_metrics(benchmark: str, episodes: int = 40) -> float:
-    """Largest difference of any episode's metric between the two paths (float64), relative to its size."""
+    """Largest difference of any episode's metric between the chunked path and either loop (float64),
+    relative to its size."""
     algo, tasks = make_problem(benchmark, episodes, torch.float64)
-    chunked, loop = evaluate_all(algo, tasks, True), evaluate_all(algo, tasks, False)
-    return max(abs(c[k] - l[k]) / max(abs(l[k]), 1e-12) for c, l in zip(chunked, loop) for k in l)
+    chunked = evaluate_all(algo, tasks, "ours")
+    return max(abs(c[k] - l[k]) / max(abs(l[k]), 1e-12)
+               for impl in IMPLS[1:] for c, l in zip(chunked, evaluate_all(algo, tasks, impl)) for k in l)
 
 
 def measure(benchmark: str, episodes: int, repeats: int) -> list[dict]:
     """Episodes per second of each path, timed interleaved (median of `repeats` passes over all episodes)."""
     algo, tasks = make_problem(benchmark, episodes)
-    evaluate_all(algo, tasks.slice(0, 50), True)  # warm-up
-    evaluate_all(algo, tasks.slice(0, 50), False)
-    seconds = {"ours": [], "loop": []}
+    for impl in IMPLS:  # warm-up
+        evaluate_all(algo, tasks.slice(0, 50), impl)
+    seconds = {impl: [] for impl in IMPLS}
     for round_ in range(repeats):
-        for impl in (["ours", "loop"] if round_ % 2 == 0 else ["loop", "ours"]):
+        for impl in IMPLS[round_ % 3:] + IMPLS[:round_ % 3]:  # the order rotating
             start = time.perf_counter()
-            evaluate_all(algo, tasks, impl == "ours")
+            evaluate_all(algo, tasks, impl)
             seconds[impl].append(time.perf_counter() - start)
     return [{"impl": impl, "algorithm": "maml-evaluation", "benchmark": f"{benchmark}-{episodes}-episodes",
              "iters_per_s": round(episodes / statistics.median(s), 2), "peak_mb": ""} for impl, s in seconds.items()]
@@ -80,8 +88,9 @@ def run(benchmarks=tuple(BENCHMARKS), episodes: int = 600, repeats: int = 3) -> 
         print(f"{benchmark} evaluation: per-episode metrics differ from the one-episode loop's by at most "
               f"{check_same_metrics(benchmark):.1e} (relative, float64)", flush=True)
         measured = measure(benchmark, episodes, repeats)
-        ours, loop = (next(r for r in measured if r["impl"] == i)["iters_per_s"] for i in ("ours", "loop"))
-        print(f"  ours {ours:.1f} episodes/s, one-episode loop {loop:.1f} episodes/s: {ours / loop:.2f} x", flush=True)
+        ours, serial, loop = (next(r for r in measured if r["impl"] == i)["iters_per_s"] for i in IMPLS)
+        print(f"  ours {ours:.1f} episodes/s: {ours / serial:.2f} x the serial one-episode loop ({serial:.1f}), "
+              f"{ours / loop:.2f} x the concurrent one ({loop:.1f})", flush=True)
         rows += measured
     return rows
 

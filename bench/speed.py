@@ -10,9 +10,14 @@ learning rate and steps) and takes an Adam step, for
     1 inner step (alpha 0.01);
   - Meta-SGD, T-net, MT-net, iMAML (5 inner steps, 5 CG steps), Leap (3 steps, path energy) and WarpGrad
     (warp layers meta-learned, initialisation fixed; the default profile's steps and buffer) on
-    both, against their own one-task-at-a-time loop (`loop`: the same code with chunking off;
-    `OTHER_ALGORITHMS`); iMAML also against TorchOpt's implicit differentiation (`torchopt`:
+    both (`OTHER_ALGORITHMS`); iMAML also against TorchOpt's implicit differentiation (`torchopt`:
     torchopt.diff.implicit.custom_root, its conjugate gradient, the same inner steps and linear system).
+Every algorithm, MAML included, also runs two ways of our own code with chunking off:
+  - `serial`: the plain per-task loop (issue #19's peer for every row): the algorithm's one-task code,
+    one task after another, every core as intra-op threads, as MAML's hand-written `plain` loop runs;
+  - `loop`: the same one-task code with its tasks spread over the cores (`map_tasks`, one task per
+    core): what our package ran before chunking. Not a peer but an ablation (what chunking gains over
+    our own concurrent tasks); the summary prints ours / best peer and ours / loop apart.
 Each implementation runs in a process of its own, so peak memory is its own: `peak_mb` is the
 growth of the process's peak resident memory over its resident memory just before the first
 meta-step (the kernel's peak counter is reset there; on CUDA: torch.cuda.max_memory_allocated).
@@ -161,9 +166,8 @@ def step_torchopt(model, tasks, criterion, inner_lr, first_order):
 
 STEPS = {"ours": step_ours, "plain": step_plain, "higher": step_higher, "torchopt": step_torchopt}
 
-# The other algorithms of the MAML family and iMAML, each against its own one-task-at-a-time loop
-# (`loop`: the same algorithm with chunking off, the tasks spread over the cores as before chunking).
-# Their settings are the default profile's (params.yaml) where they differ from MAML's.
+# The other algorithms of the MAML family, iMAML, Leap and WarpGrad. Their settings are the default
+# profile's (params.yaml) where they differ from MAML's.
 OTHER_ALGORITHMS = {
     "metasgd": {}, "tnet": {}, "mtnet": {},
     "imaml": {"inner_steps": 5, "lam": 2.0, "cg_steps": 5, "cg_damping": 1.0, "lam_damping": 10.0},
@@ -176,8 +180,12 @@ BENCHMARK_HPARAMS = {
     ("warpgrad", "classification"): {"inner_steps": 3, "snapshots": 2},
     ("warpgrad", "regression"): {"inner_steps": 5, "snapshots": 5},
 }
-OTHER_IMPLS = ["ours", "loop"]
-# Peers beyond the one-task loop, per algorithm
+# Our own code with chunking off, for every algorithm (the module docstring): `serial` one task at a
+# time (a peer: the plain per-task loop), `loop` tasks concurrent on the cores (an ablation, not a peer)
+UNCHUNKED_IMPLS = ["serial", "loop"]
+OTHER_IMPLS = ["ours", *UNCHUNKED_IMPLS]
+NOT_PEERS = {"ours", "loop"}
+# Peers beyond the per-task loop, per algorithm
 ALGORITHM_PEERS = {"imaml": ["torchopt"]}
 
 
@@ -232,12 +240,13 @@ def step_torchopt_imaml(model, tasks, criterion, inner_lr, hparams):
 def algorithm_hparams(algorithm: str, criterion, inner_lr: float) -> dict:
     kind = "classification" if criterion is F.cross_entropy else "regression"
     return {"inner_lr": inner_lr if algorithm != "imaml" or kind == "regression" else 0.1,
-            "inner_steps": 1, "test_inner_steps": 1, **OTHER_ALGORITHMS[algorithm],
+            "inner_steps": 1, "test_inner_steps": 1, **OTHER_ALGORITHMS.get(algorithm, {}),
             **BENCHMARK_HPARAMS.get((algorithm, kind), {})}
 
 
-def step_algorithm(algorithm: str, model, tasks, criterion, inner_lr, chunked: bool):
-    """A meta-iteration of `algorithm` as `metalearn train` runs it (chunked), or one task at a time."""
+def step_algorithm(algorithm: str, model, tasks, criterion, inner_lr, chunked: bool, concurrent: bool = True):
+    """A meta-iteration of `algorithm` as `metalearn train` runs it (chunked), or task by task: the
+    tasks spread over the cores (`concurrent`), or one after another in this thread."""
     from metalearn.algorithms import build_algorithm
     from metalearn.tasks import Objective
 
@@ -245,6 +254,8 @@ def step_algorithm(algorithm: str, model, tasks, criterion, inner_lr, chunked: b
     hparams = algorithm_hparams(algorithm, criterion, inner_lr)
     algo = build_algorithm(algorithm, model, Objective(model, kind), hparams).to(tasks.support_x.device)
     algo.batched_tasks = chunked
+    if not concurrent:
+        algo.parallel_tasks = False  # map_tasks then runs the tasks in order, on every intra-op thread
     opt = torch.optim.Adam(algo.parameters(), lr=1e-3)
 
     def step():
@@ -257,12 +268,12 @@ def step_algorithm(algorithm: str, model, tasks, criterion, inner_lr, chunked: b
 
 def make_step(impl: str, algorithm: str, benchmark: str, model, tasks, criterion):
     inner_lr = SETTINGS[benchmark]["inner_lr"]
-    if algorithm in ("maml", "fomaml"):
+    if algorithm in ("maml", "fomaml") and impl in STEPS:
         return STEPS[impl](model, tasks, criterion, inner_lr, algorithm == "fomaml")
     if (algorithm, impl) == ("imaml", "torchopt"):
         hparams = algorithm_hparams(algorithm, criterion, inner_lr)
         return step_torchopt_imaml(model, tasks, criterion, hparams["inner_lr"], hparams)
-    return step_algorithm(algorithm, model, tasks, criterion, inner_lr, impl == "ours")
+    return step_algorithm(algorithm, model, tasks, criterion, inner_lr, impl == "ours", impl != "serial")
 
 
 def machine() -> str:
@@ -372,7 +383,7 @@ def measure(impls: list[str], algorithm: str, benchmark: str, iterations: int, r
 
 def check_same_gradients(benchmark: str, algorithm: str, impls: list[str]) -> float:
     """Largest difference between any implementation's meta-gradient and the plain loop's (for the
-    other algorithms: the one-task loop's, every meta-parameter: T, masks' logits, rates), relative to
+    other algorithms: the serial per-task loop's, every meta-parameter: T, masks' logits, rates), relative to
     the largest entry of the plain loop's (they must agree; per-tensor ratios would be meaningless for
     the conv biases, whose gradient BatchNorm cancels to rounding noise)."""
     device = torch.device("cpu")
@@ -380,7 +391,7 @@ def check_same_gradients(benchmark: str, algorithm: str, impls: list[str]) -> fl
     # In float64: in float32 the support sets' BatchNorm (5 images) amplifies rounding to ~1e-2.
     dtype = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
-    reference = "plain" if algorithm in ("maml", "fomaml") else "loop"
+    reference = "plain" if algorithm in ("maml", "fomaml") else "serial"
     for impl in {reference, *impls}:
         model, tasks, criterion = make_problem(benchmark, device)
         torch.manual_seed(1)  # MT-net draws its masks: the same draws for every implementation
@@ -402,7 +413,7 @@ def main(argv=None) -> None:
     parser.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
     parser.add_argument("--benchmarks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--algorithms", nargs="*", default=list(OTHER_ALGORITHMS), choices=list(OTHER_ALGORITHMS),
-                        help="besides MAML and first-order MAML (against their one-task loops)")
+                        help="besides MAML and first-order MAML (against their per-task loops)")
     parser.add_argument("--eval-episodes", type=int, default=600,
                         help="test episodes of the evaluation rows (bench/evaluation.py; 0: none)")
     parser.add_argument("--out", default=str(RESULTS / "speed.csv"))
@@ -417,17 +428,19 @@ def main(argv=None) -> None:
     rows = []
     for benchmark in args.benchmarks:
         for algorithm in ("maml", "fomaml", *args.algorithms):
-            impls = args.impls if algorithm in ("maml", "fomaml") else OTHER_IMPLS + [
+            impls = [*args.impls, *UNCHUNKED_IMPLS] if algorithm in ("maml", "fomaml") else OTHER_IMPLS + [
                 impl for impl in ALGORITHM_PEERS.get(algorithm, []) if impl in args.impls]
             print(f"{benchmark} {algorithm}: meta-gradients differ from the "
-                  f"{'plain' if algorithm in ('maml', 'fomaml') else 'one-task'} loop's by at most "
+                  f"{'plain' if algorithm in ('maml', 'fomaml') else 'serial per-task'} loop's by at most "
                   f"{check_same_gradients(benchmark, algorithm, impls):.1e} (relative, float64)", flush=True)
             iterations = args.iterations * (20 if benchmark.startswith("sinusoid") else 1)
             # (none on a GPU, and none where they would repeat the main rows: a machine of that many cores)
             controls = [args.control_threads] if algorithm in ("maml", "fomaml") and not torch.cuda.is_available() \
                 and args.control_threads not in (0, torch.get_num_threads()) else []
             for threads in [0, *controls]:
-                for row in measure(impls, algorithm, benchmark, iterations, args.repeats, threads):
+                # (on one thread `loop` is `serial`: the control rows leave it out)
+                timed = impls if not threads else [impl for impl in impls if impl != "loop"]
+                for row in measure(timed, algorithm, benchmark, iterations, args.repeats, threads):
                     rows.append(row)
                     print(f"  {row['impl']:9s} {row['iters_per_s']:8.2f} it/s  peak {row['peak_mb']:8.1f} MB  "
                           f"{row['threads']} threads", flush=True)
@@ -441,11 +454,13 @@ def main(argv=None) -> None:
             for threads in sorted({r["threads"] for r in rows}, reverse=True):
                 sel = {r["impl"]: r for r in rows if (r["benchmark"], r["algorithm"], r["threads"]) ==
                        (benchmark, algorithm, threads)}
-                peers = [r for i, r in sel.items() if i != "ours"]
+                peers = [r for i, r in sel.items() if i not in NOT_PEERS]
                 if "ours" in sel and peers:
+                    ours = sel["ours"]["iters_per_s"]
                     best = max(peers, key=lambda r: r["iters_per_s"])
-                    print(f"{benchmark:16s} {algorithm:7s} {threads} threads: ours {sel['ours']['iters_per_s']:.2f} "
-                          f"it/s = {sel['ours']['iters_per_s'] / best['iters_per_s']:.2f} x best peer ({best['impl']})")
+                    ablation = f"; {ours / sel['loop']['iters_per_s']:.2f} x our concurrent loop" if "loop" in sel else ""
+                    print(f"{benchmark:16s} {algorithm:8s} {threads} threads: ours {ours:.2f} it/s = "
+                          f"{ours / best['iters_per_s']:.2f} x best peer ({best['impl']}){ablation}")
     print(f"-> {out}")
 
 

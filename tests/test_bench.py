@@ -13,13 +13,34 @@ from bench import evaluation, speed
 @pytest.mark.parametrize("benchmark", list(speed.SETTINGS))
 @pytest.mark.parametrize("algorithm", ["maml", "fomaml"])
 def test_ours_computes_the_plain_loops_meta_gradient(benchmark, algorithm):
-    assert speed.check_same_gradients(benchmark, algorithm, ["ours", "plain"]) < 1e-9
+    assert speed.check_same_gradients(benchmark, algorithm, ["ours", "plain", *speed.UNCHUNKED_IMPLS]) < 1e-9
 
 
 @pytest.mark.parametrize("algorithm", list(speed.OTHER_ALGORITHMS))
-def test_the_other_algorithms_timed_paths_compute_the_one_task_loops_meta_gradient(algorithm):
+def test_the_other_algorithms_timed_paths_compute_the_per_task_loops_meta_gradient(algorithm):
     """On the sinusoid (`make bench` checks both settings; tests/test_batched.py the Omniglot shape)."""
     assert speed.check_same_gradients("sinusoid-10shot", algorithm, ["ours", "loop"]) < 1e-9
+
+
+@pytest.mark.parametrize("impl, pooled", [("serial", False), ("loop", True)])
+def test_the_serial_loop_runs_its_tasks_in_order_in_this_thread_and_the_loop_in_the_pool(monkeypatch, impl, pooled):
+    """`serial` is the plain per-task loop (a peer): no task may run in the pool; `loop` (the ablation)
+    spreads them over it."""
+    import threading
+
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "2")
+    model, tasks, criterion = speed.make_problem("sinusoid-10shot", torch.device("cpu"))
+    step = speed.make_step(impl, "metasgd", "sinusoid-10shot", model, tasks, criterion)
+    seen = []
+    task_meta_loss = step.algo.task_meta_loss
+    monkeypatch.setattr(step.algo, "task_meta_loss",
+                        lambda task: (seen.append((threading.current_thread().name, task.support[0][0, 0].item())),
+                                      task_meta_loss(task))[1])
+    step()
+    assert len(seen) == len(tasks)
+    assert any(name.startswith("metalearn-task") for name, _ in seen) == pooled
+    if not pooled:
+        assert [x for _, x in seen] == tasks.support_x[:, 0, 0].tolist()  # in order
 
 
 def test_the_harness_writes_the_speed_table(tmp_path, capsys):
@@ -30,21 +51,25 @@ def test_the_harness_writes_the_speed_table(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb", "threads"]
     cores = str(torch.get_num_threads())
+    # the control rows: one thread each (a set: a 1-core machine has one row), where `loop` is `serial`
     assert sorted((r["impl"], r["algorithm"], r["benchmark"], r["threads"]) for r in rows) == sorted(
-        [(impl, algorithm, "sinusoid-10shot", threads) for impl in ("ours", "plain") for algorithm in ("maml", "fomaml")
-         for threads in {cores, "1"}]  # the control rows: one thread each (a set: a 1-core machine has one row)
-        + [("ours", "metasgd", "sinusoid-10shot", cores), ("loop", "metasgd", "sinusoid-10shot", cores),
-           ("ours", "maml-evaluation", "sinusoid-10shot-60-episodes", cores),
-           ("loop", "maml-evaluation", "sinusoid-10shot-60-episodes", cores)])
+        [(impl, algorithm, "sinusoid-10shot", threads) for impl in ("ours", "plain", "serial")
+         for algorithm in ("maml", "fomaml") for threads in {cores, "1"}]
+        + [("loop", algorithm, "sinusoid-10shot", cores) for algorithm in ("maml", "fomaml")]
+        + [(impl, "metasgd", "sinusoid-10shot", cores) for impl in ("ours", "serial", "loop")]
+        + [(impl, "maml-evaluation", "sinusoid-10shot-60-episodes", cores) for impl in ("ours", "serial", "loop")])
     assert all(float(r["iters_per_s"]) > 0 for r in rows)
     assert all(float(r["peak_mb"]) >= 0 for r in rows if r["algorithm"] != "maml-evaluation")
     printed = capsys.readouterr().out
-    assert "x best peer (plain)" in printed and "one-episode loop" in printed
+    assert "x our concurrent loop" in printed and "serial one-episode loop" in printed
+    # the concurrent loop is an ablation, not a peer: never the best peer
+    assert "best peer (plain)" in printed or "best peer (serial)" in printed
+    assert "best peer (loop)" not in printed
 
 
 @pytest.mark.parametrize("benchmark", list(evaluation.BENCHMARKS))
 def test_the_evaluation_benchmark_times_paths_that_agree(benchmark):
-    """The two paths the evaluation rows compare give every episode the same metrics (float64)."""
+    """The three paths the evaluation rows compare give every episode the same metrics (float64)."""
     assert evaluation.check_same_metrics(benchmark, episodes=9) < 1e-9
 
 
