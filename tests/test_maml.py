@@ -140,7 +140,7 @@ def test_concurrent_tasks_give_the_sequential_loops_meta_gradient(chunked, pool_
 
 
 def test_concurrent_conv_tasks_match_sequential_on_the_omniglot_network(pool_spy, monkeypatch):
-    """8 Omniglot-shaped tasks: 2 chunks of 4 (maml.py's CPU chunk size), on 2 threads."""
+    """16 Omniglot-shaped tasks: 2 chunks of 8 (maml.py's CPU chunk size), on 2 threads."""
     from metalearn.models import Conv4
 
     monkeypatch.setenv("METALEARN_TASK_THREADS", "2")
@@ -148,8 +148,8 @@ def test_concurrent_conv_tasks_match_sequential_on_the_omniglot_network(pool_spy
     model = Conv4(1, 5)
     algo = build_algorithm("maml", model, Objective(model, "classification"),
                            {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 1})
-    x = torch.rand(8, 10, 1, 28, 28)
-    y = torch.arange(5).repeat(2).expand(8, -1)
+    x = torch.rand(16, 10, 1, 28, 28)
+    y = torch.arange(5).repeat(2).expand(16, -1)
     batch = TaskBatch(x[:, :5], y[:, :5], x[:, 5:], y[:, 5:])
     algo.parallel_tasks = False
     sequential = meta_gradient(algo, batch)

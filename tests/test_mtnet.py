@@ -22,11 +22,19 @@ def regression_batch(tasks=3, seed=1):
     return TaskBatch(x[:, :4], y[:, :4], x[:, 4:], y[:, 4:])
 
 
-def classification_batch(tasks=2, ways=3, seed=1):
+def classification_batch(tasks=2, ways=3, seed=1, side=8):
     g = torch.Generator().manual_seed(seed)
-    x = torch.randn(tasks, 2 * ways, 1, 8, 8, generator=g, dtype=torch.float64)
+    x = torch.randn(tasks, 2 * ways, 1, side, side, generator=g, dtype=torch.float64)
     y = torch.arange(ways).repeat(2).expand(tasks, -1)
     return TaskBatch(x[:, :ways], y[:, :ways], x[:, ways:], y[:, ways:])
+
+
+NETWORKS = {
+    "mlp": lambda: MLP(1, (5, 4), 1),
+    "conv4": lambda: Conv4(1, 3, filters=4),
+    # the iMAML protocol's variant: dark strokes (the network sees 1 - x), 2x2 maps flattened, not averaged
+    "conv4-dark-flatten": lambda: Conv4(1, 3, filters=4, image_size=28, features="flatten", stroke="dark"),
+}
 
 
 def pair(name, network, hparams=HP):
@@ -34,14 +42,16 @@ def pair(name, network, hparams=HP):
     out = []
     for algo_name in ("maml", name):
         torch.manual_seed(0)
-        model = {"mlp": lambda: MLP(1, (5, 4), 1), "conv4": lambda: Conv4(1, 3, filters=4)}[network]().double()
+        model = NETWORKS[network]().double()
         out.append(build_algorithm(algo_name, model, Objective(model, "regression" if network == "mlp"
                                                                 else "classification"), hparams).double())
     return out
 
 
 def batch_for(network):
-    return regression_batch() if network == "mlp" else classification_batch()
+    if network == "mlp":
+        return regression_batch()
+    return classification_batch(side=28 if network == "conv4-dark-flatten" else 8)
 
 
 def model_grads(algo, batch):
@@ -50,7 +60,7 @@ def model_grads(algo, batch):
     return {k: p.grad.clone() for k, p in algo.model.named_parameters()}
 
 
-@pytest.mark.parametrize("network", ["mlp", "conv4"])
+@pytest.mark.parametrize("network", list(NETWORKS))
 @pytest.mark.parametrize("name", ["tnet", "mtnet"])
 def test_identity_T_and_unit_masks_reproduce_maml_exactly(name, network):
     maml, algo = pair(name, network)

@@ -149,6 +149,28 @@ def chunk_layout(h: Tensor) -> Tensor:
     return h.contiguous(memory_format=torch.channels_last) if h.device.type == "cpu" else h
 
 
+def task_filters(weight: Tensor, maps: Tensor) -> Tensor:
+    """Every task's filters [tasks, out, in, kh, kw] as one grouped convolution's [tasks * out, in, kh,
+    kw], in the memory format of the maps they meet: oneDNN convolves channels-last maps with
+    channels-last filters, and would otherwise copy the filters into that format in every call that
+    takes them (the forward, and each backward and double backward: 18 copies per chunk of a MAML
+    meta-step)."""
+    filters = weight.flatten(0, 1)
+    if maps.is_contiguous(memory_format=torch.channels_last) and not maps.is_contiguous():
+        return filters.contiguous(memory_format=torch.channels_last)
+    return filters
+
+
+def tasks_in_channels(x: Tensor, layout: bool = True) -> Tensor:
+    """A chunk's images [tasks, n, C, H, W] as one batch of n images with the tasks in the channel
+    dimension, [n, tasks * C, H, W] (task-major), so that a grouped convolution (a group per task)
+    and one BatchNorm call serve every task; in `chunk_layout` unless `layout` is off (WarpGrad's
+    warp convolutions, which reshape the maps per task, take them as they are)."""
+    tasks, n = x.shape[:2]
+    h = x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
+    return chunk_layout(h) if layout else h
+
+
 def batch_norm_tasks(norm: nn.Module, h: Tensor, params: Params, prefix: str, tasks: int) -> Tensor:
     """`norm` applied to a chunk laid out [n, tasks * C, H, W]: every (task, channel) normalised over
     its own task's n images. Its scale and offset are each task's from `params` ([tasks, C], named
@@ -240,10 +262,10 @@ class Conv4(nn.Module):
         grouped convolution (a group per task) applies every task's filters, and one BatchNorm call
         normalises every (task, channel) over its own task's n images, as `forward` does."""
         tasks, n = x.shape[:2]
-        h = chunk_layout(self.pixels(x).transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:]))
+        h = tasks_in_channels(self.pixels(x))
         for i, (conv, norm, *rest) in enumerate(self.features):
             weight, bias = params[f"features.{i}.0.weight"], params[f"features.{i}.0.bias"]
-            h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), conv.stride, conv.padding, groups=tasks)
+            h = F.conv2d(h, task_filters(weight, h), bias.flatten(), conv.stride, conv.padding, groups=tasks)
             h = batch_norm_tasks(norm, h, params, f"features.{i}.1.", tasks)
             for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                 h = layer(h)

@@ -50,11 +50,16 @@ from metalearn.tasks import Params, Task, TaskBatch
 StepSizes = dict[str, "float | Tensor"]  # per parameter name: a scalar, or a tensor broadcast over it
 # (in a chunk, over [tasks, *shape]: a rate per task, e.g. MT-net's alpha * mask, has that leading dim)
 
-# On the CPU a chunk holds about this many support-set numbers: small enough that its activations
-# stay in the cores' caches, large enough that its operations are few and large. Measured with
-# bench/speed.py on a 2-core CPU: 4 Omniglot 5-way 1-shot tasks a chunk, as fast as one chunk per
-# core (or faster) in 40% of its memory; all 25 sinusoid tasks in one chunk, 1.3x faster than two.
-CPU_CHUNK_NUMBERS = 2 ** 14
+# On the CPU a chunk holds about this many support-set numbers: small enough that several chunks
+# share the cores (two per core for meta-batch 32), large enough that its operations are few and
+# large. Measured on a 2-core CPU (2026-12-01, with the allocator setting, metalearn/allocator.py,
+# and channels-last filters, models.task_filters): 8 Omniglot 5-way 1-shot tasks a chunk against 4,
+# meta-iterations per second on 2 threads: MAML +5 %, first-order MAML +20 %, Meta-SGD +9 %, T-net
+# +8 %, MT-net +10 %, iMAML +5 %, Leap +15 %, WarpGrad +11 % (16 a chunk, one per core: MAML -8 %);
+# on one thread MAML the same, first-order MAML +14 %; the evaluation the same. (Before the
+# allocator setting, larger chunks paid for fresh pages and 4 was as fast.) All 25 sinusoid tasks
+# in one chunk, 1.3x faster than two.
+CPU_CHUNK_NUMBERS = 2 ** 15
 
 
 def chunk_count(tasks: TaskBatch, device: torch.device) -> int:

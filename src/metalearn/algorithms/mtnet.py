@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.algorithms.maml import MAML, StepSizes
-from metalearn.models import MLP, Conv4, batch_norm_tasks, chunk_layout
+from metalearn.models import MLP, Conv4, batch_norm_tasks, task_filters, tasks_in_channels
 from metalearn.tasks import Objective, Params, Task, TaskBatch
 
 
@@ -95,9 +95,10 @@ class TransformedNetwork(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         if isinstance(self.task, Conv4):
+            x = self.task.pixels(x)
             for block, T in zip(self.task.features, self.transform):
                 x = block[1:](T(block[0](x)))  # conv, T, then BatchNorm, ReLU (, pool)
-            x = x.mean(dim=(2, 3)) if self.task.pooling == "stride" else x.flatten(1)
+            x = x.flatten(1) if self.task.flatten else x.mean(dim=(2, 3))  # as Conv4.forward
             return self.transform[-1](self.task.head(x))
         transform = iter(self.transform)
         for layer in self.task.net:
@@ -114,10 +115,10 @@ class TransformedNetwork(nn.Module):
         if isinstance(self.task, Conv4):
             # Tasks ride in the channel dimension, [n, tasks * C, H, W], as in Conv4.forward_tasks.
             tasks, n = x.shape[:2]
-            h = chunk_layout(x.transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:]))
+            h = tasks_in_channels(self.task.pixels(x))
             for i, ((conv, norm, *rest), T) in enumerate(zip(self.task.features, self.transform)):
                 weight, bias = params[f"task.features.{i}.0.weight"], params[f"task.features.{i}.0.bias"]
-                h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), conv.stride, conv.padding, groups=tasks)
+                h = F.conv2d(h, task_filters(weight, h), bias.flatten(), conv.stride, conv.padding, groups=tasks)
                 # T after the convolution, before BatchNorm: the 1x1 convolution as one matrix product
                 # of every task's channels [n, H, W, tasks, C] with the shared T [C, C] (in channels-last
                 # memory a plain matrix product, no copy; faster per meta-step than a grouped 1x1
@@ -127,7 +128,7 @@ class TransformedNetwork(nn.Module):
                 h = batch_norm_tasks(norm, h, params, f"task.features.{i}.1.", tasks)
                 for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                     h = layer(h)
-            h = h.mean(dim=(2, 3)) if self.task.pooling == "stride" else h.flatten(2)
+            h = h.flatten(2) if self.task.flatten else h.mean(dim=(2, 3))
             features = h.reshape(n, tasks, -1).transpose(0, 1)  # [tasks, n, features], forward's order
             x = torch.baddbmm(params["task.head.bias"].unsqueeze(1), features,
                               params["task.head.weight"].transpose(1, 2))

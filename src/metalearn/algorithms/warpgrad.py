@@ -83,7 +83,7 @@ from torch import Tensor, nn
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
 from metalearn.algorithms.leap import LeapPath
 from metalearn.algorithms.maml import MAML, chunk_count, query_metrics
-from metalearn.models import MLP, Conv4, OmniConv, batch_norm_tasks
+from metalearn.models import MLP, Conv4, OmniConv, batch_norm_tasks, task_filters, tasks_in_channels
 from metalearn.tasks import Objective, Params, Task, TaskBatch
 
 
@@ -166,10 +166,10 @@ class WarpedNetwork(nn.Module):
         theta = {name.removeprefix("task."): p for name, p in params.items()}
         if isinstance(self.task, Conv4):
             tasks, n = x.shape[:2]
-            h = self.task.pixels(x).transpose(0, 1).reshape(n, tasks * x.shape[2], *x.shape[3:])
+            h = tasks_in_channels(self.task.pixels(x), layout=False)
             for i, ((conv, norm, *rest), warp) in enumerate(zip(self.task.features, self.warp)):
                 weight, bias = theta[f"features.{i}.0.weight"], theta[f"features.{i}.0.bias"]
-                h = F.conv2d(h, weight.flatten(0, 1), bias.flatten(), conv.stride, conv.padding, groups=tasks)
+                h = F.conv2d(h, task_filters(weight, h), bias.flatten(), conv.stride, conv.padding, groups=tasks)
                 h = batch_norm_tasks(norm, h, theta, f"features.{i}.1.", tasks)
                 for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                     h = layer(h)
