@@ -135,7 +135,9 @@ def _assert_equal_steps(loop_step, batched_step):
 @pytest.mark.parametrize("name, problem", [(name, problem) for name in _batched_algorithms() for problem in _problems(name)])
 def test_batched_meta_step_equals_the_one_task_at_a_time_loop(name, problem, monkeypatch):
     """9 Omniglot-shaped tasks make 3 chunks of 3 (at 4 tasks a chunk, cut into equal parts: the
-    uneven chunks are the next test's), 9 sinusoid tasks one (maml.py's size, well above theirs)."""
+    uneven chunks are the next test's; 3 workers, so no rounding up), 9 sinusoid tasks one (maml.py's
+    size, well above theirs)."""
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "3")
     if problem is _omniglot_like:
         monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 4 * problem(9)[1].support_x[0].numel())
     loop = _meta_step(name, problem(9), batched=False, monkeypatch=monkeypatch)
@@ -152,6 +154,7 @@ def test_tnet_and_mtnet_chunks_equal_the_one_task_loop_in_every_meta_parameter(n
     tasks each get their own mask, from the noise the loop draws for them, in task order."""
     support_numbers = problem(7)[1].support_x[0].numel()
     monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 3 * support_numbers)  # 3 tasks a chunk
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "3")  # 3 chunks for 3 workers (chunk_count)
     loop = _meta_step(name, problem(7), batched=False, monkeypatch=monkeypatch)
     batched = _meta_step(name, problem(7), batched=True, monkeypatch=monkeypatch)
     # forward_tasks runs on chunks of 3, 2 and 2 tasks (support for each inner step, then query)
@@ -198,6 +201,34 @@ def test_chunks_are_sized_for_the_cpu_and_whole_on_an_accelerator():
     assert [len(c) for c in sinusoid.split(40)] == [1] * 25
 
 
+def test_chunks_come_in_multiples_of_the_workers_that_run_them():
+    """Several chunks are rounded up to a multiple of the workers (no core idles through the last
+    round); one chunk stays one (it runs on every intra-op thread); never more chunks than tasks."""
+    episodes = _omniglot_like(50)[1]  # `metalearn evaluate`'s batch of test episodes, 8 a chunk
+    cpu = torch.device("cpu")
+    assert chunk_count(episodes, cpu, workers=1) == 7
+    assert chunk_count(episodes, cpu, workers=2) == 8
+    assert [len(c) for c in episodes.split(chunk_count(episodes, cpu, workers=2))] == [7, 7, 6, 6, 6, 6, 6, 6]
+    assert chunk_count(episodes, cpu, workers=3) == 9
+    assert chunk_count(_omniglot_like(32)[1], cpu, workers=2) == 4  # already a multiple
+    assert chunk_count(_omniglot_like(8)[1], cpu, workers=2) == 1
+    assert chunk_count(_omniglot_like(9)[1], cpu, workers=16) == 9
+    assert chunk_count(episodes, torch.device("cuda"), workers=2) == 1
+
+
+def test_an_algorithm_cuts_its_tasks_for_its_own_workers(monkeypatch):
+    """`task_chunks` asks for the workers `map_tasks` will use: the pool's threads when the algorithm
+    runs tasks concurrently, one when it does not."""
+    from metalearn.algorithms.maml import task_chunks
+
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "2")
+    model, episodes = _omniglot_like(50)
+    algo = build_algorithm("maml", model, Objective(model, "classification"), hparams_for("maml"))
+    assert algo.task_workers() == 2 and len(task_chunks(algo, episodes)) == 8
+    algo.parallel_tasks = False
+    assert algo.task_workers() == 1 and len(task_chunks(algo, episodes)) == 7
+
+
 _FORWARD_TASKS = Objective.forward_tasks
 
 
@@ -231,10 +262,10 @@ def _evaluation(name: str, problem, batched: bool, curve: bool, hparams: dict, m
 @pytest.mark.parametrize("curve", [False, True])
 @pytest.mark.parametrize("name, problem", [(name, problem) for name in _batched_algorithms() for problem in _problems(name)])
 def test_chunked_evaluation_equals_the_one_task_loop_per_task(name, problem, curve, monkeypatch):
-    """7 tasks forced into chunks of 3, 2 and 2 (a remainder), two worker threads: every task's query
+    """7 tasks forced into chunks of 3, 2 and 2 (a remainder), three worker threads: every task's query
     metrics (after each number of steps, `curve`) are the one-task loop's, task by task. Omniglot-shaped
     tasks feed their queries in batches of K per class (`eval_query_batch: shots`, BatchNorm statistics)."""
-    monkeypatch.setenv("METALEARN_TASK_THREADS", "2")
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "3")
     support_numbers = problem(7)[1].support_x[0].numel()
     monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 3 * support_numbers)
     hparams = hparams_for(name, test_inner_steps=3)
@@ -310,6 +341,7 @@ def test_leap_chunks_walk_each_path_as_the_one_task_loop_in_every_setting(settin
     the stabiliser."""
     support_numbers = _omniglot_like(7)[1].support_x[0].numel()
     monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 3 * support_numbers)
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "3")
 
     def step(batched: bool):
         model, tasks = _omniglot_like(7)

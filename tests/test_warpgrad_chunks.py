@@ -63,9 +63,9 @@ def _spy(monkeypatch) -> tuple[list[int], set[str]]:
 
 
 def _chunks_of_three(monkeypatch, tasks: TaskBatch) -> None:
-    """7 tasks -> chunks of 3, 2 and 2 (chunk_count: 3 tasks a chunk), two workers for them."""
+    """7 tasks -> chunks of 3, 2 and 2 (chunk_count: 3 tasks a chunk), three workers for them."""
     monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 3 * tasks.support_x[0].numel())
-    monkeypatch.setenv("METALEARN_TASK_THREADS", "2")
+    monkeypatch.setenv("METALEARN_TASK_THREADS", "3")
 
 
 def scale_of(grads: dict[str, torch.Tensor]) -> torch.Tensor:

@@ -72,10 +72,13 @@ class Algorithm(nn.Module):
     # -- shared -----------------------------------------------------------------------------------
     parallel_tasks: bool = False  # opt in once the per-task code is known to be thread-safe
 
+    def task_workers(self) -> int:
+        """How many tasks (or chunks) `map_tasks` runs at once."""
+        return _task_workers(next(self.parameters()).device) if self.parallel_tasks else 1
+
     def map_tasks(self, fn: Callable[[Task], T], tasks: TaskBatch) -> list[T]:
         """``[fn(task) for task in tasks]``, run concurrently on the CPU (see the module docstring)."""
-        device = next(self.parameters()).device
-        workers = _task_workers(device) if self.parallel_tasks else 1
+        workers = self.task_workers()
         if workers == 1 or len(tasks) == 1:
             return [fn(task) for task in tasks]
         pool = _POOLS.setdefault(workers, ThreadPoolExecutor(workers, thread_name_prefix="metalearn-task"))

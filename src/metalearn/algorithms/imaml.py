@@ -49,7 +49,7 @@ import torch
 from torch import Tensor
 
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
-from metalearn.algorithms.maml import MAML, chunk_count, query_metrics
+from metalearn.algorithms.maml import MAML, query_metrics, task_chunks
 from metalearn.tasks import Params, Task, TaskBatch
 
 
@@ -227,8 +227,7 @@ class IMAML(Algorithm):
     def meta_step(self, tasks) -> dict[str, float]:
         """The implicit meta-gradient is not the gradient of a loss: set .grad directly (mean over tasks)."""
         if self.takes_chunks():
-            results = self.map_tasks(self.chunk_meta_gradient,
-                                     tasks.split(chunk_count(tasks, next(self.parameters()).device)))
+            results = self.map_tasks(self.chunk_meta_gradient, task_chunks(self, tasks))
             metrics = [m for _, chunk_metrics in results for m in chunk_metrics]
         else:
             results = self.map_tasks(self.task_meta_gradient, tasks)
@@ -296,5 +295,5 @@ class IMAML(Algorithm):
             with torch.enable_grad():
                 phi = self.adapt_tasks(chunk.support_x, chunk.support_y, steps, self.test_lam)
             return query_metrics(lambda x: self.objective.forward_tasks(phi, x), self.objective, chunk, batches)
-        chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
+        chunks = task_chunks(self, tasks)
         return [m for metrics in self.map_tasks(chunk_metrics, chunks) for m in metrics]

