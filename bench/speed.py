@@ -26,8 +26,8 @@ The implementations of a setting are timed interleaved (`measure`): `iters_per_s
 (columns impl, algorithm, benchmark, iters_per_s, peak_mb, threads) and prints ours / best peer, then the
 evaluation rows of bench/evaluation.py (algorithm `maml-evaluation`: 600 test episodes, chunked vs
 the one-episode loop; `iters_per_s` there is episodes per second).
-`threads` is the worker's intra-op threads (torch.get_num_threads(): every core by default, which
-also sets how many chunks of tasks ours runs at once, algorithms/base.py). The control rows
+`threads` is the worker's intra-op threads (the harness process's torch.get_num_threads(): every core
+by default, which also sets how many chunks of tasks ours runs at once, algorithms/base.py). The control rows
 (`--control-threads`, default 1) time MAML and first-order MAML again with every implementation on
 that many threads, so the table separates what batching tasks gains from what the other cores gain.
 """
@@ -311,7 +311,7 @@ def worker(impl: str, algorithm: str, benchmark: str, threads: str = "0") -> Non
     from metalearn import allocator
 
     allocator.tune()  # as the `metalearn` command runs, for every implementation alike (bench/allocator.py)
-    if int(threads):  # a control row: this many intra-op threads (and so concurrent chunks)
+    if int(threads):  # the harness's own intra-op threads, or a control row's (and so concurrent chunks)
         torch.set_num_threads(int(threads))
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     model, tasks, criterion = make_problem(benchmark, device)
@@ -374,10 +374,11 @@ def measure(impls: list[str], algorithm: str, benchmark: str, iterations: int, r
             threads: int = 0) -> list[dict]:
     """Speed and peak memory of every implementation, interleaved (`time_interleaved`): one worker
     process each, all set up first, one at a time, so set-up and warm-up do not compete either."""
+    threads = threads or torch.get_num_threads()  # 0: this process's, given to the workers explicitly
     workers = {impl: start_worker(impl, algorithm, benchmark, threads) for impl in impls}
     timed = time_interleaved(workers, iterations, repeats)
     return [{"impl": impl, "algorithm": algorithm, "benchmark": benchmark, "iters_per_s": round(1 / seconds, 3),
-             "peak_mb": peak, "threads": threads or torch.get_num_threads()}
+             "peak_mb": peak, "threads": threads}
             for impl, (seconds, peak) in timed.items()]
 
 

@@ -14,12 +14,26 @@ MIRROR = Path(os.environ.get("METALEARN_DATA_MIRROR", ROOT.parent / "shared" / "
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "device: runs on METALEARN_TEST_DEVICE (default cpu; bench/gpu_check.sh: cuda)")
+    share_the_cores()
     if getattr(config.option, "dist", "no") == "loadgroup" and pytest.version_tuple >= (9, 2):
         from importlib.metadata import version
 
         if tuple(int(p) for p in version("pytest-xdist").split(".")[:2]) <= (3, 8):
             raise pytest.UsageError("pytest >= 9.2 with pytest-xdist <= 3.8 ignores --dist loadgroup's groups "
                                     "(pytest-xdist#1386): pip install 'pytest<9.2' (the test extra pins it)")
+
+
+def share_the_cores() -> None:
+    """Under pytest-xdist each worker is a process, and PyTorch gives each one every core as intra-op
+    threads: on 2 cores, two workers' convolutions ran 4 threads, and a test that meta-trains one chunk
+    took 35-51 s instead of 7 (fresh-clone CI, 2026-12-01). A worker gets its share of the cores
+    instead. Tests that need threads for tasks ask for them (METALEARN_TASK_THREADS); commands the
+    tests start set their own."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
 # Tests that read the session's quick-profile run (the `quick_run` fixture, tests/quick_run.py) or

@@ -43,18 +43,28 @@ def test_the_serial_loop_runs_its_tasks_in_order_in_this_thread_and_the_loop_in_
         assert [x for _, x in seen] == tasks.support_x[:, 0, 0].tolist()  # in order
 
 
-def test_the_harness_writes_the_speed_table(tmp_path, capsys):
+@pytest.fixture
+def two_threads():
+    """The harness on 2 intra-op threads, whatever this test process has (conftest gives an xdist
+    worker its share of the cores), so that the 1-thread control rows are timed on any machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_the_harness_writes_the_speed_table(tmp_path, capsys, two_threads):
     out = tmp_path / "speed.csv"
     speed.main(["--impls", "ours", "plain", "--benchmarks", "sinusoid-10shot", "--iterations", "1",
                 "--repeats", "2", "--eval-episodes", "60", "--algorithms", "metasgd", "--out", str(out)])
     with open(out) as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb", "threads"]
-    cores = str(torch.get_num_threads())
-    # the control rows: one thread each (a set: a 1-core machine has one row), where `loop` is `serial`
+    cores = "2"  # the harness process's threads (the fixture), given to every worker
+    # the control rows: one thread each, where `loop` is `serial`
     assert sorted((r["impl"], r["algorithm"], r["benchmark"], r["threads"]) for r in rows) == sorted(
         [(impl, algorithm, "sinusoid-10shot", threads) for impl in ("ours", "plain", "serial")
-         for algorithm in ("maml", "fomaml") for threads in {cores, "1"}]
+         for algorithm in ("maml", "fomaml") for threads in (cores, "1")]
         + [("loop", algorithm, "sinusoid-10shot", cores) for algorithm in ("maml", "fomaml")]
         + [(impl, "metasgd", "sinusoid-10shot", cores) for impl in ("ours", "serial", "loop")]
         + [(impl, "maml-evaluation", "sinusoid-10shot-60-episodes", cores) for impl in ("ours", "serial", "loop")])
