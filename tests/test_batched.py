@@ -262,12 +262,16 @@ def _evaluation(name: str, problem, batched: bool, curve: bool, hparams: dict, m
 @pytest.mark.parametrize("curve", [False, True])
 @pytest.mark.parametrize("name, problem", [(name, problem) for name in _batched_algorithms() for problem in _problems(name)])
 def test_chunked_evaluation_equals_the_one_task_loop_per_task(name, problem, curve, monkeypatch):
-    """7 tasks forced into chunks of 3, 2 and 2 (a remainder), three worker threads: every task's query
-    metrics (after each number of steps, `curve`) are the one-task loop's, task by task. Omniglot-shaped
-    tasks feed their queries in batches of K per class (`eval_query_batch: shots`, BatchNorm statistics)."""
+    """7 tasks forced into chunks of 3, 2 and 2 (a remainder), three worker threads, and the query sets
+    fed 2 tasks at a time (the chunk of 3 as 2 and 1): every task's query metrics (after each number
+    of steps, `curve`) are the one-task loop's, task by task. Omniglot-shaped tasks feed their queries
+    in batches of K per class (`eval_query_batch: shots`, BatchNorm statistics)."""
     monkeypatch.setenv("METALEARN_TASK_THREADS", "3")
     support_numbers = problem(7)[1].support_x[0].numel()
     monkeypatch.setattr(metalearn.algorithms.maml, "CPU_CHUNK_NUMBERS", 3 * support_numbers)
+    query_numbers = problem(7)[1].query_x[0].numel() * (3 if problem is _informed_sinusoid_like else 1)  # the
+    # oracle appends the 2 task parameters to every query point
+    monkeypatch.setattr(metalearn.algorithms.maml, "CPU_QUERY_NUMBERS", 2 * query_numbers)
     hparams = hparams_for(name, test_inner_steps=3)
     if problem is _omniglot_like and name != "imaml":
         hparams["eval_query_batch"] = "shots"
@@ -279,7 +283,8 @@ def test_chunked_evaluation_equals_the_one_task_loop_per_task(name, problem, cur
     else:
         steps_scored = hparams["test_inner_steps"] + 1 if curve else 1
         query_calls = 2 if "eval_query_batch" in hparams else 1  # shots: 2 queries per class, 1 shot -> 2 batches
-        assert sorted(calls) == sorted([3, 2, 2] * (hparams["test_inner_steps"] + steps_scored * query_calls))
+        assert sorted(calls) == sorted([3, 2, 2] * hparams["test_inner_steps"]
+                                       + [2, 1, 2, 2] * steps_scored * query_calls)
         assert any(t.startswith("metalearn-task") for t in threads)  # the chunks ran in the pool
     for ours, expected in zip(chunked, loop):
         for o, e in zip(ours if curve else [ours], expected if curve else [expected]):

@@ -178,11 +178,13 @@ def test_chunked_evaluation_equals_the_one_task_loop_per_task(problem, curve, mo
         _perturb_warps(algo)
         algo.batched_tasks = batched
         _chunks_of_three(monkeypatch, tasks)
+        # the query sets fed 2 tasks at a time (maml.query_parts): the chunk of 3 as 2 and 1
+        monkeypatch.setattr(metalearn.algorithms.maml, "CPU_QUERY_NUMBERS", 2 * tasks.query_x[0].numel())
         calls, threads = _spy(monkeypatch)
         return algo.evaluate_tasks(tasks, 3, curve=curve), calls, threads
     loop, loop_calls, _ = evaluate(False)
     chunked, calls, threads = evaluate(True)
-    assert not loop_calls and sorted(calls) == sorted([3, 2, 2] * (3 + (4 if curve else 1)))
+    assert not loop_calls and sorted(calls) == sorted([3, 2, 2] * 3 + [2, 1, 2, 2] * (4 if curve else 1))
     assert any(t.startswith("metalearn-task") for t in threads)
     for ours, expected in zip(chunked, loop, strict=True):
         for o, e in zip(ours if curve else [ours], expected if curve else [expected], strict=True):

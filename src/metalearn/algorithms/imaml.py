@@ -294,6 +294,6 @@ class IMAML(Algorithm):
         def chunk_metrics(chunk: TaskBatch) -> list[dict[str, float]]:
             with torch.enable_grad():
                 phi = self.adapt_tasks(chunk.support_x, chunk.support_y, steps, self.test_lam)
-            return query_metrics(lambda x: self.objective.forward_tasks(phi, x), self.objective, chunk, batches)
+            return query_metrics(self.objective.forward_tasks, phi, self.objective, chunk, batches)
         chunks = task_chunks(self, tasks)
         return [m for metrics in self.map_tasks(chunk_metrics, chunks) for m in metrics]

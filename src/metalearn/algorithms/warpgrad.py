@@ -440,8 +440,7 @@ class WarpGrad(Algorithm):
                     theta, _, _ = self.chunk_step(theta, tasks)
             if curve or step == steps:
                 task_params = {f"task.{k}": v for k, v in theta.items()}
-                after_step.append(query_metrics(lambda x: self.warped.forward_tasks(task_params, x), self.warped,
-                                                tasks, batches))
+                after_step.append(query_metrics(self.warped.forward_tasks, task_params, self.warped, tasks, batches))
         per_task = [list(metrics) for metrics in zip(*after_step)]
         return per_task if curve else [metrics[-1] for metrics in per_task]
 
