@@ -169,20 +169,50 @@ def runtime_file(step: str, *parts) -> str:
 DATA_PRIORITY = 6
 
 
-def train_priority(params: dict, bench: str, algorithm: str | None = None) -> int:
-    """Scheduling priority of a training (2 to 5): the longest jobs first, so that the cores are
-    not left idle at the end waiting for one long job that started late. Convolutional networks on
-    images and policy-gradient trainings take minutes to tens of minutes on a CPU core (the README's
-    runtime table); the sinusoid-sized ones seconds to a few minutes. Within each, the algorithms that
-    adapt inside meta-training (`inner_steps`) before those that do not (pretrained, oracle, random):
-    e.g. a meta-RL MAML iteration samples rollouts before and after its inner step and
-    differentiates through it, 1529 CPU s against a pretrained policy's 584 on half-cheetah."""
+# One task's inner step in meta-training, relative to MAML's (per meta-iteration per task: cost x
+# inner steps), from the default profile's omniglot-5w1s trainings of a fresh-clone `make reproduce`
+# (commit 7602397, 2026-12-01; one thread a job): seconds / iterations / inner steps against MAML's
+# 433 s / 1500. bench/results/speed.csv's Omniglot rows agree to about 10 %. Algorithms not listed
+# count as MAML.
+STEP_COST = {"maml": 1.0, "fomaml": 0.41, "metasgd": 1.06, "tnet": 1.13, "mtnet": 1.20, "imaml": 1.03,
+             "leap": 0.28, "warpgrad": 1.76}
+
+
+def training_cost(params: dict, bench: str, algorithm: str) -> float:
+    """A training's estimated cost in MAML task-steps: meta-iterations x meta-batch x inner steps x
+    STEP_COST. Comparable between the algorithms of one benchmark (the default profile's Omniglot
+    trainings in the order of their measured seconds: iMAML 596, MT-net 520, MAML 433, Leap 360, T-net
+    244, Meta-SGD 229, WarpGrad 229, first-order MAML 179), only roughly between benchmarks."""
+    settings = params["benchmarks"][bench]
+    hparams = settings["algorithms"].get(algorithm) or {}
+    iterations = hparams.get("iterations", settings["train"]["iterations"])
+    steps = max(1, int(hparams.get("inner_steps", 1)))
+    return iterations * settings["train"]["meta_batch"] * steps * STEP_COST.get(algorithm, 1.0)
+
+
+def train_priority(params: dict, bench: str, algorithm: str | None = None) -> float:
+    """Scheduling priority of a training (from 2 up to, not including, DATA_PRIORITY): the longest jobs first, so that the cores
+    are not left idle at the end waiting for one long job that started late. Convolutional networks
+    on images and policy-gradient trainings take minutes to tens of minutes on a CPU core (the
+    README's runtime table); the sinusoid-sized ones seconds to a few minutes. Within each, the
+    algorithms that adapt inside meta-training (`inner_steps`) before those that do not (pretrained,
+    oracle, random): e.g. a meta-RL MAML iteration samples rollouts before and after its inner step
+    and differentiates through it, 1529 CPU s against a pretrained policy's 584 on half-cheetah.
+    Among those that adapt, the costlier first (`training_cost`, as a fraction below 1): Snakemake
+    had started the default profile's iMAML, its longest training, last of the eight on Omniglot."""
     from metalearn import families
 
     settings = params["benchmarks"][bench]
     long = "dataset" in settings or families.family(settings) == "rl"
     adapts = algorithm is not None and "inner_steps" in (settings["algorithms"].get(algorithm) or {})
-    return 2 * (2 if long else 1) + int(adapts)
+    tier = 2 * (2 if long else 1) + int(adapts)
+    if not adapts:
+        return tier
+    cost = training_cost(params, bench, algorithm)
+    return tier + cost / (cost + COST_SCALE)
+
+
+COST_SCALE = 50_000  # where the fraction is 1/2: about the default profile's Omniglot MAML (48,000)
 
 
 def studies(params: dict) -> list[str]:
