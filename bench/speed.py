@@ -411,7 +411,9 @@ def main(argv=None) -> None:
     parser.add_argument("--iterations", type=int, default=5,
                         help="meta-iterations per timed block (x20 on the sinusoid, whose iterations are short)")
     parser.add_argument("--repeats", type=int, default=5, help="timed blocks per implementation (the median is reported)")
-    parser.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS)
+    parser.add_argument("--impls", nargs="+", default=IMPLS, choices=IMPLS,
+                        help="ours and the external peers to time; the serial per-task loop (a peer) and our "
+                             "concurrent loop (the ablation) are timed for every algorithm whatever this says")
     parser.add_argument("--benchmarks", nargs="+", default=list(SETTINGS), choices=list(SETTINGS))
     parser.add_argument("--algorithms", nargs="*", default=list(OTHER_ALGORITHMS), choices=list(OTHER_ALGORITHMS),
                         help="besides MAML and first-order MAML (against their per-task loops)")
