@@ -176,6 +176,7 @@ DATA_PRIORITY = 6
 # count as MAML.
 STEP_COST = {"maml": 1.0, "fomaml": 0.41, "metasgd": 1.06, "tnet": 1.13, "mtnet": 1.20, "imaml": 1.03,
              "leap": 0.28, "warpgrad": 1.76}
+COST_SCALE = 50_000  # the cost whose fraction is 1/2: about the default profile's Omniglot MAML (48,000)
 
 
 def training_cost(params: dict, bench: str, algorithm: str) -> float:
@@ -191,15 +192,16 @@ def training_cost(params: dict, bench: str, algorithm: str) -> float:
 
 
 def train_priority(params: dict, bench: str, algorithm: str | None = None) -> float:
-    """Scheduling priority of a training (from 2 up to, not including, DATA_PRIORITY): the longest jobs first, so that the cores
-    are not left idle at the end waiting for one long job that started late. Convolutional networks
-    on images and policy-gradient trainings take minutes to tens of minutes on a CPU core (the
-    README's runtime table); the sinusoid-sized ones seconds to a few minutes. Within each, the
-    algorithms that adapt inside meta-training (`inner_steps`) before those that do not (pretrained,
-    oracle, random): e.g. a meta-RL MAML iteration samples rollouts before and after its inner step
-    and differentiates through it, 1529 CPU s against a pretrained policy's 584 on half-cheetah.
-    Among those that adapt, the costlier first (`training_cost`, as a fraction below 1): Snakemake
-    had started the default profile's iMAML, its longest training, last of the eight on Omniglot."""
+    """Scheduling priority of a training (from 2 up to, not including, DATA_PRIORITY): the longest
+    jobs first, so that the cores are not left idle at the end waiting for one long job that started
+    late. Convolutional networks on images and policy-gradient trainings take minutes to tens of
+    minutes on a CPU core (the README's runtime table); the sinusoid-sized ones seconds to a few
+    minutes. Within each, the algorithms that adapt inside meta-training (`inner_steps`) before those
+    that do not (pretrained, oracle, random): e.g. a meta-RL MAML iteration samples rollouts before
+    and after its inner step and differentiates through it, 1529 CPU s against a pretrained policy's
+    584 on half-cheetah. Among those that adapt, the costlier first (`training_cost`, as a fraction
+    below 1): Snakemake had started the default profile's iMAML, its longest training, last of the
+    eight on Omniglot."""
     from metalearn import families
 
     settings = params["benchmarks"][bench]
@@ -210,9 +212,6 @@ def train_priority(params: dict, bench: str, algorithm: str | None = None) -> fl
         return tier
     cost = training_cost(params, bench, algorithm)
     return tier + cost / (cost + COST_SCALE)
-
-
-COST_SCALE = 50_000  # where the fraction is 1/2: about the default profile's Omniglot MAML (48,000)
 
 
 def studies(params: dict) -> list[str]:
