@@ -261,17 +261,31 @@ class Conv4(nn.Module):
         -> [tasks, n, ways]. The tasks ride in the channel dimension, [n, tasks * C, H, W]: one
         grouped convolution (a group per task) applies every task's filters, and one BatchNorm call
         normalises every (task, channel) over its own task's n images, as `forward` does."""
-        tasks, n = x.shape[:2]
+        tasks = x.shape[0]
         h = tasks_in_channels(self.pixels(x))
-        for i, (conv, norm, *rest) in enumerate(self.features):
-            weight, bias = params[f"features.{i}.0.weight"], params[f"features.{i}.0.bias"]
-            h = F.conv2d(h, task_filters(weight, h), bias.flatten(), conv.stride, conv.padding, groups=tasks)
+        for i, (_, norm, *rest) in enumerate(self.features):
+            h = self.conv_tasks(i, params, h, tasks)
             h = batch_norm_tasks(norm, h, params, f"features.{i}.1.", tasks)
             for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                 h = layer(h)
+        return self.head_tasks(params, h, tasks)
+
+    # The two steps of `forward_tasks` that the networks built on Conv4 (mtnet.py's TransformedNetwork,
+    # warpgrad.py's WarpedNetwork) share; `prefix` is what their names put before Conv4's own.
+    def conv_tasks(self, i: int, params: Params, h: Tensor, tasks: int, prefix: str = "") -> Tensor:
+        """Block i's convolution of a chunk's maps [n, tasks * C, H, W]: one grouped convolution,
+        every task with its own filters and bias (params prefix + "features.{i}.0.*", [tasks, ...])."""
+        conv = self.features[i][0]
+        weight, bias = params[f"{prefix}features.{i}.0.weight"], params[f"{prefix}features.{i}.0.bias"]
+        return F.conv2d(h, task_filters(weight, h), bias.flatten(), conv.stride, conv.padding, groups=tasks)
+
+    def head_tasks(self, params: Params, h: Tensor, tasks: int, prefix: str = "") -> Tensor:
+        """The last maps [n, tasks * C, H, W] as `forward`'s features (flattened, or averaged over
+        space) through every task's own head -> [tasks, n, ways]."""
         h = h.flatten(2) if self.flatten else h.mean(dim=(2, 3))
-        features = h.reshape(n, tasks, -1).transpose(0, 1)  # [tasks, n, features], forward's order
-        return torch.baddbmm(params["head.bias"].unsqueeze(1), features, params["head.weight"].transpose(1, 2))
+        features = h.reshape(len(h), tasks, -1).transpose(0, 1)  # [tasks, n, features], forward's order
+        return torch.baddbmm(params[f"{prefix}head.bias"].unsqueeze(1), features,
+                             params[f"{prefix}head.weight"].transpose(1, 2))
 
 
 class OmniConv(nn.Module):

@@ -49,7 +49,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from metalearn.algorithms.maml import MAML, StepSizes
-from metalearn.models import MLP, Conv4, batch_norm_tasks, task_filters, tasks_in_channels
+from metalearn.models import MLP, Conv4, batch_norm_tasks, tasks_in_channels
 from metalearn.tasks import Objective, Params, Task, TaskBatch
 
 
@@ -114,11 +114,10 @@ class TransformedNetwork(nn.Module):
         `forward_tasks` (models.py), with T where `forward` puts it."""
         if isinstance(self.task, Conv4):
             # Tasks ride in the channel dimension, [n, tasks * C, H, W], as in Conv4.forward_tasks.
-            tasks, n = x.shape[:2]
+            tasks = x.shape[0]
             h = tasks_in_channels(self.task.pixels(x))
-            for i, ((conv, norm, *rest), T) in enumerate(zip(self.task.features, self.transform)):
-                weight, bias = params[f"task.features.{i}.0.weight"], params[f"task.features.{i}.0.bias"]
-                h = F.conv2d(h, task_filters(weight, h), bias.flatten(), conv.stride, conv.padding, groups=tasks)
+            for i, ((_, norm, *rest), T) in enumerate(zip(self.task.features, self.transform)):
+                h = self.task.conv_tasks(i, params, h, tasks, prefix="task.")
                 # T after the convolution, before BatchNorm: the 1x1 convolution as one matrix product
                 # of every task's channels [n, H, W, tasks, C] with the shared T [C, C] (in channels-last
                 # memory a plain matrix product, no copy; faster per meta-step than a grouped 1x1
@@ -128,11 +127,7 @@ class TransformedNetwork(nn.Module):
                 h = batch_norm_tasks(norm, h, params, f"task.features.{i}.1.", tasks)
                 for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                     h = layer(h)
-            h = h.flatten(2) if self.task.flatten else h.mean(dim=(2, 3))
-            features = h.reshape(n, tasks, -1).transpose(0, 1)  # [tasks, n, features], forward's order
-            x = torch.baddbmm(params["task.head.bias"].unsqueeze(1), features,
-                              params["task.head.weight"].transpose(1, 2))
-            return F.linear(x, self.transform[-1].weight)
+            return F.linear(self.task.head_tasks(params, h, tasks, prefix="task."), self.transform[-1].weight)
         transform = iter(self.transform)
         for i, layer in enumerate(self.task.net):
             if isinstance(layer, nn.Linear):  # a batched matrix product over the tasks, then T (shared)

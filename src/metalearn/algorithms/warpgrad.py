@@ -83,7 +83,7 @@ from torch import Tensor, nn
 from metalearn.algorithms.base import Algorithm, add_to_grad, detached, mean_metrics
 from metalearn.algorithms.leap import LeapPath
 from metalearn.algorithms.maml import MAML, query_metrics, task_chunks
-from metalearn.models import MLP, Conv4, OmniConv, batch_norm_tasks, task_filters, tasks_in_channels
+from metalearn.models import MLP, Conv4, OmniConv, batch_norm_tasks, tasks_in_channels
 from metalearn.tasks import Objective, Params, Task, TaskBatch
 
 
@@ -165,18 +165,15 @@ class WarpedNetwork(nn.Module):
         shared by the tasks. The task network's layers run as in its own forward_tasks (models.py)."""
         theta = {name.removeprefix("task."): p for name, p in params.items()}
         if isinstance(self.task, Conv4):
-            tasks, n = x.shape[:2]
+            tasks = x.shape[0]
             h = tasks_in_channels(self.task.pixels(x), layout=False)
-            for i, ((conv, norm, *rest), warp) in enumerate(zip(self.task.features, self.warp)):
-                weight, bias = theta[f"features.{i}.0.weight"], theta[f"features.{i}.0.bias"]
-                h = F.conv2d(h, task_filters(weight, h), bias.flatten(), conv.stride, conv.padding, groups=tasks)
+            for i, ((_, norm, *rest), warp) in enumerate(zip(self.task.features, self.warp)):
+                h = self.task.conv_tasks(i, theta, h, tasks)
                 h = batch_norm_tasks(norm, h, theta, f"features.{i}.1.", tasks)
                 for layer in rest:  # ReLU (and max-pooling): per channel, so per task
                     h = layer(h)
                 h = warp.forward_tasks(h, tasks)
-            h = h.flatten(2) if self.task.flatten else h.mean(dim=(2, 3))
-            features = h.view(n, tasks, -1).transpose(0, 1)  # [tasks, n, features]
-            return torch.baddbmm(theta["head.bias"].unsqueeze(1), features, theta["head.weight"].transpose(1, 2))
+            return self.task.head_tasks(theta, h, tasks)
         if not isinstance(self.task, MLP):  # OmniConv: running statistics, one task at a time (alphabets.py)
             raise TypeError(f"{type(self.task).__name__} runs one task at a time")
         warps = iter(self.warp)
