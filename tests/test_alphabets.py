@@ -261,6 +261,13 @@ def test_the_paper_profile_runs_the_official_settings_and_the_schema_names_bad_k
     assert paper["omniglot-alphabets"] == al.PAPER  # params.yaml and alphabets.PAPER cannot drift apart
     assert set(al.PAPER["algorithms"]) == set(al.METHODS)
     assert "omniglot-20w-multishot" in paper  # the approximate variant stays, documented
+    # Warp-Leap's meta-objective steps as the official utils.py `step` does: phi's gradient not through
+    # the inner gradient; Leap's and Warp-Leap's paths end before the last step, as the official loop
+    # (tests/test_warpgrad.py, test_leap.py check the values); the settings reach the algorithms
+    small = {**al.PAPER, "filters": 4}
+    warpleap = al.build_learner("warpleap", small, al.PAPER["algorithms"]["warpleap"], 0)
+    assert warpleap.inner_grad == "detached" and warpleap.meta_update == "per_point" and not warpleap.final_point
+    assert not al.build_learner("leap", small, al.PAPER["algorithms"]["leap"], 0).final_point
     for mutate, key in [({"algorithms": {"maml": {"inner_lr": 0.1, "meta_lr": -1}}},
                          "omniglot-tiny.algorithms.maml.meta_lr"),
                         ({"steps": 0}, "omniglot-tiny.steps"), ({"dataset": "omniglot-small"}, "omniglot-tiny.dataset"),

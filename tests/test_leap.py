@@ -73,6 +73,52 @@ def test_leap_gradient_is_the_gradient_of_the_pulled_forward_path_objective(norm
         torch.testing.assert_close(g, e, rtol=1e-9, atol=1e-12)
 
 
+def official_leap_gradient(model, theta0, batch, steps):
+    """The official training loop and updater replayed (flennerhag/warpgrad src/omniglot/wrapper.py
+    run_batches lines 112-136; src/leap/leap/updaters.py increment_grad, defaults norm, loss, stabilizer):
+    at each of the `steps` batches the loss at the current point, Leap fed that point (before the
+    step), then the SGD step; the loop breaks after the last step, so theta_K is never fed."""
+    total = {k: torch.zeros_like(v) for k, v in theta0.items()}
+    for i in range(len(batch)):
+        theta, previous = {k: v.detach() for k, v in theta0.items()}, None
+        for _ in range(steps):
+            theta = {k: v.detach().requires_grad_() for k, v in theta.items()}
+            loss = F.mse_loss(functional_call(model, theta, (batch.support_x[i],)), batch.support_y[i])
+            grads = dict(zip(theta, torch.autograd.grad(loss, list(theta.values()))))
+            if previous is not None:  # increment_grad(curr = this point, prev = the previous one)
+                prev_theta, prev_loss, prev_grads = previous
+                d_loss = loss.detach() - prev_loss
+                d_loss = -d_loss if d_loss > 0 else d_loss  # the stabilizer
+                norm = (d_loss ** 2 + sum(((theta[k].detach() - prev_theta[k]) ** 2).sum() for k in theta)).sqrt()
+                for k in theta:
+                    total[k] += (prev_theta[k] - theta[k].detach() - d_loss * prev_grads[k]) / norm
+            previous = ({k: v.detach() for k, v in theta.items()}, loss.detach(), grads)
+            theta = {k: v - ALPHA * grads[k] for k, v in theta.items()}  # optimizer.step(), then break if final
+    return [g / len(batch) for g in total.values()]  # normalize(): the mean over the meta-batch's tasks
+
+
+@pytest.mark.parametrize("batched", [False, True])
+def test_leap_without_the_final_point_is_the_official_loops_gradient(batched):
+    """final_point false: the path theta_0 .. theta_{K-1} (K-1 segments), as the official loop feeds
+    Leap; the default (true) adds theta_K, one segment more."""
+    algo, batch = setup(final_point=False)
+    algo.batched_tasks = batched
+    grads, metrics = leap_gradient(algo, batch)
+    theta0 = {k: p.detach().clone() for k, p in algo.model.named_parameters()}
+    official = official_leap_gradient(algo.model, theta0, batch, STEPS)
+    shorter, _ = setup(inner_steps=STEPS - 1)  # default final_point: theta_0 .. theta_{K-1}, the same path
+    shorter.batched_tasks = batched
+    shorter_grads, _ = leap_gradient(shorter, batch)
+    default, _ = setup()
+    default.batched_tasks = batched
+    default_grads, default_metrics = leap_gradient(default, batch)
+    for g, o, s in zip(grads, official, shorter_grads):
+        torch.testing.assert_close(g, o, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g, s, rtol=1e-9, atol=1e-12)
+    assert max((g - d).abs().max() for g, d in zip(grads, default_grads)) > 1e-3
+    assert metrics == default_metrics  # the path changes; adaptation (K steps) and its metrics do not
+
+
 def test_leap_energy_without_the_loss_is_minus_the_mean_displacement():
     algo, batch = setup(norm=False, use_loss=False)
     grads, _ = leap_gradient(algo, batch)

@@ -395,6 +395,61 @@ def test_training_loop_clips_the_meta_gradient(tmp_path):
     assert state and all(s["exp_avg"].abs().max().item() <= 0.1 * 1e-6 * (1 + 1e-6) for s in state.values())
 
 
+def test_imagenet_clip_limit_is_the_maml_codes_on_our_loss_scale():
+    """Our meta-loss is each task's mean query cross-entropy, averaged over the tasks; the MAML code's
+    (maml.py total_losses2) sums xent = cross-entropy / K (utils.py xent) over the N*Q query images and
+    averages over the meta-batch. Its meta-gradient is N*Q/K times ours, so its clip at +-10 is ours at
+    10 K / (N Q), the paper profile's train.clip_meta_grad on mini- and tiered-ImageNet (float64)."""
+    torch.manual_seed(0)
+    ways, shots, queries, meta_batch = 5, 2, 3, 2
+    model = Conv4(1, ways, filters=8).double()
+    algo = build_algorithm("maml", model, Objective(model, "classification"),
+                           {"inner_lr": 0.1, "inner_steps": 1, "test_inner_steps": 1, "inner_loss": "sum_over_shots"})
+    x = torch.rand(meta_batch, ways * (shots + queries), 1, 28, 28, dtype=torch.float64)
+    y = torch.arange(ways).repeat(shots + queries).expand(meta_batch, -1)
+    k = ways * shots
+    tasks = TaskBatch(x[:, :k], y[:, :k], x[:, k:], y[:, k:])
+    meta_params = [p for p in algo.parameters() if p.requires_grad]
+    algo.meta_step(tasks)
+    ours = [p.grad.clone() for p in meta_params]
+    official = sum(F.cross_entropy(algo.predict(algo.adapt(task.support, 1, create_graph=True, params=algo.initial_params()),
+                                                task.query[0]), task.query[1], reduction="sum") / shots
+                   for task in tasks) / meta_batch
+    for theirs, mine in zip(torch.autograd.grad(official, meta_params), ours):
+        torch.testing.assert_close(theirs, mine * ways * queries / shots, rtol=1e-9, atol=1e-12)
+    paper = load_params(ROOT / "params.yaml", "paper")["benchmarks"]
+    for name in ("miniimagenet-5w1s", "miniimagenet-5w5s", "tieredimagenet-5w1s", "tieredimagenet-5w5s"):
+        bench = paper[name]
+        assert bench["train"]["clip_meta_grad"] == pytest.approx(10 * bench["shots"] / (bench["ways"] * bench["queries"]),
+                                                                 rel=1e-12), name
+
+
+def test_mlp_maml_init_is_the_codes_truncated_normal_and_pytorchs_stays_the_default():
+    """mlp_init maml: cbfinn/maml construct_fc_weights (and MT-net's copy), weights tf.truncated_normal
+    with std 0.01 (redrawn beyond two standard deviations: std 0.0088 after truncation), biases zero.
+    The default keeps nn.Linear's own initialisation, uniform in +-1/sqrt(fan_in) (first layer: +-1)."""
+    torch.manual_seed(0)
+    maml = build_model({"model": "mlp", "mlp_init": "maml"}, extra_inputs=2)  # the oracle's inputs too
+    linears = [m for m in maml.net if isinstance(m, torch.nn.Linear)]
+    weights = torch.cat([m.weight.flatten() for m in linears])
+    assert linears[0].in_features == 3 and len(weights) == 3 * 40 + 40 * 40 + 40
+    assert weights.abs().max() <= 0.02
+    assert abs(weights.std().item() - 0.01 * 0.8796) < 6e-4
+    assert all((m.bias == 0).all() for m in linears)
+    default = build_model({"model": "mlp"})
+    first = [m for m in default.net if isinstance(m, torch.nn.Linear)][0]
+    assert first.weight.abs().max() > 0.5 and (first.bias != 0).all()  # U[-1, 1]: fan_in 1
+    with pytest.raises(ValueError, match="init must be"):
+        MLP(init="xavier")
+
+
+def test_regression_profile_initialises_the_mlp_as_the_official_code():
+    params = load_params(ROOT / "params.yaml", "regression")
+    for name, table in SINUSOIDS.items():
+        for key, official, source in table:
+            assert params["benchmarks"][name].get(key, DEFAULTS[key]) == official, f"{name}.{key} ({source})"
+
+
 def test_meta_adam_eps_is_the_training_loops_adam_eps(tmp_path):
     """imaml's meta_adam_eps reaches the meta-optimizer; without it, torch's default 1e-8."""
     base = {"inner_lr": 0.01, "inner_steps": 1, "test_inner_steps": 1, "lam": 2.0, "cg_steps": 1}
@@ -420,15 +475,19 @@ IMAGENET_MAML = [
     ("inner_loss", "sum_over_shots", "cbfinn/maml utils.py xent"),
     ("batch_norm", "maml", "cbfinn/maml utils.py normalize"),
     ("head_init", "xavier", "cbfinn/maml maml.py construct_conv_weights (w5: xavier_initializer, miniimagenet)"),
-    ("train.clip_meta_grad", 10, "cbfinn/maml maml.py construct_model (tf.clip_by_value(grad, -10, 10), miniimagenet)"),
 ]
+# cbfinn/maml maml.py clips at +-10 the gradient of its loss, the sum over the N*Q query images of xent =
+# cross-entropy / K (utils.py xent), averaged over the meta-batch; ours is the mean over the images, N*Q/K
+# times smaller (test_imagenet_clip_limit_is_the_maml_codes_on_our_loss_scale): the same clip is 10 K / (N Q)
+CLIP_SOURCE = ("cbfinn/maml maml.py construct_model (tf.clip_by_value(grad, -10, 10), miniimagenet) "
+               "on its loss scale: 10 K / (N Q) on ours")
 OFFICIAL = {
     "omniglot-5w1s": OMNIGLOT_MAML,
     "omniglot-20w1s": OMNIGLOT_MAML,
     **{name: OMNIGLOT_MAML + [("queries", 5, "cbfinn/maml main.py (DataGenerator(update_batch_size * 2): K queries per class)")]
        for name in ("omniglot-5w5s", "omniglot-20w5s")},
-    **{name: IMAGENET_MAML for name in ("miniimagenet-5w1s", "miniimagenet-5w5s",
-                                        "tieredimagenet-5w1s", "tieredimagenet-5w5s")},
+    **{f"{data}-5w{shots}s": IMAGENET_MAML + [("train.clip_meta_grad", 10 * shots / (5 * 15), CLIP_SOURCE)]
+       for data in ("miniimagenet", "tieredimagenet") for shots in (1, 5)},
 }
 MAML_CODE_EVALUATION = [
     ("eval_query_batch", "shots", "cbfinn/maml main.py (test: DataGenerator(update_batch_size * 2), K queries per class)"),
@@ -451,8 +510,10 @@ IMAML_OMNIGLOT = IMAML + [  # the iMAML code's Omniglot protocol: its pixels, ne
     ("stroke", "dark", f"{IMAML_CODE} implicit_maml/dataset.py (the PNGs' grey levels / 255, not inverted)"),
     ("rotations", "per_task", f"{IMAML_CODE} implicit_maml/dataset.py (np.random.choice([0, 90, 180, 270]) per class, "
                               "every task, meta-test too)"),
-    ("split", "maml", f"{IMAML_CODE} examples/omniglot_implicit_maml.py (random.shuffle of the 1623 characters; "
-                      "dataset.py OmniglotTask: chars[:1200] meta-train, chars[1200:] meta-test)"),
+    # not the code's split, a documented deviation (README): it meta-trains on chars[:1200] of one shuffle
+    # (omniglot_implicit_maml.py, random.seed(123)) and tests on chars[1200:] of another (measure_accuracy.py,
+    # random.seed(12345)), so 310 of its 423 test characters were seen in meta-training; ours are disjoint
+    ("split", "maml", "the MAML split (disjoint characters), not the iMAML code's overlapping shuffles"),
     ("imaml.inner_lr", 0.1, f"{IMAML_CODE} examples/README.md (--inner_lr 1e-1)"),
     ("imaml.lam", 2.0, f"{IMAML_CODE} examples/README.md (--lam 2.0)"),
     ("imaml.cg_steps", 5, f"{IMAML_CODE} examples/README.md (--cg_steps 5)"),
@@ -471,12 +532,20 @@ OFFICIAL.update({
     **{name: IMAML_OMNIGLOT + [("queries", 5, f"{IMAML_CODE} dataset.py OmniglotTask (K = 5 query images per class)")]
        for name in ("omniglot-5w5s-imaml", "omniglot-20w5s-imaml")},
 })
+MAML_MLP = ("mlp_init", "maml", "cbfinn/maml maml.py construct_fc_weights (tf.truncated_normal stddev 0.01, tf.zeros biases)")
+MTNET_MLP = ("mlp_init", "maml", "yoonholee/MT-net maml.py construct_fc_weights (the MAML code's)")
+SINUSOIDS = {  # the regression benchmarks of the paper and regression profiles
+    **{name: [MAML_MLP] for name in ("sinusoid", "sinusoid-k5", "sinusoid-k20")},
+    **{f"sinusoid-mtnet-k{k}": [MTNET_MLP] for k in (5, 10, 20)},
+}
+# the paper profile's MAML sinusoid also runs iMAML: the iMAML code's inner loop, test and outer Adam
+OFFICIAL.update({name: table + (IMAML if name == "sinusoid" else []) for name, table in SINUSOIDS.items()})
 EVERYWHERE = [  # every benchmark of the paper profile where the algorithm is configured
     ("metasgd.inner_steps", 1, "Li et al. 2017 (Meta-SGD), Section 3: one adaptation step"),
     ("metasgd.test_inner_steps", 1, "Li et al. 2017 (Meta-SGD): one step at meta-test too"),
 ]
 DEFAULTS = {"dataset": None, "queries": None, "inner_loss": "mean", "eval_query_batch": "all", "batch_norm": "affine", "head_init": "xavier", "rotations": "classes",
-            "train.clip_meta_grad": None, "model": None, "stroke": "bright", "split": None}
+            "train.clip_meta_grad": None, "model": None, "stroke": "bright", "split": None, "mlp_init": "pytorch"}
 
 
 def _setting(bench: dict, key: str):
@@ -515,7 +584,7 @@ def test_paper_profile_uses_the_official_settings():
 def test_default_and_quick_profiles_keep_todays_protocol(profile):
     params = load_params(ROOT / "params.yaml", profile)
     for bench in params["benchmarks"].values():
-        for key in ("batch_norm", "head_init", "rotations", "stroke", "reproduces"):
+        for key in ("batch_norm", "head_init", "rotations", "stroke", "reproduces", "mlp_init"):
             assert key not in bench
         assert bench["model"] != "conv4-imaml"
         assert "clip_meta_grad" not in bench["train"]
@@ -873,6 +942,8 @@ def test_paper_rows_put_a_reproducing_benchmark_beside_the_papers_number():
                                                                  "test_inner_steps": 1}}}, "algorithms.tnet"),
     ("omniglot-5w1s", {"reproduces": "Omniglot 5-way"}, "reproduces"),
     ("sinusoid", {"stroke": "dark"}, "stroke"),  # Omniglot only
+    ("sinusoid", {"mlp_init": "xavier"}, "mlp_init"),
+    ("omniglot-5w1s", {"mlp_init": "maml"}, "mlp_init"),  # mlp networks only
 ])
 def test_schema_refuses_bad_imaml_protocol_settings_naming_the_key(tmp_path, name, bench, key):
     from metalearn.config import ConfigError

@@ -10,7 +10,7 @@ import torch
 from metalearn.config import validate
 from metalearn.rl import baseline
 from metalearn.rl.envs import Navigation2D
-from metalearn.rl.metarl import MetaRL, Rollouts, pg_loss
+from metalearn.rl.metarl import MetaRL, Rollouts, pg_loss, sample
 from metalearn.rl.policy import GaussianMLPPolicy
 from metalearn.rl.trpo import _flat, trpo_step
 
@@ -201,6 +201,59 @@ def test_inner_step_is_a_gradient_ascent_step_on_the_estimated_return(float64):
             assert torch.allclose(adapted[name][task], p + 0.1 * g, atol=1e-12), name
 
 
+def test_test_steps_after_the_first_take_inner_lr_times_test_later_lr_scale(float64):
+    """The official evaluation's step sizes (maml_rl test_maml_*.py: init_learning_rate s for the first
+    update, learning_rate 0.5 s after): evaluate's returns equal those of a hand-written loop of
+    policy-gradient steps of 0.1, then 0.05, then 0.05, on the same rollouts (same noise)."""
+    goals = torch.tensor([[0.2, 0.1], [-0.3, 0.4]])
+    learner = _learner("maml", test_later_lr_scale=0.5)
+    returns = learner.evaluate(goals, 3, torch.Generator().manual_seed(7))
+
+    generator = torch.Generator().manual_seed(7)
+    env = learner.env(goals, generator)
+    params = {n: p.detach().expand(2, *p.shape).clone() for n, p in learner.policy.params().items()}
+    expected = []
+    for lr in (0.1, 0.05, 0.05, None):
+        rollouts = sample(learner.policy, params, env, generator)
+        expected.append(rollouts.returns())
+        if lr is None:
+            break
+        leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
+        adv = baseline.advantages(rollouts.obs, rollouts.rewards, 0.99)
+        grads = torch.autograd.grad(pg_loss(learner.policy, leaves, rollouts, adv).sum(), list(leaves.values()))
+        params = {n: (p - lr * g).detach() for (n, p), g in zip(leaves.items(), grads)}
+    torch.testing.assert_close(returns, torch.stack(expected, 1), rtol=0, atol=1e-12)
+    # not passed vacuously: the default (every step 0.1) agrees on steps 0 and 1 only
+    default = _learner("maml").evaluate(goals, 3, torch.Generator().manual_seed(7))
+    torch.testing.assert_close(default[:, :2], returns[:, :2], rtol=0, atol=1e-12)
+    assert (default[:, 2:] - returns[:, 2:]).abs().min() > 1e-6
+
+
+def test_paper_profile_runs_the_official_test_step_sizes():
+    """cbfinn/maml_rl's values, pinned: navigation trains and tests with 0.5 (maml_trpo_point.py
+    fast_learning_rates = [0.5]; test_maml_point.py), and the step sizes of the test scripts for
+    (maml, pretrained, random, oracle), later steps scaled 0.5 (ant direction 0.01)."""
+    from pathlib import Path
+
+    from metalearn.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", "paper")
+    official = {"navigation-2d": ([0.5, 0.5, 0.5, 0.0], 0.5),      # test_maml_point.py
+                "halfcheetah-vel": ([0.1, 0.02, 0.1, 0.0], 0.5),   # test_maml_cheetah.py
+                "halfcheetah-dir": ([0.1, 0.2, 1.0, 0.0], 0.5),    # test_maml_cheetah_direc.py (ICML list)
+                "ant-vel": ([0.1, 0.2, 1.0, 0.0], 0.5),            # test_maml_ant.py
+                "ant-dir": ([0.1, 0.2, 1.0, 0.0], 0.01)}           # test_maml_ant_direc.py
+    for name, (step_sizes, later_scale) in official.items():
+        algorithms = params["benchmarks"][name]["algorithms"]
+        for method, step in zip(("maml", "pretrained", "random", "oracle"), step_sizes):
+            learner = MetaRL(method, params["benchmarks"][name], algorithms[method])
+            assert learner.inner_lr == step, (name, method)
+            if step > 0:
+                assert learner.test_later_lr_scale == later_scale, (name, method)
+    navigation = params["benchmarks"]["navigation-2d"]["algorithms"]
+    assert navigation["fomaml"]["inner_lr"] == navigation["maml"]["inner_lr"] == 0.5
+
+
 def test_killed_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
     from metalearn.rl import metarl
     from metalearn.rl.train import train
@@ -279,9 +332,10 @@ def test_schema_rejects_bad_rl_settings_naming_the_key(tmp_path):
 
 
 def test_batched_half_cheetah_matches_gymnasium_step_by_step():
-    """Observations and rewards of the mujoco.rollout-stepped environments equal Gymnasium's own
-    HalfCheetah-v5 from the same states under the same actions (clipped to [-1, 1]), for both task
-    families: goal velocity -|v - goal| and goal direction d * v, each minus Gymnasium's control cost."""
+    """Observations of the mujoco.rollout-stepped environments equal Gymnasium's own HalfCheetah-v5 from
+    the same states under the same actions (clipped to [-1, 1]), and rewards the official ones
+    (maml_rl half_cheetah_env_rand.py, half_cheetah_env_rand_direc.py) of Gymnasium's velocity: goal
+    velocity -|v - goal| and goal direction d * v, each minus 1e-1 * 0.5 * |a|^2 (Gymnasium's: 0.1)."""
     import gymnasium as gym
 
     from metalearn.rl.locomotion import HalfCheetah
@@ -304,17 +358,19 @@ def test_batched_half_cheetah_matches_gymnasium_step_by_step():
             for t in range(10):
                 o, _, _, _, info = reference.step(np.clip(actions[t, k], -1, 1))
                 forward = -abs(info["x_velocity"] - goal) if family == "velocity" else goal * info["x_velocity"]
+                ctrl_cost = 0.05 * (np.clip(actions[t, k], -1, 1) ** 2).sum()
                 np.testing.assert_allclose(steps[t][0].reshape(4, -1)[k].numpy(), o, atol=1e-8)
-                assert abs(steps[t][1].reshape(4)[k].item() - (forward + info["reward_ctrl"])) < 1e-8
+                assert abs(steps[t][1].reshape(4)[k].item() - (forward - ctrl_cost)) < 1e-8
         assert batch.done.shape == (4,) and not batch.done.any()  # HalfCheetah-v5 never terminates
 
 
 def test_batched_ant_matches_gymnasium_step_by_step_including_termination():
-    """Observations (with the clipped contact forces), rewards and termination of the batched Ant equal
-    Gymnasium's own Ant-v5 from the same states under the same actions, for both task families:
-    -|v - goal| or d * v, plus Gymnasium's healthy reward, minus its control and contact costs. One
-    environment is thrown upward and leaves the healthy z range at its third step: that step's reward
-    is Gymnasium's; afterwards its reward is 0 and its observation frozen, while the others go on."""
+    """Observations (with the clipped contact forces) and termination of the batched Ant equal Gymnasium's
+    own Ant-v5 from the same states under the same actions; rewards are the official ones (maml_rl
+    ant_env_rand.py, ant_env_rand_direc.py) of Gymnasium's velocity and contact forces: -|v - goal| + 1.0
+    + 0.05 or d * v + 0.05, minus 0.005 |a|^2 and 5e-4 |clip(cfrc_ext)|^2. One environment is thrown
+    upward and leaves the healthy z range at its third step: that step earns the same terms (the
+    survive constant included, as there); afterwards its reward is 0 and its observation frozen."""
     import gymnasium as gym
 
     from metalearn.rl.locomotion import Ant
@@ -339,7 +395,10 @@ def test_batched_ant_matches_gymnasium_step_by_step_including_termination():
             for t in range(8):
                 o, _, terminated, _, info = reference.step(np.clip(actions[t, k], -1, 1))
                 forward = -abs(info["x_velocity"] - goal) if family == "velocity" else goal * info["x_velocity"]
-                expected = forward + info["reward_survive"] + info["reward_ctrl"] + info["reward_contact"]
+                survive = 1.0 + 0.05 if family == "velocity" else 0.05
+                ctrl_cost = 0.5 * 1e-2 * (np.clip(actions[t, k], -1, 1) ** 2).sum()
+                contact_cost = 0.5 * 1e-3 * (np.clip(reference.data.cfrc_ext, -1, 1) ** 2).sum()
+                expected = forward + survive - ctrl_cost - contact_cost
                 np.testing.assert_allclose(steps[t][0].reshape(4, -1)[k].numpy(), o, atol=1e-8)
                 assert abs(steps[t][1].reshape(4)[k].item() - expected) < 1e-8
                 if terminated:

@@ -138,6 +138,78 @@ def test_warp_meta_gradient_is_the_trajectory_agnostic_objective_by_finite_diffe
     assert metrics["loss"] == pytest.approx(sum(query) / len(query), rel=1e-9)
 
 
+def official_step_meta_gradient(points_per_task, phi, batch):
+    """The official code's meta-gradient, replayed with its own calls (flennerhag/warpgrad
+    src/warpgrad/warpgrad/utils.py `step` and `backward`, optim.py SGD.step): autograd.grad with
+    create_graph=True, p.backward(g) into leaf parameters, p - lr * p.grad, the query loss; its
+    gradient w.r.t. phi, averaged over the points."""
+    phi = [p.detach().clone().requires_grad_() for p in phi]
+    total = [torch.zeros_like(p) for p in phi]
+    count = 0
+    for i, points in enumerate(points_per_task):
+        for theta in points:
+            theta = [t.detach().clone().requires_grad_() for t in theta]  # the model's leaf parameters
+            loss = F.mse_loss(forward_by_hand(theta, phi, batch.support_x[i]), batch.support_y[i])
+            for p, g in zip(theta, torch.autograd.grad(loss, theta, create_graph=True)):
+                p.backward(g)
+            stepped = [p - ALPHA * p.grad for p in theta]
+            query = F.mse_loss(forward_by_hand(stepped, phi, batch.query_x[i]), batch.query_y[i])
+            total = [a + g for a, g in zip(total, torch.autograd.grad(query, phi))]
+            count += 1
+    return [g / count for g in total]
+
+
+def stopgrad_objective_by_hand(points_per_task, phi, batch):
+    """J with the step a constant: mean of L_Q(stopgrad(theta - alpha grad L_S(theta; phi)); phi)."""
+    total, count = 0.0, 0
+    for i, points in enumerate(points_per_task):
+        for theta in points:
+            theta = [t.detach().requires_grad_() for t in theta]
+            with torch.enable_grad():
+                loss = F.mse_loss(forward_by_hand(theta, phi, batch.support_x[i]), batch.support_y[i])
+                grads = torch.autograd.grad(loss, theta)
+            stepped = [(t - ALPHA * g).detach() for t, g in zip(theta, grads)]
+            total = total + F.mse_loss(forward_by_hand(stepped, phi, batch.query_x[i]), batch.query_y[i])
+            count += 1
+    return total / count
+
+
+@pytest.mark.parametrize("meta_update", ["batch", "per_point"])
+def test_detached_inner_grad_is_the_official_meta_gradient_and_differs_from_graph(meta_update):
+    """inner_grad detached: phi's gradient only through the query pass at the stepped point, as the
+    official `step` computes it (its calls replayed) and as grad_phi L_Q(stopgrad(theta - alpha g); phi)
+    (phi a leaf, the step a constant); graph (the default) is a different, second-order gradient."""
+    algo, batch = mlp_setup(inner_grad="detached", snapshots=STEPS)
+    phi = [p.detach().clone().requires_grad_() for p in algo.warp.parameters()]
+    theta0 = [p.detach() for p in algo.model.parameters()]
+    points = [trajectory_by_hand(theta0, phi, batch[i].support, STEPS) for i in range(len(batch))]
+    official = official_step_meta_gradient(points, phi, batch)
+    by_hand = torch.autograd.grad(stopgrad_objective_by_hand(points, phi, batch), phi)
+    if meta_update == "batch":
+        grads, _ = warp_meta_gradient(algo, batch)
+    else:  # what the per_point updater steps on at each point (`warp_gradient`), averaged here
+        names = [n for n, _ in algo.model.named_parameters()]
+        per_point = [algo.warp_gradient(dict(zip(names, point)), batch[i])
+                     for i in range(len(batch)) for point in points[i]]
+        grads = [sum(g) / len(per_point) for g in zip(*per_point)]
+    graph_algo, _ = mlp_setup(inner_grad="graph", snapshots=STEPS)
+    second_order, _ = warp_meta_gradient(graph_algo, batch)
+    default_algo, _ = mlp_setup(snapshots=STEPS)  # default: graph, unchanged
+    default, _ = warp_meta_gradient(default_algo, batch)
+    for g, o, h, s, d in zip(grads, official, by_hand, second_order, default):
+        torch.testing.assert_close(g, o, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(g, h, rtol=1e-9, atol=1e-12)
+        torch.testing.assert_close(d, s, rtol=0, atol=0)
+    difference = max((g - s).abs().max() / s.abs().max() for g, s in zip(grads, second_order))
+    assert difference > 1e-2  # the inner gradient's own dependence on phi is not negligible here
+    assert all(g.abs().max() > 1e-4 for g in grads)
+
+
+def test_inner_grad_takes_graph_or_detached():
+    with pytest.raises(ValueError, match="inner_grad"):
+        mlp_setup(inner_grad="first")
+
+
 def test_offline_buffer_keeps_evenly_spaced_snapshots_starting_at_theta_0():
     assert snapshot_steps(100, 5) == {0, 20, 40, 60, 80}
     assert snapshot_steps(1, 5) == {0}
@@ -230,8 +302,10 @@ def test_warp_maml_init_gradient_is_mamls_at_the_identity_warp(first_order):
         torch.testing.assert_close(a, p.grad, rtol=1e-9, atol=1e-12)
 
 
-def test_warp_leap_init_gradient_is_leaps_at_the_identity_warp():
-    algo, batch = mlp_setup("warpleap", perturb=0.0, use_loss=True)
+@pytest.mark.parametrize("final_point", [True, False])
+def test_warp_leap_init_gradient_is_leaps_at_the_identity_warp(final_point):
+    """With final_point false both paths end at theta_{K-1} (Leap's: the official loop's, test_leap.py)."""
+    algo, batch = mlp_setup("warpleap", perturb=0.0, use_loss=True, final_point=final_point)
     leap = build_algorithm("leap", algo.model, algo.objective, {**algo.hparams, "use_loss": True})
     algo.zero_grad(set_to_none=True)
     algo.meta_step(batch)

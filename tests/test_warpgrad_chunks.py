@@ -110,15 +110,30 @@ def test_chunked_meta_gradient_equals_the_one_task_loop(name, first_order, probl
     assert metrics == pytest.approx(loop_metrics, rel=1e-9)
 
 
-@pytest.mark.parametrize("settings", [{"use_loss": True, "norm": False}, {"snapshots": 5}])
+@pytest.mark.parametrize("settings", [{"use_loss": True, "norm": False}, {"snapshots": 5},
+                                      {"final_point": False, "inner_grad": "detached"}])
 def test_chunked_warpleap_and_a_full_buffer_equal_the_loop(settings, monkeypatch):
-    """Warp-Leap with the loss dimension and the path energy (per-task loss changes), and a buffer
-    holding every point (snapshots > steps)."""
+    """Warp-Leap with the loss dimension and the path energy (per-task loss changes), a buffer
+    holding every point (snapshots > steps), and the multi-shot protocol's official settings."""
     loop = _meta_step("warpleap", _mlp_tasks, False, False, monkeypatch, **settings)
     chunked = _meta_step("warpleap", _mlp_tasks, False, True, monkeypatch, **settings)
     scale = scale_of(loop[1])
     for key in loop[1]:
         torch.testing.assert_close(chunked[1][key], loop[1][key], rtol=1e-9, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("problem", [_conv_tasks, _mlp_tasks])
+@pytest.mark.parametrize("name", ["warpgrad", "warpleap"])
+def test_chunked_detached_inner_grad_equals_the_loop_and_differs_from_graph(name, problem, monkeypatch):
+    """inner_grad detached (the official step, test_warpgrad.py checks its value) on the chunked path."""
+    loop = _meta_step(name, problem, False, False, monkeypatch, inner_grad="detached")[1]
+    chunked = _meta_step(name, problem, False, True, monkeypatch, inner_grad="detached")[1]
+    graph = _meta_step(name, problem, False, True, monkeypatch)[1]
+    scale = scale_of(loop)
+    for key in loop:
+        torch.testing.assert_close(chunked[key], loop[key], rtol=1e-9, atol=1e-12 * scale)
+    warp = [k for k in loop if k.startswith("warp")]
+    assert max((loop[k] - graph[k]).abs().max() for k in warp) > 1e-3 * scale_of({k: graph[k] for k in warp})
 
 
 @pytest.mark.parametrize("changes", [{"mode": "online"}, {"meta_update": "per_point"}])

@@ -25,7 +25,9 @@ Tasks (data.py, DataContainer and SubOmniglot)
     classify its 100 held-out images in eval mode (running statistics), as wrapper.run_task.
 Network: models.OmniConv (model.py); warp layers as main.py's defaults (algorithms/warpgrad.py).
 Meta-optimisers: plain SGD, lr 0.1 (main.py's outer_kwargs) for Leap and Reptile; Warp-Leap with
-warpgrad.py's `meta_update: per_point` (updaters.py). Baselines (wrapper.py, run_multi.py): MAML (second
+warpgrad.py's `meta_update: per_point` (updaters.py) and its meta-objective's step as utils.py's `step`
+(`inner_grad: detached`); Leap's and Warp-Leap's paths end at the point before the last step, as
+wrapper.py's run_batches feeds them (`final_point: false`; see PAPER). Baselines (wrapper.py, run_multi.py): MAML (second
 order, 5 training steps, outer SGD lr 0.5; maml.py adapts on a fresh mini-batch per step through
 `MiniBatchObjective.draw`; its meta-objective the training alphabet's held-out drawings, augmented),
 first-order MAML as _FOWrapper (100 steps, outer lr 0.5: the gradient of the last training mini-batch
@@ -420,10 +422,14 @@ PAPER = {
     "split_seed": 8879, "steps": 100, "batch_size": 128, "filters": 64,
     "train": {"meta_batch": 20, "iterations": 1000, "checkpoint_every": 20, "log_every": 10},
     "algorithms": {
-        # Warp-Leap with the official updater (updaters.py): one SGD step per buffered point, shuffled
+        # Warp-Leap with the official updater (updaters.py): one SGD step per buffered point, shuffled;
+        # the official meta-objective's step, phi's gradient not through the inner gradient (inner_grad
+        # detached: src/warpgrad/warpgrad/utils.py lines 85, 117-122; algorithms/warpgrad.py)
         "warpleap": {"inner_lr": 0.1, "meta_update": "per_point", "shuffle_buffer": True, "warp_lr": 0.1,
-                     "init_lr": 0.1},
-        "leap": {"inner_lr": 0.1, "meta_lr": 0.1},
+                     "init_lr": 0.1, "inner_grad": "detached", "final_point": False},
+        # Leap's and Warp-Leap's paths end at theta_{K-1}, the point before the last step (final_point
+        # false: wrapper.py run_batches lines 126-136, updaters.py simplified_leap lines 146-151)
+        "leap": {"inner_lr": 0.1, "meta_lr": 0.1, "final_point": False},
         "reptile": {"inner_lr": 0.1, "meta_lr": 0.1},
         "maml": {"inner_lr": 0.1, "meta_lr": 0.5, "inner_steps": 5},
         "fomaml": {"inner_lr": 0.1, "meta_lr": 0.5},

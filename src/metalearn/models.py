@@ -314,16 +314,29 @@ class OmniConv(nn.Module):
 
 
 class MLP(nn.Module):
-    """Fully connected ReLU network; MAML's sinusoid regressor is MLP(1, [40, 40], 1)."""
+    """Fully connected ReLU network; MAML's sinusoid regressor is MLP(1, [40, 40], 1).
 
-    def __init__(self, in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1):
+    init: 'pytorch' (nn.Linear's own: weights and biases uniform in +-1/sqrt(fan_in)) or 'maml'
+    (cbfinn/maml maml.py construct_fc_weights, and yoonholee/MT-net's copy of it: weights from a normal
+    with std 0.01 truncated at two standard deviations, as tf.truncated_normal; biases zero).
+    """
+
+    def __init__(self, in_features: int = 1, hidden: tuple[int, ...] = (40, 40), out_features: int = 1,
+                 init: str = "pytorch"):
         super().__init__()
+        if init not in ("pytorch", "maml"):
+            raise ValueError(f"init must be 'pytorch' or 'maml', not {init!r}")
         sizes = [in_features, *hidden]
         layers: list[nn.Module] = []
         for a, b in zip(sizes[:-1], sizes[1:]):
             layers += [nn.Linear(a, b), nn.ReLU()]
         layers.append(nn.Linear(sizes[-1], out_features))
         self.net = nn.Sequential(*layers)
+        if init == "maml":
+            for layer in self.net:
+                if isinstance(layer, nn.Linear):
+                    nn.init.trunc_normal_(layer.weight, std=0.01, a=-0.02, b=0.02)
+                    nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -342,8 +355,8 @@ class MLP(nn.Module):
 def build_model(bench: dict, extra_inputs: int = 0) -> nn.Module:
     """The network a benchmark's settings call for (`extra_inputs`: more input features than the
     task's x, e.g. the oracle baseline's true task parameters)."""
-    if bench["model"] == "mlp":
-        return MLP(in_features=1 + extra_inputs)
+    if bench["model"] == "mlp":  # (benchmarks.<b>.mlp_init: the MAML code's initialisation or PyTorch's)
+        return MLP(in_features=1 + extra_inputs, init=bench.get("mlp_init", "pytorch"))
     # the MAML code's network choices (params.yaml, benchmarks.<b>.batch_norm / head_init), and which
     # way round the strokes reach the network (benchmarks.<b>.stroke)
     choices = {"batch_norm": bench.get("batch_norm", "affine"), "head_init": bench.get("head_init", "xavier"),

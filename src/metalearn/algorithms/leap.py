@@ -22,6 +22,11 @@ lengths), to the one-task loop's meta-gradient (tests/test_batched.py).
 
 Hyperparameters: inner_lr, inner_steps, test_inner_steps; norm, use_loss, stabilizer (the official
 code's defaults: all true; flennerhag/warpgrad src/leap/leap/updaters.py computes the same increment).
+`final_point`: whether theta_K, the point after the last step, ends the path (true, default: K
+segments) or not (false: theta_0 .. theta_{K-1}, K-1 segments, as the official training loop:
+src/omniglot/wrapper.py run_batches, lines 126-136, feeds Leap the point before each step and breaks
+after the last step, which is taken but never fed; Warp-Leap's updaters.py simplified_leap, lines
+146-151, walks the buffered points theta_0 .. theta_{K-1} the same way).
 `LeapPath` is also the initialisation objective of Warp-Leap (warpgrad.py).
 
 With `norm` (d_1) every segment enters as a unit vector however short it is, so on tasks whose loss is
@@ -95,6 +100,7 @@ class Leap(MAML):
         self.norm = bool(hparams.get("norm", True))
         self.use_loss = bool(hparams.get("use_loss", True))
         self.stabilizer = bool(hparams.get("stabilizer", True))
+        self.final_point = bool(hparams.get("final_point", True))  # theta_K ends the path (docstring)
 
     def adapt(self, support, steps=None, create_graph=False, params: Params | None = None,
               path: LeapPath | None = None) -> Params:
@@ -106,7 +112,7 @@ class Leap(MAML):
             if path is not None:
                 path.add(list(theta.values()), loss, grads)
             theta = detached({k: p - self.inner_lr * g for (k, p), g in zip(theta.items(), grads)})
-        if path is not None:  # the path's last point: theta_K and its loss
+        if path is not None and self.final_point:  # the path's last point: theta_K and its loss
             with torch.no_grad():
                 path.add(list(theta.values()), self.objective.loss(theta, support), None)
         return theta
@@ -133,7 +139,8 @@ class Leap(MAML):
             path.add(list(theta.values()), losses, grads)
             theta = detached({k: p - self.inner_lr * g for (k, p), g in zip(theta.items(), grads)})
         with torch.no_grad():
-            path.add(list(theta.values()), support_losses(theta), None)
+            if self.final_point:
+                path.add(list(theta.values()), support_losses(theta), None)
             outputs = self.predict_tasks(theta, tasks.query_x)
             metrics = self.objective.task_metrics(outputs, tasks.query_y,
                                                   self.objective.task_losses(outputs, tasks.query_y))

@@ -16,6 +16,13 @@ Meta-objective, trajectory agnostic: points theta_k of the adaptation trajectori
     J(phi) = mean over tasks and points of  L_Q(theta_k - alpha grad_theta L_S(theta_k; phi); phi)
 (`first_order`: L_Q(theta_k; phi), no step). Its gradient w.r.t. phi backpropagates through one step
 only, never through the trajectory: cost per point does not depend on K.
+Through the step (`inner_grad`): graph (default): phi's gradient also flows through the inner
+gradient grad_theta L_S(theta_k; phi) (second order, the objective as written above); detached: the
+official code's, grad_phi L_Q(stopgrad(theta_k - alpha grad_theta L_S(theta_k; phi)); phi), phi
+only through the query pass at the stepped point. flennerhag/warpgrad src/warpgrad/warpgrad/utils.py
+`step` (line 85) calls its `backward` (lines 117-122): autograd.grad with create_graph=True, then
+p.backward(g) without it, so the gradient accumulated in p.grad holds no graph; optim.py SGD.step
+(lines 73, 91) builds p - lr * p.grad from that constant.
 
 Meta-training (`mode`):
   offline (Algorithm 2, the official code's): adapt with phi fixed, keeping `snapshots` points of
@@ -34,7 +41,8 @@ Initialisation theta_0 (`init`): none: the task network's seeded initialisation,
 meta-learned); maml: Warp-MAML, MAML's meta-gradient through the K warped steps (memory grows with
 K, as MAML's; `first_order`: FOMAML's); leap: Warp-Leap, Leap's path objective on the
 trajectory (`LeapPath` of leap.py; by default as the official Warp-Leap: path length without the
-loss term; `norm`, `use_loss`, `stabilizer` as in Leap).
+loss term; `norm`, `use_loss`, `stabilizer`, `final_point` as in Leap; final_point false: the
+buffered points theta_0 .. theta_{K-1} only, as updaters.py simplified_leap, lines 146-151).
 
 Meta-update (`meta_update`):
   batch (default): the gradient of J over the whole meta-batch's buffer (and the initialisation's
@@ -216,11 +224,16 @@ class WarpGrad(Algorithm):
         if self.meta_update == "per_point" and self.mode != "offline":
             raise ValueError("meta_update per_point updates phi over a replay buffer: it needs mode offline")
         self.warp_lr = float(hparams.get("warp_lr", 0.1))  # per_point: updaters.py / main.py's outer lr
+        # graph: phi's gradient through the inner gradient too; detached: the official step (docstring)
+        self.inner_grad = hparams.get("inner_grad", "graph")
+        if self.inner_grad not in ("graph", "detached"):
+            raise ValueError(f"inner_grad must be graph|detached, not {self.inner_grad!r}")
         self.init_lr = float(hparams.get("init_lr", 0.1))
         self.shuffle_buffer = bool(hparams.get("shuffle_buffer", False))
         self.snapshots = int(hparams.get("snapshots", self.inner_steps))
         self.leap = dict(norm=bool(hparams.get("norm", True)), use_loss=bool(hparams.get("use_loss", False)),
                          stabilizer=bool(hparams.get("stabilizer", True)))
+        self.final_point = bool(hparams.get("final_point", True))  # init leap: theta_K ends the path (leap.py)
         # how evaluation feeds the query set to the network: as MAML's `eval_query_batch` (maml.py)
         self.eval_query_batch = hparams.get("eval_query_batch", "all")
         if self.eval_query_batch not in ("all", "shots"):
@@ -263,11 +276,12 @@ class WarpGrad(Algorithm):
 
     # -- the meta-objective -----------------------------------------------------------------------
     def warp_meta_loss(self, theta: Params, task: Task) -> Tensor:
-        """J at one trajectory point theta (a constant): one differentiable step from theta on the
-        support set, then the query loss (first_order: the query loss at theta)."""
+        """J at one trajectory point theta (a constant): one step from theta on the support set,
+        differentiable w.r.t. phi unless inner_grad is detached (then a constant), then the query
+        loss (first_order: the query loss at theta)."""
         theta = detached(theta)
         if not self.first_order:
-            theta, _, _ = self.step(theta, task.support, create_graph=True)
+            theta, _, _ = self.step(theta, task.support, create_graph=self.inner_grad == "graph")
         return self.task_loss(theta, task.query)
 
     def warp_gradient(self, theta: Params, task: Task) -> list[Tensor]:
@@ -313,8 +327,9 @@ class WarpGrad(Algorithm):
             with torch.no_grad():
                 outputs = self.predict(theta, task.query[0])
         if path is not None:
-            with torch.no_grad():
-                path.add(list(theta.values()), self.task_loss(theta, task.support), None)
+            if self.final_point:
+                with torch.no_grad():
+                    path.add(list(theta.values()), self.task_loss(theta, task.support), None)
             init_grad = path.gradient
         if self.mode == "offline" and self.meta_update == "batch":  # Algorithm 2's J over this task's buffer
             warp_grad = self.buffer_gradient(buffer, task)
@@ -365,10 +380,11 @@ class WarpGrad(Algorithm):
 
     def chunk_warp_meta_losses(self, theta: Params, tasks: TaskBatch) -> Tensor:
         """`warp_meta_loss` of every task of a chunk, each at its own point theta [tasks, *shape]
-        (constants): [tasks] query losses after one differentiable step (first_order: at theta)."""
+        (constants): [tasks] query losses after one step, differentiable unless inner_grad is
+        detached (first_order: at theta)."""
         theta = detached(theta)
         if not self.first_order:
-            theta, _, _ = self.chunk_step(theta, tasks, create_graph=True)
+            theta, _, _ = self.chunk_step(theta, tasks, create_graph=self.inner_grad == "graph")
         return self.chunk_losses(theta, tasks.query_x, tasks.query_y)[0]
 
     def run_chunk(self, tasks: TaskBatch) -> dict[str, Any]:
@@ -403,8 +419,9 @@ class WarpGrad(Algorithm):
             with torch.no_grad():
                 _, outputs = self.chunk_losses(theta, tasks.query_x, tasks.query_y)
         if path is not None:
-            with torch.no_grad():
-                path.add(list(theta.values()), self.chunk_losses(theta, tasks.support_x, tasks.support_y)[0], None)
+            if self.final_point:
+                with torch.no_grad():
+                    path.add(list(theta.values()), self.chunk_losses(theta, tasks.support_x, tasks.support_y)[0], None)
             init_grad = [g.sum(0) for g in path.gradient]
         warp_params, warp_grad = list(self.warp.parameters()), None
         for point in buffer:  # J at each buffered point of every task of the chunk

@@ -1,20 +1,22 @@
 """MuJoCo locomotion task families of the MAML paper (Section 5.3), many environments per call.
-HalfCheetah and Ant below; each keeps Gymnasium's own (v5) model, observation and costs.
+HalfCheetah and Ant below; each keeps Gymnasium's own (v5) model and observation, with the official rewards.
 
 HalfCheetah, as Gymnasium's `HalfCheetah-v5` defines it (its model file, frame skip 5, dt 0.05,
-observation qpos[1:] + qvel (17 numbers), reset noise U[-0.1, 0.1] on qpos and 0.1 N(0, 1) on qvel,
-control cost 0.1 * |a|^2), with the paper's rewards in place of the forward reward
-(cbfinn/maml_rl rllab/envs/mujoco/half_cheetah_env_rand*.py):
+observation qpos[1:] + qvel (17 numbers), reset noise U[-0.1, 0.1] on qpos and 0.1 N(0, 1) on qvel),
+with the paper's rewards, as the official code computes them (cbfinn/maml_rl
+rllab/envs/mujoco/half_cheetah_env_rand.py, half_cheetah_env_rand_direc.py), in place of Gymnasium's:
   goal velocity   -|v_x - v_goal| - control cost, v_goal ~ U[0, 2] per task
   goal direction  d * v_x - control cost, d = +1 or -1 per task (forward / backward)
+  control cost    0.05 |a|^2 (the official `1e-1 * 0.5 * sum(a^2)`; Gymnasium's is 0.1 |a|^2)
 v_x = (x_after - x_before) / dt, as Gymnasium computes it. Actions are clipped to the action space
 [-1, 1]^6 before they reach the environment (as an agent using Gymnasium's action space does).
 
 Stepping: instead of one Python `env.step` per environment, all environments' MuJoCo states are
 advanced together by `mujoco.rollout` (MuJoCo's own batched stepping in C++, on a pool of threads,
 one MjData per thread): one call per time step for every task and rollout (the Ant's last substep
-excepted, see Ant). `tests/test_rl.py` checks observations, rewards (and the Ant's termination)
-against Gymnasium's own environments step by step.
+excepted, see Ant). `tests/test_rl.py` checks observations (and the Ant's termination) against
+Gymnasium's own environments step by step, and the rewards against the official formulas evaluated on
+Gymnasium's velocities and contact forces.
 """
 from __future__ import annotations
 
@@ -104,7 +106,7 @@ class HalfCheetah(Locomotion):
 
     xml = "half_cheetah.xml"
     observation_dim, action_dim, qpos_skipped = 17, 6, 1
-    ctrl_cost_weight = 0.1
+    ctrl_cost_weight = 1e-1 * 0.5   # half_cheetah_env_rand*.py: ctrl_cost = 1e-1 * 0.5 * sum(a^2)
 
     def step(self, action: Tensor) -> tuple[Tensor, Tensor]:
         """action [tasks, rollouts, 6] -> (observation, reward [tasks, rollouts]); episodes never end early."""
@@ -121,20 +123,24 @@ class HalfCheetah(Locomotion):
 
 
 class Ant(Locomotion):
-    """Gymnasium's `Ant-v5` (default arguments), with the paper's rewards in place of the forward reward
-    (cbfinn/maml_rl rllab/envs/mujoco/ant_env_rand.py, ant_env_rand_direc.py):
+    """Gymnasium's `Ant-v5` (default arguments: model, observation, termination, reset), with the paper's
+    rewards as the official code computes them (cbfinn/maml_rl rllab/envs/mujoco/ant_env_rand.py,
+    ant_env_rand_direc.py) in place of Gymnasium's:
 
       observation  qpos[2:] (13) + qvel (14) + cfrc_ext[1:] clipped to [-1, 1] (13 bodies x 6 = 78): 105
-      reward       forward + healthy - control cost - contact cost, with
+      reward       forward + survive - control cost - contact cost, with
                    forward  -|v_x - v_goal| (v_goal ~ U[0, 3]) or d * v_x (d = +-1)
-                   healthy  1 while the torso height is in [0.2, 1.0] (and the state finite), else 0
-                   control  0.5 |a|^2, contact 5e-4 |clip(cfrc_ext, -1, 1)|^2
-      termination  when unhealthy (Gymnasium's default terminate_when_unhealthy=True)
+                   survive  goal velocity 1.05 (the official `+ 1.0  # make it happy, not suicidal`
+                            plus survive_reward 0.05), goal direction 0.05 (survive_reward only): a
+                            constant on every step taken, the terminating one included, as there
+                   control  0.005 |a|^2 (official 0.5 * 1e-2 * sum((a / scaling)^2), a in rllab's
+                            normalised [-1, 1] units), contact 5e-4 |clip(cfrc_ext, -1, 1)|^2 (0.5 * 1e-3)
+      termination  when the torso height leaves [0.2, 1.0] or the state is not finite (the official
+                   `notdone`, also Gymnasium's default terminate_when_unhealthy=True)
       reset        noise U[-0.1, 0.1] on every qpos entry, 0.1 N(0, 1) on qvel (as the cheetah's)
 
-    maml_rl's goal-velocity reward also adds a constant +1 ("make it happy, not suicidal") and 0.05 for
-    surviving: Gymnasium's healthy reward (1) plays that part here, so the velocity reward stays the
-    cheetah's. Its direction task draws v ~ U[0, 3] and goes backward when v < 1.5: a fair coin, as here.
+    Gymnasium's own reward (healthy 1 only while healthy, control 0.5 |a|^2) is not used. The official
+    direction task draws v ~ U[0, 3] and goes backward when v < 1.5: a fair coin, as here.
 
     Two Gymnasium details need the MjData of the last substep, which mujoco.rollout does not return:
     v_x uses the torso's `xpos`, and Ant's integrator is RK4, whose last stage leaves `xpos` at an
@@ -153,7 +159,9 @@ class Ant(Locomotion):
 
     xml = "ant.xml"
     observation_dim, action_dim, qpos_skipped = 105, 8, 2
-    ctrl_cost_weight, contact_cost_weight, healthy_reward, healthy_z = 0.5, 5e-4, 1.0, (0.2, 1.0)
+    ctrl_cost_weight, contact_cost_weight, healthy_z = 0.5 * 1e-2, 0.5 * 1e-3, (0.2, 1.0)
+    # per step taken; ant_env_rand.py: +1.0 in forward_reward and survive_reward 0.05; _direc.py: 0.05
+    survive_reward = {"velocity": 1.0 + 0.05, "direction": 0.05}
 
     def set_state(self, qpos: np.ndarray, qvel: np.ndarray) -> Tensor:
         n = len(qpos)
@@ -197,7 +205,7 @@ class Ant(Locomotion):
         goal = self.goals[:, :1].double().expand(shape).reshape(-1).numpy()[live]
         forward = -np.abs(velocity - goal) if self.family == "velocity" else goal * velocity
         reward = np.zeros(len(self.state))
-        reward[live] = (forward + self.healthy_reward * healthy - self.ctrl_cost_weight * (a[live] ** 2).sum(1)
+        reward[live] = (forward + self.survive_reward[self.family] - self.ctrl_cost_weight * (a[live] ** 2).sum(1)
                         - self.contact_cost_weight * (contact ** 2).sum(1))
         self.done[live] = ~healthy
         return self._observe(), torch.as_tensor(reward, dtype=self.goals.dtype).view(shape)

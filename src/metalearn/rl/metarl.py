@@ -18,6 +18,12 @@ Baselines (Section 5.3): `pretrained` trains one policy with TRPO on all tasks a
 step), `oracle` the same with the goal appended to the observation, `random` keeps its random
 initialisation; at test time all take the same policy-gradient steps as MAML, each with its own
 `inner_lr` (the oracle's is 0 in params.yaml: the official evaluation does not fine-tune it).
+
+Test-time step sizes: the first test step is `inner_lr`, every later one `inner_lr *
+test_later_lr_scale` (default 1). The official evaluation (maml_rl maml_examples/test_maml_*.py) runs
+rllab's VPG with a FirstOrderOptimizer given init_learning_rate = s for its first update only and
+learning_rate = 0.5 s (ant direction: 0.01 s) for the others: MAML is meta-trained for one step of s,
+and the later steps are smaller.
 """
 from __future__ import annotations
 
@@ -111,6 +117,7 @@ class MetaRL(nn.Module):
         self.inner_steps = int(hparams.get("inner_steps", 1)) if name in ("maml", "fomaml") else 0
         self.first_order = name == "fomaml" or bool(hparams.get("first_order", False))
         self.test_inner_steps = int(hparams["test_inner_steps"])
+        self.test_later_lr_scale = float(hparams.get("test_later_lr_scale", 1.0))
         self.rollouts = int(bench["rollouts"])
         self.discount = float(bench.get("discount", 0.99))
         self.trains = name != "random"
@@ -227,7 +234,8 @@ class MetaRL(nn.Module):
     # -- meta-test ----------------------------------------------------------------------------------
     def evaluate(self, goals: Tensor, steps: int, generator: torch.Generator) -> Tensor:
         """[tasks, steps + 1]: each task's average return after 0, 1, ..., `steps` policy-gradient
-        steps of size `inner_lr` (fresh rollouts after each step, as in meta-training)."""
+        steps (fresh rollouts after each step, as in meta-training): the first of size `inner_lr`, the
+        later ones `inner_lr * test_later_lr_scale` (the module's docstring)."""
         env = self.env(goals, generator)
         params = {n: p.detach() for n, p in per_task(self.policy.params(), len(goals)).items()}
         returns = []
@@ -235,8 +243,9 @@ class MetaRL(nn.Module):
             rollouts = sample(self.policy, params, env, generator)
             returns.append(rollouts.returns())
             if step < steps:
+                lr = self.inner_lr if step == 0 else self.inner_lr * self.test_later_lr_scale
                 leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
                 with torch.enable_grad():
                     params = {n: p.detach() for n, p in inner_step(
-                        self.policy, leaves, rollouts, self.advantages(rollouts), self.inner_lr, False).items()}
+                        self.policy, leaves, rollouts, self.advantages(rollouts), lr, False).items()}
         return torch.stack(returns, 1)
