@@ -1,10 +1,8 @@
 """Downloads are checked and atomic; archives are read safely; Omniglot is prepared and split right."""
 from __future__ import annotations
 
-import hashlib
 import shutil
 import zipfile
-from pathlib import Path
 
 import pytest
 import torch

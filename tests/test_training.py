@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import ROOT, quick_params, write_params
+from conftest import quick_params, write_params
 from metalearn.config import deep_merge
 from metalearn.evaluate import evaluate, mean_ci95
 from metalearn.train import TrainingDiverged, config_hash, load_model, run_config, train
