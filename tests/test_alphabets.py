@@ -277,6 +277,84 @@ def test_the_paper_profile_runs_the_official_settings_and_the_schema_names_bad_k
             tiny_params(tmp_path, **mutate)
 
 
+def test_ft_shared_head_is_the_official_one_head_kept_at_test(tmp_path, monkeypatch):
+    """`head: shared` (PAPER's): model.py line 180, `nn.ModuleList([_linear_factory()] * NUM_CLASSES)`,
+    puts one Linear in every slot, so every training alphabet trains the network's own head, and
+    FtWrapper.run_tasks (wrapper.py lines 560-583) never calls init_adaptation, so a test task starts
+    from the pretrained head. `per_alphabet` (the default): distinct heads, and a fresh one at test."""
+    params = tiny_params(tmp_path)
+    seen, original = {}, al.multihead_step
+
+    def spy(algo, heads, *args):
+        metrics = original(algo, heads, *args)
+        seen.update(heads=list(heads), model_head=algo.model.head,
+                    final=[{k: v.clone() for k, v in h.state_dict().items()} for h in heads])
+        return metrics
+
+    monkeypatch.setattr(al, "multihead_step", spy)
+    start = al.build_learner("ft", TINY, TINY["algorithms"]["ft"], 0).model.head.state_dict()
+    for head in ("shared", "per_alphabet"):
+        params["benchmarks"]["omniglot-tiny"]["algorithms"]["ft"] = {"inner_lr": 0.1, "head": head}
+        path = al.train(params, "omniglot-tiny", "ft", 0, tmp_path / head, "cpu", log=QUIET)
+        saved = torch.load(path, weights_only=True)
+        tested = al.load_learner(saved, path, "cpu").model.head.state_dict()  # what evaluate adapts from
+        assert len(seen["heads"]) == 2  # a slot per training alphabet
+        if head == "shared":
+            assert all(h is seen["model_head"] for h in seen["heads"])  # one head object in every slot
+            assert len(list(nn.ModuleList(seen["heads"]).parameters())) == 2  # the optimiser's: weight, bias
+            assert all(torch.equal(tested[k], seen["final"][0][k]) for k in tested)  # pretrained values
+            assert not torch.equal(tested["weight"], start["weight"])  # ... that pretraining moved
+        else:
+            assert seen["heads"][0] is not seen["heads"][1] and seen["model_head"] not in seen["heads"]
+            assert not any(torch.equal(tested["weight"], f["weight"]) for f in seen["final"])  # a fresh head
+    with pytest.raises(ConfigError, match=r"omniglot-tiny\.algorithms\.ft\.head"):
+        tiny_params(tmp_path, algorithms={"ft": {"inner_lr": 0.1, "head": "one"}})
+
+
+def test_the_paper_pixels_are_the_official_pipelines(mirror):
+    """`dataset: omniglot-binary` with `background: 1` (PAPER's) against the official chain on the same
+    PNGs: resize.py (Image.open(f).resize((28, 28), resample=LANCZOS), which Pillow carries out with
+    nearest neighbour on these 1-bit images, then saved), torchvision's Omniglot (`convert("L")`) and
+    data.py's ToTensor: every pixel of two characters' 40 drawings equal, background 1, strokes 0.
+    RandomAffine's fill (0) is then stroke-coloured, as on the official PIL images."""
+    import io
+    import zipfile
+
+    from PIL import Image
+    from torchvision import transforms
+
+    from metalearn.data import omniglot
+
+    def official(data: bytes) -> torch.Tensor:
+        resized = Image.open(io.BytesIO(data)).resize((28, 28), resample=Image.LANCZOS)
+        assert resized.mode == "1"
+        saved = io.BytesIO()
+        resized.save(saved, format="PNG")
+        return transforms.ToTensor()(Image.open(saved).convert("L"))
+
+    with zipfile.ZipFile(mirror / "images_background_small1.zip") as archive:
+        pngs = sorted(n for n in archive.namelist() if n.endswith(".png"))
+        folders = sorted({n.rsplit("/", 1)[0] for n in pngs})[:2]
+        names = [[n for n in pngs if n.rsplit("/", 1)[0] == f] for f in folders]
+        assert [len(n) for n in names] == [al.DRAWINGS] * 2
+        cache = torch.stack([torch.stack([omniglot._load_image(archive.read(n), "binary") for n in character])
+                             for character in names])  # the omniglot-binary cache's layout: [2, 20, 28, 28]
+        theirs = torch.stack([torch.stack([official(archive.read(n)) for n in character]) for character in names])
+    task = al.alphabet_task(cache, torch.tensor([0, 1]), background=1)
+    assert torch.equal(task.query[0], theirs[:, :al.HOLD_OUT].flatten(0, 1))  # data.py: the first 5 held out
+    assert torch.equal(task.support[0], theirs[:, al.HOLD_OUT:].flatten(0, 1))
+    assert set(task.support[0].unique().tolist()) == {0.0, 1.0} and task.support[0].mean() > 0.5  # white ground
+    default = al.alphabet_task(cache, torch.tensor([0, 1]))  # background 0: the cache's strokes 1 on 0
+    assert torch.equal(default.support[0], 1 - task.support[0])
+    blank = torch.ones(1, 1, 28, 28)  # a background-only image: the fill shows where the frame is uncovered
+    torch.manual_seed(0)
+    ours = al.augment(blank)[0]
+    torch.manual_seed(0)  # the same draw of the official transform on the PIL image (data.py: before ToTensor)
+    pil = transforms.ToTensor()(transforms.RandomAffine(**al.AFFINE)(Image.new("L", (28, 28), 255)))
+    assert (ours == 0).any() and (pil == 0).any()  # stroke-coloured wedges, on both
+    assert torch.equal(ours, pil)  # the same draw and map: pixel for pixel, here
+
+
 def test_an_interrupted_meta_training_resumes_to_the_same_parameters(tmp_path, monkeypatch):
     """Killed after its checkpoint at meta-step 2, a rerun resumes there and ends with the parameters of
     an uninterrupted run: generator, torch's random state (mini-batches, augmentation), optimiser and
@@ -336,7 +414,7 @@ def test_split_train_evaluate_aggregate_through_the_cli(tmp_path, monkeypatch):
 
 def test_the_paper_profile_plans_the_protocol_as_pipeline_jobs():
     """workflow/pipeline.py (the jobs of both Snakemake and DVC): the paper profile's omniglot-alphabets
-    has a split job reading the prepared full Omniglot, a training and an evaluation job per method,
+    has a split job reading the prepared full Omniglot (binary pixels), a training and an evaluation job per method,
     each training depending on alphabets.py and its method's algorithm files (`snakemake -n
     --profile profiles/paper` plans the same 17 jobs; README)."""
     import sys
@@ -349,7 +427,8 @@ def test_the_paper_profile_plans_the_protocol_as_pipeline_jobs():
     for name in [n for n in overlay if "imagenet" in n]:  # user-supplied files, absent here
         del overlay[name]
     stages = pipeline.dvc_stages(raw)["stages"]
-    assert stages["split-omniglot-alphabets"]["deps"] == ["data/prepared/omniglot.pt", "data/prepared/omniglot.json"]
+    assert stages["split-omniglot-alphabets"]["deps"] == ["data/prepared/omniglot-binary.pt",
+                                                          "data/prepared/omniglot-binary.json"]
     for method in al.METHODS:
         train = stages[f"train-omniglot-alphabets-{method}-seed0"]
         assert train["cmd"].startswith(f"metalearn train --profile paper -b omniglot-alphabets -a {method} ")

@@ -10,8 +10,8 @@ import torch
 from metalearn.config import validate
 from metalearn.rl import baseline
 from metalearn.rl.envs import Navigation2D
-from metalearn.rl.metarl import MetaRL, Rollouts, pg_loss, sample
-from metalearn.rl.policy import GaussianMLPPolicy
+from metalearn.rl.metarl import MetaBatch, MetaRL, Rollouts, inner_step, log_probs, pg_loss, sample
+from metalearn.rl.policy import GaussianMLPPolicy, kl_divergence, per_task
 from metalearn.rl.trpo import _flat, trpo_step
 
 
@@ -254,6 +254,28 @@ def test_paper_profile_runs_the_official_test_step_sizes():
     assert navigation["fomaml"]["inner_lr"] == navigation["maml"]["inner_lr"] == 0.5
 
 
+def test_paper_profile_steps_locomotion_at_the_official_dt():
+    """cbfinn/maml_rl's time per action, pinned: rllab's mujoco_env.py steps the model once per action
+    (frame_skip 1: no `frame_skip` numeric in either XML) at vendor/mujoco_models half_cheetah.xml's
+    timestep 0.01 and ant.xml's 0.02; the paper profile's environments take the same dt from Gymnasium's
+    0.01 models. The metarl profile keeps Gymnasium's 5 substeps (dt 0.05) its measured results used."""
+    from pathlib import Path
+
+    from metalearn.config import load_params
+    from metalearn.rl.envs import make_env
+
+    root = Path(__file__).resolve().parents[1] / "params.yaml"
+    goals = torch.tensor([[1.0]])
+    benchmarks = load_params(root, "paper")["benchmarks"]
+    official = {"halfcheetah-vel": 0.01, "halfcheetah-dir": 0.01, "ant-vel": 0.02, "ant-dir": 0.02}
+    for name, dt in official.items():
+        env = make_env(benchmarks[name], goals, 1)
+        assert env.model.opt.timestep == 0.01 and env.dt == pytest.approx(dt, abs=1e-15), name
+        assert env.horizon * env.dt == pytest.approx(200 * dt)  # 2 s (cheetah) / 4 s (ant) per episode
+    metarl = load_params(root, "metarl")["benchmarks"]["halfcheetah-vel"]
+    assert make_env(metarl, goals, 1).dt == pytest.approx(0.05)
+
+
 def test_killed_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
     from metalearn.rl import metarl
     from metalearn.rl.train import train
@@ -326,21 +348,24 @@ def test_schema_rejects_bad_rl_settings_naming_the_key(tmp_path):
 
     for overrides, key in (({"rollouts": 0}, "rollouts"), ({"trpo": {"max_kl": -1}}, "max_kl"),
                            ({"algorithms": {"maml": {"inner_lr": 0.1, "inner_steps": 1}}}, "test_inner_steps"),
-                           ({"ways": 5}, "ways"), ({"test_tasks": 1}, "test_tasks")):
+                           ({"ways": 5}, "ways"), ({"test_tasks": 1}, "test_tasks"),
+                           ({"frame_skip": 0}, "frame_skip")):
         with pytest.raises(ConfigError, match=key):
             tiny_params(tmp_path, **overrides)
 
 
-def test_batched_half_cheetah_matches_gymnasium_step_by_step():
+@pytest.mark.parametrize("frame_skip", [5, 1, 2])
+def test_batched_half_cheetah_matches_gymnasium_step_by_step(frame_skip):
     """Observations of the mujoco.rollout-stepped environments equal Gymnasium's own HalfCheetah-v5 from
     the same states under the same actions (clipped to [-1, 1]), and rewards the official ones
     (maml_rl half_cheetah_env_rand.py, half_cheetah_env_rand_direc.py) of Gymnasium's velocity: goal
-    velocity -|v - goal| and goal direction d * v, each minus 1e-1 * 0.5 * |a|^2 (Gymnasium's: 0.1)."""
+    velocity -|v - goal| and goal direction d * v, each minus 1e-1 * 0.5 * |a|^2 (Gymnasium's: 0.1).
+    For every `frame_skip`: Gymnasium's default 5 and the paper profile's 1 (reference built with the same)."""
     import gymnasium as gym
 
     from metalearn.rl.locomotion import HalfCheetah
 
-    reference = gym.make("HalfCheetah-v5").unwrapped
+    reference = gym.make("HalfCheetah-v5", frame_skip=frame_skip).unwrapped
     reference.reset(seed=0)
     rng = np.random.default_rng(0)
     qpos = reference.init_qpos + rng.uniform(-0.1, 0.1, (4, 9))
@@ -348,7 +373,8 @@ def test_batched_half_cheetah_matches_gymnasium_step_by_step():
     actions = rng.uniform(-1.3, 1.3, (10, 4, 6))  # some beyond the action space: clipped
     for family, goals in (("velocity", [[1.5], [0.5]]), ("direction", [[1.0], [-1.0]])):
         goals = torch.tensor(goals, dtype=torch.float64)
-        batch = HalfCheetah(goals, 2, family)
+        batch = HalfCheetah(goals, 2, family, frame_skip=frame_skip)
+        assert batch.dt == pytest.approx(reference.dt) and batch.dt == pytest.approx(0.01 * frame_skip)
         obs = batch.set_state(qpos, qvel).reshape(4, -1).numpy()
         steps = [batch.step(torch.as_tensor(actions[t]).view(2, 2, 6)) for t in range(10)]
         for k in range(4):
@@ -364,35 +390,45 @@ def test_batched_half_cheetah_matches_gymnasium_step_by_step():
         assert batch.done.shape == (4,) and not batch.done.any()  # HalfCheetah-v5 never terminates
 
 
-def test_batched_ant_matches_gymnasium_step_by_step_including_termination():
+# frame_skip -> the step at which the thrown ant leaves the healthy range: the first step to end after
+# its torso passes z = 1, about 0.1 s in (steps ending 0.11, 0.12, 0.15 s in)
+ANT_TERMINATION_STEP = {5: 2, 1: 10, 2: 5}
+
+
+@pytest.mark.parametrize("frame_skip", [5, 1, 2])
+def test_batched_ant_matches_gymnasium_step_by_step_including_termination(frame_skip):
     """Observations (with the clipped contact forces) and termination of the batched Ant equal Gymnasium's
     own Ant-v5 from the same states under the same actions; rewards are the official ones (maml_rl
     ant_env_rand.py, ant_env_rand_direc.py) of Gymnasium's velocity and contact forces: -|v - goal| + 1.0
     + 0.05 or d * v + 0.05, minus 0.005 |a|^2 and 5e-4 |clip(cfrc_ext)|^2. One environment is thrown
-    upward and leaves the healthy z range at its third step: that step earns the same terms (the
-    survive constant included, as there); afterwards its reward is 0 and its observation frozen."""
+    upward and leaves the healthy z range 0.11-0.15 s in (at frame_skip 5 its third step): that step
+    earns the same terms (the survive constant included, as there); afterwards its reward is 0 and its
+    observation frozen. For every `frame_skip` (0.4 s of simulated time each): Gymnasium's default 5, the
+    paper profile's 2, and 1, where no substep is left for mujoco.rollout (reference built with the same)."""
     import gymnasium as gym
 
     from metalearn.rl.locomotion import Ant
 
-    reference = gym.make("Ant-v5").unwrapped
+    reference = gym.make("Ant-v5", frame_skip=frame_skip).unwrapped
     rng = np.random.default_rng(0)
     qpos = reference.init_qpos + rng.uniform(-0.1, 0.1, (4, 15))
     qvel = 0.1 * rng.standard_normal((4, 14))
-    qvel[3, 2] = 2.0  # upward: above z = 1 after 3 steps
-    actions = rng.uniform(-1.3, 1.3, (8, 4, 8))  # some beyond the action space: clipped
+    qvel[3, 2] = 2.0  # upward: above z = 1 after 0.11-0.15 s
+    horizon = 40 // frame_skip
+    actions = rng.uniform(-1.3, 1.3, (40, 4, 8))[:horizon]  # some beyond the action space: clipped
     for family, goals in (("velocity", [[2.5], [0.5]]), ("direction", [[1.0], [-1.0]])):
         goals = torch.tensor(goals, dtype=torch.float64)
-        batch = Ant(goals, 2, family)
+        batch = Ant(goals, 2, family, frame_skip=frame_skip)
+        assert batch.dt == pytest.approx(reference.dt) and batch.dt == pytest.approx(0.01 * frame_skip)
         obs = batch.set_state(qpos, qvel).reshape(4, -1).numpy()
-        steps = [batch.step(torch.as_tensor(actions[t]).view(2, 2, 8)) for t in range(8)]
+        steps = [batch.step(torch.as_tensor(actions[t]).view(2, 2, 8)) for t in range(horizon)]
         ended = []
         for k in range(4):
             reference.reset(seed=0)  # zeroes cfrc_ext, as a real reset does
             reference.set_state(qpos[k], qvel[k])
             np.testing.assert_allclose(obs[k], reference._get_obs(), atol=1e-9)
             goal = goals[k // 2, 0].item()
-            for t in range(8):
+            for t in range(horizon):
                 o, _, terminated, _, info = reference.step(np.clip(actions[t, k], -1, 1))
                 forward = -abs(info["x_velocity"] - goal) if family == "velocity" else goal * info["x_velocity"]
                 survive = 1.0 + 0.05 if family == "velocity" else 0.05
@@ -407,7 +443,7 @@ def test_batched_ant_matches_gymnasium_step_by_step_including_termination():
                         assert later[1].reshape(4)[k].item() == 0.0
                         assert torch.equal(later[0].reshape(4, -1)[k], steps[t][0].reshape(4, -1)[k])
                     break
-        assert ended == [(3, 2)]
+        assert ended == [(3, ANT_TERMINATION_STEP[frame_skip])]
         assert batch.done.tolist() == [False, False, False, True]
         # the contact forces were exercised: zero after the reset, nonzero (feet landing) later
         assert (obs[:, 27:] == 0).all() and any((o[..., 27:] != 0).any() for o, _ in steps)
@@ -443,3 +479,171 @@ def test_ant_oracle_observation_and_learner_dimensions():
     assert obs.shape == (2, 4, 106) and torch.equal(obs[..., -1], torch.tensor([[1.0] * 4, [-1.0] * 4]))
     assert (env.observation_dim, env.action_dim) == (106, 8)
     assert learner.policy.w0.shape == (106, 100) and learner.policy.w2.shape == (100, 8)
+
+
+# -- episodes that end early (the Ant): means over the steps taken -----------------------------------
+
+def test_environments_that_never_end_episodes_keep_the_unmasked_code_path():
+    """Navigation and the half-cheetah never end an episode early: `sample` keeps no mask, and the
+    policy-gradient loss, the surrogate and the KL are the plain means over all steps they were before
+    masks existed, bit for bit (so the default profile's results do not move; whole meta-steps and
+    evaluations of both were also compared with the code before the change, identical)."""
+    for task in ("navigation", "halfcheetah-vel"):
+        torch.manual_seed(0)
+        learner = MetaRL("maml", tiny_bench(task=task, horizon=5), {"inner_lr": 0.1, "test_inner_steps": 1})
+        goals = torch.tensor([[0.2, 0.1], [-0.3, 0.4]]) if task == "navigation" else torch.tensor([[0.5], [1.5]])
+        batch = learner.collect(goals, torch.Generator().manual_seed(0))
+        assert batch.post.mask is None and all(r.mask is None for r, _ in batch.inner), task
+        theta = learner.policy.params()
+        (rollouts, adv), = batch.inner
+        plain = -(log_probs(learner.policy, theta, rollouts) * adv.reshape(2, -1)).mean(1)
+        assert torch.equal(pg_loss(learner.policy, theta, rollouts, adv), plain), task
+        adapted = learner.adapted(theta, batch)
+        ratio = torch.exp(log_probs(learner.policy, adapted, batch.post) - batch.old_logp)
+        assert torch.equal(learner.surrogate(theta, batch), (ratio * batch.post_adv.reshape(ratio.shape)).mean())
+        mean, log_std = learner.policy.distribution(adapted, batch.post.obs.reshape(2, -1, batch.post.obs.shape[-1]))
+        kl = kl_divergence(batch.old_mean, batch.old_log_std, mean, log_std).mean()
+        assert torch.equal(learner.mean_kl(theta, batch), kl), task
+
+
+def _cut(rollouts: Rollouts, lengths: list[list[int]], generator: torch.Generator) -> Rollouts:
+    """The rollouts with episode (i, j) ended after lengths[i][j] steps: the steps after it get reward 0
+    (as the Ant's), and noise for observations and actions, which nothing may read; mask 1 on the rest."""
+    horizon = rollouts.rewards.shape[-1]
+    mask = (torch.arange(horizon) < torch.tensor(lengths)[..., None]).to(rollouts.rewards.dtype)
+    noise = lambda x: torch.where(mask[..., None] > 0, x, 5 * torch.randn(x.shape, generator=generator))
+    return Rollouts(noise(rollouts.obs), noise(rollouts.actions), rollouts.rewards * mask, mask)
+
+
+def _pad(rollouts: Rollouts, dead: int, generator: torch.Generator) -> Rollouts:
+    """The rollouts, every episode ending on its last step, followed by `dead` steps not taken."""
+    tasks, k, horizon = rollouts.rewards.shape
+    pad = lambda x: torch.cat([x, torch.zeros(tasks, k, dead, *x.shape[3:])], 2)
+    return _cut(Rollouts(pad(rollouts.obs), pad(rollouts.actions), pad(rollouts.rewards)),
+                [[horizon] * k] * tasks, generator)
+
+
+def _batch(learner: MetaRL, inner: list[Rollouts], post: Rollouts) -> MetaBatch:
+    """A MetaBatch of these rollouts, with the old distribution of the current policy adapted on `inner`."""
+    batch = MetaBatch([(r, learner.advantages(r)) for r in inner], post, learner.advantages(post), None, None, None)
+    params = {n: p.detach() for n, p in learner.adapted(learner.policy.params(), batch).items()}
+    tasks = post.obs.shape[0]
+    obs = post.obs.reshape(tasks, -1, post.obs.shape[-1])
+    batch.old_mean, batch.old_log_std = learner.policy.distribution(params, obs)
+    batch.old_logp = log_probs(learner.policy, params, post).detach()
+    return batch
+
+
+LENGTHS = [[8, 3, 1, 5], [2, 8, 6, 4]]  # 2 tasks x 4 rollouts of horizon 8, ended early but for two
+
+
+def test_baseline_and_policy_gradient_loss_use_only_the_steps_taken(float64):
+    """With early ends, each task's baseline is the ridge fit on its steps taken only (t = the step's
+    index in its episode), the advantages are normalised over those steps (0 elsewhere), and the
+    policy-gradient loss is minus the mean of log pi * A over them: as rllab's on paths cut at `done`.
+    What the steps not taken hold (noise here) changes nothing."""
+    learner = _learner("maml")
+    generator = torch.Generator().manual_seed(0)
+    env = Navigation2D(torch.tensor([[0.2, 0.1], [-0.3, 0.4]]), 4, horizon=8)
+    full = sample(learner.policy, learner.policy.params(), env, generator)
+    rollouts = _cut(full, LENGTHS, generator)
+    adv = learner.advantages(rollouts)
+    loss = pg_loss(learner.policy, learner.policy.params(), rollouts, adv)
+    logp = log_probs(learner.policy, learner.policy.params(), rollouts).reshape(2, 4, 8)
+    for i in range(2):
+        live = [(j, slice(0, n)) for j, n in enumerate(LENGTHS[i])]
+        feats = torch.cat([baseline.features(rollouts.obs[i, j, t]) for j, t in live])
+        returns = torch.cat([baseline.discounted_returns(rollouts.rewards[i, j, t], 0.99) for j, t in live])
+        expected = returns - feats @ baseline.fit(feats[None], returns[None])[0]
+        expected = (expected - expected.mean()) / (expected.std(correction=0) + 1e-8)
+        torch.testing.assert_close(torch.cat([adv[i, j, t] for j, t in live]), expected, rtol=1e-9, atol=1e-9)
+        manual = -(torch.cat([logp[i, j, t] for j, t in live]) * expected).mean()
+        torch.testing.assert_close(loss[i], manual, rtol=1e-9, atol=1e-12)
+    assert (adv[rollouts.mask == 0] == 0).all()
+    other = _cut(full, LENGTHS, torch.Generator().manual_seed(1))  # other noise on the steps not taken
+    assert not torch.equal(other.obs, rollouts.obs)
+    assert torch.equal(learner.advantages(other), adv)
+    assert torch.equal(pg_loss(learner.policy, learner.policy.params(), other, adv), loss)
+
+
+def test_steps_not_taken_change_nothing_in_the_meta_step(float64):
+    """The same rollouts, once as they are and once followed by 3 steps not taken (every episode ended
+    on its last step, as a path the official sampler cuts there), give the same advantages, inner step,
+    surrogate, KL, Fisher products and TRPO step: the means are over the steps taken."""
+    generator = torch.Generator().manual_seed(0)
+    results = []
+    for padded in (False, True):
+        learner = _learner("maml")
+        batch = learner.collect(torch.tensor([[0.2, 0.1], [-0.3, 0.4]]), torch.Generator().manual_seed(0))
+        pad = (lambda r: _pad(r, 3, generator)) if padded else (lambda r: r)
+        batch = _batch(learner, [pad(r) for r, _ in batch.inner], pad(batch.post))
+        (rollouts, adv), = batch.inner
+        theta = learner.policy.params()
+        leaves = {n: p.detach().clone().requires_grad_() for n, p in per_task(theta, 2).items()}
+        stepped = inner_step(learner.policy, leaves, rollouts, adv, 0.1, create_graph=False)
+        near = {n: (p.detach() + 0.01 * torch.randn(p.shape, generator=torch.Generator().manual_seed(2)))
+                .requires_grad_() for n, p in theta.items()}
+        v = torch.randn(sum(p.numel() for p in theta.values()), generator=torch.Generator().manual_seed(3))
+        values = [adv[..., :8], batch.post_adv[..., :8], *stepped.values(), learner.surrogate(near, batch),
+                  learner.mean_kl(near, batch), learner.fisher_vector_product(batch)(v)]
+        trpo_step(list(learner.policy.parameters()), lambda: learner.surrogate(learner.policy.params(), batch),
+                  lambda: learner.mean_kl(learner.policy.params(), batch), kl_hvp=learner.fisher_vector_product(batch))
+        results.append(values + [p.detach().clone() for p in learner.policy.parameters()])
+    assert results[1][0].shape == results[0][0].shape
+    parameters = len(list(_learner("maml").parameters()))
+    for a, b in zip(results[0][:-parameters], results[1][:-parameters]):
+        torch.testing.assert_close(a, b, rtol=1e-8, atol=1e-10)
+    for a, b in zip(results[0][-parameters:], results[1][-parameters:]):  # CG amplifies rounding
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-8)
+
+
+def test_surrogate_and_kl_average_over_the_steps_taken_as_maml_npo(float64):
+    """Episodes of different lengths: the surrogate is each task's mean over its steps taken, then the
+    mean over tasks (maml_npo.py reduce_mean per task, then over tasks); the KL the mean over all tasks'
+    steps taken pooled (reduce_mean of the concatenated KLs); the Fisher form is the Hessian of that KL."""
+    learner = _learner("maml")
+    generator = torch.Generator().manual_seed(0)
+    batch = learner.collect(torch.tensor([[0.2, 0.1], [-0.3, 0.4]]), generator)
+    batch = _batch(learner, [_cut(r, LENGTHS[::-1], generator) for r, _ in batch.inner],
+                   _cut(batch.post, LENGTHS, generator))
+    theta = {n: (p.detach() + 0.01 * torch.randn(p.shape, generator=generator)).requires_grad_()
+             for n, p in learner.policy.params().items()}
+    adapted = learner.adapted(theta, batch)
+    ratio = torch.exp(log_probs(learner.policy, adapted, batch.post) - batch.old_logp).reshape(2, 4, 8)
+    mean, log_std = learner.policy.distribution(adapted, batch.post.obs.reshape(2, -1, 2))
+    kl = kl_divergence(batch.old_mean, batch.old_log_std, mean, log_std).reshape(2, 4, 8)
+    live = [(i, j, slice(0, n)) for i in range(2) for j, n in enumerate(LENGTHS[i])]
+    per_task_means = [torch.cat([ratio[i, j, t] * batch.post_adv[i, j, t] for k, j, t in live if k == i]).mean()
+                      for i in range(2)]
+    torch.testing.assert_close(learner.surrogate(theta, batch), torch.stack(per_task_means).mean(), rtol=1e-10, atol=0)
+    torch.testing.assert_close(learner.mean_kl(theta, batch), torch.cat([kl[i, j, t] for i, j, t in live]).mean(),
+                               rtol=1e-10, atol=0)
+    params = list(learner.policy.parameters())
+    kl_grad = _flat(torch.autograd.grad(learner.mean_kl(learner.policy.params(), batch), params, create_graph=True))
+    v = torch.randn(kl_grad.shape, generator=generator)
+    exact = _flat(torch.autograd.grad(kl_grad @ v, params))
+    assert torch.allclose(learner.fisher_vector_product(batch)(v), exact, rtol=1e-9, atol=1e-12)
+
+
+def test_ant_rollouts_record_the_steps_taken():
+    """`sample` in the Ant marks every step up to and including the one on which the episode ends (its
+    reward counts, as in the official paths), and none after; one environment thrown upward ends early."""
+    from metalearn.rl.locomotion import Ant
+
+    class Thrown(Ant):
+        def reset(self):
+            super().reset()
+            qpos, qvel = self.state[:, 1:1 + self.nq].copy(), self.state[:, 1 + self.nq:1 + self.nq + self.nv].copy()
+            qvel[3, 2] = 2.0  # upward: above z = 1 within a few steps
+            return self.set_state(qpos, qvel)
+
+    torch.manual_seed(0)
+    env = Thrown(torch.tensor([[1.0], [-1.0]]), 2, "direction", horizon=8)
+    policy = GaussianMLPPolicy(env.observation_dim, env.action_dim)
+    rollouts = sample(policy, policy.params(), env, torch.Generator().manual_seed(0))
+    mask = rollouts.mask.reshape(4, 8)
+    taken = mask.sum(1).long().tolist()
+    assert taken[:3] == [8, 8, 8] and 1 < taken[3] < 8 and env.done.tolist() == [False, False, False, True]
+    assert torch.equal(mask[3], (torch.arange(8) < taken[3]).to(mask.dtype))
+    rewards = rollouts.rewards.reshape(4, 8)
+    assert rewards[3, taken[3] - 1] != 0 and (rewards[3, taken[3]:] == 0).all()

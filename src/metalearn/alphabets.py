@@ -15,9 +15,14 @@ Tasks (data.py, DataContainer and SubOmniglot)
     training images drawn at random (RandomSampler). Every meta-training image is randomly
     transformed each time it is drawn, RandomAffine((0, 360), (0.2, 0.2), (0.8, 1.2)) (data.py's
     DEFAULT_TRANSFORM); test-time images never are (the issue's protocol; data.py passes the same
-    transform to its test alphabets too -- a deviation, documented here). Our images are strokes on a
-    zero background, so the affine fill (0) is background (the official ToTensor images are black
-    strokes on white and get a black fill).
+    transform to its test alphabets too -- a deviation, documented here).
+  * Pixels (`dataset`, `background`): the official images are resize.py's `im.resize((28, 28),
+    LANCZOS)` of the 1-bit PNGs, which Pillow carries out with nearest neighbour on mode "1" (binary
+    pixels: our `omniglot-binary` cache), read by torchvision's Omniglot (`convert("L")`) and
+    ToTensor: background 1, strokes 0, and RandomAffine's fill (0) is stroke-coloured (black wedges
+    where rotation or translation uncovers the frame). PAPER runs that (`dataset: omniglot-binary`,
+    `background: 1`). The default, `background: 0`, is the cache's own polarity (strokes 1 on 0),
+    where the fill is background; with `dataset: omniglot`, grey Lanczos edges.
   * Meta-batch: `meta_batch` (20) tasks, the training alphabets in a freshly shuffled cycle
     (DataContainer.train); `meta_steps` (1000) meta-steps.
   * Evaluation: for every test alphabet, adapt from the meta-learned start on its training images
@@ -31,8 +36,12 @@ wrapper.py's run_batches feeds them (`final_point: false`; see PAPER). Baselines
 order, 5 training steps, outer SGD lr 0.5; maml.py adapts on a fresh mini-batch per step through
 `MiniBatchObjective.draw`; its meta-objective the training alphabet's held-out drawings, augmented),
 first-order MAML as _FOWrapper (100 steps, outer lr 0.5: the gradient of the last training mini-batch
-before the last step, `meta_training_task`), `ft` (multi-headed pretraining: one head per training
-alphabet, SGD on their mixed mini-batches, then fine-tuning with a fresh head) and `scratch` (the
+before the last step, `meta_training_task`), `ft` (pretraining by SGD on the training alphabets' mixed
+mini-batches, then fine-tuning; `head: shared`, PAPER's, as the official code runs it: model.py's
+multi-headed Linear is `nn.ModuleList([_linear_factory()] * NUM_CLASSES)`, the same Linear in every
+slot, so every alphabet trains one head, and FtWrapper.run_tasks never calls init_adaptation at test,
+so fine-tuning starts from the pretrained head; the default `per_alphabet` is the multi-headed design
+the name suggests: a head per training alphabet, a fresh head at test) and `scratch` (the
 official `no`, renamed as YAML reads a key `no` as false: training each test task from the seeded
 initialisation). MAML and FOMAML test with the benchmark's steps (100, the official task_val_steps),
 as every method.
@@ -108,10 +117,14 @@ def split_alphabets(classes: list[str], ways: int, train_alphabets: int, test_al
                          val=[chosen(a) for a in names[train_alphabets + test_alphabets:]])
 
 
-def alphabet_task(images: Tensor, characters: Tensor) -> Task:
+def alphabet_task(images: Tensor, characters: Tensor, background: int = 0) -> Task:
     """One alphabet's task: support = its characters' 15 training drawings, query = their 5 held-out
-    drawings; labels 0..ways-1 in the order of `characters`; images float in [0, 1], [n, 1, 28, 28]."""
+    drawings; labels 0..ways-1 in the order of `characters`; images float in [0, 1], [n, 1, 28, 28].
+    `background`: the value of the background (the cache's strokes are 255 on 0; 1: the official
+    ToTensor images, strokes 0 on 1, so augment's fill 0 is stroke-coloured, as theirs)."""
     drawings = images[characters].float().div(255).unsqueeze(2)  # [ways, 20, 1, 28, 28]
+    if background:
+        drawings = 1 - drawings
     labels = torch.arange(len(characters)).view(-1, 1)
     train, test = drawings[:, HOLD_OUT:], drawings[:, :HOLD_OUT]
     return Task(support=(train.flatten(0, 1), labels.expand(-1, train.shape[1]).flatten()),
@@ -166,7 +179,7 @@ def build_learner(method: str, bench: dict, hparams: dict, seed: int):
     inner_steps = hparams.get("inner_steps", steps)  # mini-batches per task in meta-training
     if method == "fomaml":  # the last one is the meta-objective's (meta_training_task)
         inner_steps -= 1
-    own = {k: v for k, v in hparams.items() if k not in ("meta_lr", "iterations", "inner_steps")}
+    own = {k: v for k, v in hparams.items() if k not in ("meta_lr", "iterations", "inner_steps", "head")}
     algo = build_algorithm(name, model, objective, {**own, "inner_steps": inner_steps, "test_inner_steps": steps})
     algo.parallel_tasks = False  # running BatchNorm statistics and random mini-batches: one task at a time
     return algo
@@ -219,9 +232,10 @@ def meta_training_task(method: str, task: Task, objective: MiniBatchObjective) -
 
 def multihead_step(algo, heads: nn.ModuleList, optimizer, tasks: list[Task], chosen: list[int], steps: int,
                    generator: torch.Generator) -> dict[str, float]:
-    """One meta-step of wrapper.py's FtWrapper: one network with a head per training alphabet;
-    `steps` mini-batches of each chosen alphabet, mixed in random order, SGD (lr inner_lr) on the
-    shared layers and that alphabet's head. (The fresh head of every test task: `train`.)"""
+    """One meta-step of wrapper.py's FtWrapper: one network, `heads[i]` the head of training alphabet
+    i (`head: shared`: the network's own head in every slot, as the official code); `steps`
+    mini-batches of each chosen alphabet, mixed in random order, SGD (lr inner_lr) on the shared
+    layers and that alphabet's head. (The head every test task starts from: `train`.)"""
     model, objective = algo.objective.model, algo.objective
     order = [i for i in chosen for _ in range(steps)]
     order = [order[j] for j in torch.randperm(len(order), generator=generator).tolist()]
@@ -316,14 +330,19 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
     hparams, digest = config["hparams"], config_hash(config)
     algo = build_learner(method, bench, hparams, seed).to(dev)
     images, split = load_split(params, bench)
-    tasks = [_on(alphabet_task(images, chars), dev) for _, chars in split.train]
+    tasks = [_on(alphabet_task(images, chars, bench.get("background", 0)), dev) for _, chars in split.train]
     iterations = 0 if method == "scratch" else hparams.get("iterations", cfg["iterations"])
     heads = nn.ModuleList()
-    if method == "ft":  # a head per training alphabet beside the shared layers (FtWrapper)
+    shared_head = method == "ft" and hparams.get("head", "per_alphabet") == "shared"
+    if shared_head:  # the official construction: the model's own head in every slot (model.py line 180)
+        heads = nn.ModuleList([algo.model.head] * len(tasks))
+    elif method == "ft":  # a head per training alphabet beside the shared layers
         heads = nn.ModuleList(copy.deepcopy(algo.model.head) for _ in tasks)
         for head in heads:
             head.reset_parameters()
+    if method == "ft":
         trunk = [p for name, p in algo.model.named_parameters() if not name.startswith("head.")]
+        # (a ModuleList lists a module it holds in every slot once: the shared head is one parameter set)
         optimizer = torch.optim.SGD(trunk + list(heads.parameters()), lr=algo.inner_lr)
     else:  # Leap, Reptile, MAML, FOMAML: plain SGD on the meta-gradient (main.py's outer optimiser);
         # Warp-Leap's per_point updater steps its own SGD and leaves no gradient for this one
@@ -361,8 +380,8 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
         progress.add(iteration, metrics, elapsed)
         if iteration % every == 0 or iteration == iterations:
             checkpoint.save(iteration, history, elapsed)
-    if method == "ft":  # the shared layers start every test task with a fresh head (init_adaptation)
-        algo.model.head.reset_parameters()
+    if method == "ft" and not shared_head:  # the shared layers start every test task with a fresh head
+        algo.model.head.reset_parameters()  # (shared: the pretrained head, as FtWrapper.run_tasks keeps it)
     return write_model(out_dir, config, digest, algo, elapsed, iterations, history)
 
 
@@ -402,7 +421,8 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
     torch.manual_seed(config["seed"])
     values = []
     for alphabet, characters in zip(chosen["alphabets"], chosen["characters"]):
-        values.append(100.0 * evaluate_alphabet(algo, _on(alphabet_task(images, characters), dev), steps))
+        task = alphabet_task(images, characters, bench.get("background", 0))
+        values.append(100.0 * evaluate_alphabet(algo, _on(task, dev), steps))
         log(f"[evaluate {bench_name}/{config['algorithm']}/seed{config['seed']}] {alphabet}: {values[-1]:.1f}%")
     mean, ci95 = mean_ci95(values)
     return {"benchmark": bench_name, "algorithm": config["algorithm"], "seed": config["seed"], "split": split,
@@ -418,7 +438,9 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
 # training alphabets, run_multi.py --npres 1 3 5 10 15 20 25). params.yaml's paper profile holds the
 # same as its `omniglot-alphabets` benchmark (tests/test_alphabets.py checks they agree).
 PAPER = {
-    "task": TASK, "model": "omniconv", "dataset": "omniglot", "ways": 20, "train_alphabets": 25, "test_alphabets": 10,
+    # the official pixels (module docstring, "Pixels"): binary, background 1
+    "task": TASK, "model": "omniconv", "dataset": "omniglot-binary", "background": 1, "ways": 20,
+    "train_alphabets": 25, "test_alphabets": 10,
     "split_seed": 8879, "steps": 100, "batch_size": 128, "filters": 64,
     "train": {"meta_batch": 20, "iterations": 1000, "checkpoint_every": 20, "log_every": 10},
     "algorithms": {
@@ -433,10 +455,12 @@ PAPER = {
         "reptile": {"inner_lr": 0.1, "meta_lr": 0.1},
         "maml": {"inner_lr": 0.1, "meta_lr": 0.5, "inner_steps": 5},
         "fomaml": {"inner_lr": 0.1, "meta_lr": 0.5},
-        "ft": {"inner_lr": 0.1},
+        # one head shared by all alphabets and kept at test (model.py line 180; wrapper.py lines 560-583)
+        "ft": {"inner_lr": 0.1, "head": "shared"},
         "scratch": {"inner_lr": 0.1}}}
 # What this 2-core CPU ran (README, "Multi-shot Omniglot: the Leap/WarpGrad protocol"): 10 training
-# alphabets, 50 steps of 32 images, meta-batch 3, 12 meta-steps, 32 filters.
+# alphabets, 50 steps of 32 images, meta-batch 3, 12 meta-steps, 32 filters; the rest is PAPER's (the
+# README's table predates its binary pixels on background 1 and ft's shared head).
 CPU = {**PAPER, "train_alphabets": 10, "split_seed": 1, "steps": 50, "batch_size": 32, "filters": 32,
        "train": {"meta_batch": 3, "iterations": 12, "checkpoint_every": 4, "log_every": 4}}
 
@@ -448,7 +472,8 @@ def main(argv: list[str] | None = None) -> None:
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--settings", choices=["cpu", "paper"], default="cpu")
-    parser.add_argument("--data", default="data", help="data root holding prepared/omniglot.pt (metalearn prepare)")
+    parser.add_argument("--data", default="data", help="data root holding prepared/omniglot-binary.pt "
+                        "(the settings' dataset: metalearn prepare --dataset omniglot-binary)")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--work", type=Path, default=Path("models-alphabets"), help="folder for the models")

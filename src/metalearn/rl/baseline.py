@@ -5,6 +5,9 @@ t/100, (t/100)^2, (t/100)^3, 1. The coefficients are the ridge least-squares fit
 returns-to-go on the features, refit for every batch of rollouts of a task (regulariser 1e-5,
 multiplied by 10 up to four times while the solution is not finite, as the official code).
 The advantages are then the returns minus the fitted values (GAE with lambda = 1, rllab's default).
+With a mask of the steps taken (episodes that end early, metarl.Rollouts), the fit and the
+normalisation use those steps only, as rllab's on paths cut at their end (the features' t is the
+step's index in its path either way); the advantages of steps not taken are 0.
 """
 from __future__ import annotations
 
@@ -44,17 +47,37 @@ def discounted_returns(rewards: Tensor, discount: float) -> Tensor:
     return returns
 
 
-def advantages(obs: Tensor, rewards: Tensor, discount: float, normalise: bool = True) -> Tensor:
+def advantages(obs: Tensor, rewards: Tensor, discount: float, normalise: bool = True,
+               mask: Tensor | None = None) -> Tensor:
     """obs [tasks, rollouts, horizon, d], rewards [tasks, rollouts, horizon] -> advantages of the same
     shape as rewards: returns-to-go minus each task's fitted baseline; with `normalise`, centred and
-    scaled to unit standard deviation per task (rllab's center_adv, applied per task by maml_rl)."""
+    scaled to unit standard deviation per task (rllab's center_adv, applied per task by maml_rl).
+    `mask` (shaped as rewards, 1 on the steps taken): fit and normalise over those steps only."""
     tasks = obs.shape[0]
-    returns = discounted_returns(rewards, discount)
+    # the environment already pays 0 after an episode's end; the mask makes it so whatever it pays
+    returns = discounted_returns(rewards if mask is None else rewards * mask, discount)
     feats = features(obs)
     feats = feats.reshape(tasks, -1, feats.shape[-1])
+    if mask is not None:
+        return _masked_advantages(feats, returns, mask, normalise)
     coeffs = fit(feats, returns.reshape(tasks, -1))
     adv = returns - (feats @ coeffs[..., None])[..., 0].reshape(returns.shape)
     if normalise:
         flat = adv.reshape(tasks, -1)
         adv = ((flat - flat.mean(1, keepdim=True)) / (flat.std(1, correction=0, keepdim=True) + 1e-8)).reshape(adv.shape)
     return adv
+
+
+def _masked_advantages(feats: Tensor, returns: Tensor, mask: Tensor, normalise: bool) -> Tensor:
+    """`advantages` over the steps taken: a zeroed row adds nothing to the normal equations (F^T F,
+    F^T y), so the fit is the fit on those steps alone; the mean and the std are over them too."""
+    tasks = feats.shape[0]
+    m = mask.reshape(tasks, -1).to(feats.dtype)
+    coeffs = fit(feats * m[..., None], returns.reshape(tasks, -1) * m)
+    flat = (returns.reshape(tasks, -1) - (feats @ coeffs[..., None])[..., 0]) * m
+    if normalise:
+        count = m.sum(1, keepdim=True)
+        centred = (flat - flat.sum(1, keepdim=True) / count) * m
+        std = torch.sqrt((centred ** 2).sum(1, keepdim=True) / count)
+        flat = centred / (std + 1e-8)
+    return flat.reshape(returns.shape)

@@ -65,7 +65,8 @@ def make_env(bench: dict, goals: Tensor, rollouts: int, oracle: bool = False, se
     from metalearn.rl import locomotion
 
     if bench["task"] in locomotion.FAMILIES:
-        return locomotion.make(bench["task"], goals, rollouts, oracle, bench.get("horizon"), seed=seed)
+        return locomotion.make(bench["task"], goals, rollouts, oracle, bench.get("horizon"), seed=seed,
+                               frame_skip=bench.get("frame_skip"))
     raise ValueError(f"task {bench['task']!r} is not a reinforcement-learning task")
 
 

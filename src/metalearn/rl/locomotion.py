@@ -1,8 +1,9 @@
 """MuJoCo locomotion task families of the MAML paper (Section 5.3), many environments per call.
 HalfCheetah and Ant below; each keeps Gymnasium's own (v5) model and observation, with the official rewards.
 
-HalfCheetah, as Gymnasium's `HalfCheetah-v5` defines it (its model file, frame skip 5, dt 0.05,
-observation qpos[1:] + qvel (17 numbers), reset noise U[-0.1, 0.1] on qpos and 0.1 N(0, 1) on qvel),
+HalfCheetah, as Gymnasium's `HalfCheetah-v5` defines it (its model file, frame skip 5 and dt 0.05 unless
+`frame_skip` says otherwise (Time step, below), observation qpos[1:] + qvel (17 numbers), reset noise
+U[-0.1, 0.1] on qpos and 0.1 N(0, 1) on qvel),
 with the paper's rewards, as the official code computes them (cbfinn/maml_rl
 rllab/envs/mujoco/half_cheetah_env_rand.py, half_cheetah_env_rand_direc.py), in place of Gymnasium's:
   goal velocity   -|v_x - v_goal| - control cost, v_goal ~ U[0, 2] per task
@@ -17,6 +18,15 @@ one MjData per thread): one call per time step for every task and rollout (the A
 excepted, see Ant). `tests/test_rl.py` checks observations (and the Ant's termination) against
 Gymnasium's own environments step by step, and the rewards against the official formulas evaluated on
 Gymnasium's velocities and contact forces.
+
+Time step: `frame_skip` MuJoCo substeps per action (benchmark setting `frame_skip`), default Gymnasium's
+5, so dt = 5 x 0.01 = 0.05 s for both robots (both Gymnasium XMLs have timestep 0.01). The official
+rllab environments step the physics once per action (rllab/envs/mujoco/mujoco_env.py: frame_skip 1
+unless the XML sets a `frame_skip` numeric, which neither of theirs does) at their XMLs' timesteps,
+0.01 s for the cheetah and 0.02 s for the ant: the paper profile sets frame_skip 1 (cheetah) and 2 (ant)
+to get the same dt, so a 200-step episode lasts the official 2 s / 4 s of simulated time, not 10 s.
+The ant's is the same dt in two RK4 steps of 0.01 where rllab takes one of 0.02 (both ant XMLs use RK4;
+both cheetah XMLs MuJoCo's default Euler at 0.01, so there the step is the official one).
 """
 from __future__ import annotations
 
@@ -38,11 +48,13 @@ def _model_path(xml: str) -> str:
 
 
 class Locomotion:
-    """What the robots share: a Gymnasium MuJoCo model stepped `frame_skip` substeps per action for every
-    task and rollout at once, Gymnasium's reset noise (U[-noise, noise] on qpos, noise * N(0, 1) on
-    qvel), an observation that starts with qpos (its first `qpos_skipped` entries left out: the
-    position on the floor) and qvel, the oracle's goal appended, and `done` (one flag per environment,
-    tasks x rollouts flattened): all False for a robot whose episodes never end early."""
+    """What the robots share: a Gymnasium MuJoCo model stepped `frame_skip` substeps per action (default
+    Gymnasium's 5; dt = timestep x frame_skip, the denominator of v_x) for every task and rollout at
+    once, Gymnasium's reset noise (U[-noise, noise] on qpos, noise * N(0, 1) on qvel), an observation
+    that starts with qpos (its first `qpos_skipped` entries left out: the position on the floor) and
+    qvel, the oracle's goal appended, and `done` (one flag per environment, tasks x rollouts flattened):
+    all False for a robot whose episodes never end early (`terminates` False: the sampler then keeps
+    no mask of the steps taken, metarl.Rollouts)."""
 
     xml: str
     observation_dim: int
@@ -50,9 +62,11 @@ class Locomotion:
     qpos_skipped: int
     horizon = 200
     frame_skip, reset_noise = 5, 0.1
+    terminates = False
 
     def __init__(self, goals: Tensor, rollouts: int, family: str, oracle: bool = False,
-                 horizon: int | None = None, threads: int | None = None, seed: int = 0):
+                 horizon: int | None = None, threads: int | None = None, seed: int = 0,
+                 frame_skip: int | None = None):
         import mujoco
 
         self.mujoco = mujoco
@@ -62,6 +76,10 @@ class Locomotion:
         self.goals, self.rollouts, self.family, self.oracle = goals, rollouts, family, oracle
         if horizon is not None:
             self.horizon = horizon
+        if frame_skip is not None:
+            if frame_skip < 1:
+                raise ValueError(f"frame_skip must be at least 1, got {frame_skip}")
+            self.frame_skip = frame_skip
         if oracle:
             self.observation_dim = type(self).observation_dim + goals.shape[-1]
         self.model = mujoco.MjModel.from_xml_path(_model_path(self.xml))
@@ -145,20 +163,23 @@ class Ant(Locomotion):
     Two Gymnasium details need the MjData of the last substep, which mujoco.rollout does not return:
     v_x uses the torso's `xpos`, and Ant's integrator is RK4, whose last stage leaves `xpos` at an
     intermediate point, not at the new qpos; and cfrc_ext is what mj_rnePostConstraint computes from
-    that same MjData. So of the 5 substeps, the first 4 are batched (mujoco.rollout) and the last is
-    one mj_step per environment in Python, as Gymnasium's do_simulation does it. After a reset the
-    torso's xpos is the reset qpos (Gymnasium's set_state runs mj_forward) and the contact forces
-    in the observation are zeros (mj_resetData zeroes them and mj_forward does not compute them).
+    that same MjData. So of the `frame_skip` substeps, the first frame_skip - 1 are batched
+    (mujoco.rollout; none when frame_skip is 1) and the last is one mj_step per environment in Python,
+    as Gymnasium's do_simulation does it. After a reset the torso's xpos is the reset qpos
+    (Gymnasium's set_state runs mj_forward) and the contact forces in the observation are zeros
+    (mj_resetData zeroes them and mj_forward does not compute them).
 
     Termination in fixed-length batched rollouts: an environment that terminates (its reward for the
     terminating step included) is frozen: its later observations repeat the last one and its rewards
-    are 0, so every return is Gymnasium's episode return. The RL code needs no mask: after
-    termination the return-to-go is 0 whatever the actions, so those steps' policy-gradient terms have
-    expectation 0 (they add variance, not bias). `done` (one flag per environment, tasks x rollouts
-    flattened) says which have ended; `reset` starts every episode again."""
+    are 0, so every return is Gymnasium's episode return. Those frozen steps are not steps taken: the
+    sampler records which are (`terminates`; metarl.Rollouts.mask, from `done` before each step) and
+    every mean over steps is over the steps taken, as the official sampler's paths cut at `done`.
+    `done` (one flag per environment, tasks x rollouts flattened) says which have ended; `reset`
+    starts every episode again."""
 
     xml = "ant.xml"
     observation_dim, action_dim, qpos_skipped = 105, 8, 2
+    terminates = True
     ctrl_cost_weight, contact_cost_weight, healthy_z = 0.5 * 1e-2, 0.5 * 1e-3, (0.2, 1.0)
     # per step taken; ant_env_rand.py: +1.0 in forward_reward and survive_reward 0.05; _direc.py: 0.05
     survive_reward = {"velocity": 1.0 + 0.05, "direction": 0.05}
@@ -194,9 +215,11 @@ class Ant(Locomotion):
         live = ~self.done
         if not live.any():  # every episode has ended: nothing moves, nothing is earned
             return self._observe(), torch.zeros(shape, dtype=self.goals.dtype)
-        control = np.repeat(a[live][:, None], self.frame_skip - 1, 1)
-        states, _ = self._rollout.rollout(self.model, self.datas, self.state[live], control, persistent_pool=True)
-        new_states, torso_x, contact = self._last_substep(states[:, -1], a[live])
+        states = self.state[live]
+        if self.frame_skip > 1:  # mujoco.rollout of 0 steps returns no state to take the last of
+            control = np.repeat(a[live][:, None], self.frame_skip - 1, 1)
+            states = self._rollout.rollout(self.model, self.datas, states, control, persistent_pool=True)[0][:, -1]
+        new_states, torso_x, contact = self._last_substep(states, a[live])
         velocity = (torso_x - self.torso_x[live]) / self.dt
         self.state[live], self.torso_x[live], self.contact[live] = new_states, torso_x, contact
         qpos_qvel = new_states[:, 1:1 + self.nq + self.nv]   # Gymnasium's state_vector()
@@ -217,9 +240,9 @@ MAX_VELOCITY = {"halfcheetah": 2.0, "ant": 3.0}
 
 
 def make(task: str, goals: Tensor, rollouts: int, oracle: bool = False, horizon: int | None = None,
-         seed: int = 0) -> Locomotion:
+         seed: int = 0, frame_skip: int | None = None) -> Locomotion:
     robot = task.split("-")[0]
-    return ENVIRONMENTS[robot](goals, rollouts, FAMILIES[task], oracle, horizon, seed=seed)
+    return ENVIRONMENTS[robot](goals, rollouts, FAMILIES[task], oracle, horizon, seed=seed, frame_skip=frame_skip)
 
 
 def sample_task_goals(task: str, count: int, generator: torch.Generator) -> Tensor:

@@ -8,11 +8,12 @@
         D'_i <- K fresh rollouts of f_theta'_i                     (more steps: fresh rollouts each step)
     theta <- TRPO step on  sum_i J_i(theta'_i(theta); D'_i)      trpo.py, through the inner step
 
-The outer objective is TRPO's surrogate, mean over tasks, steps and rollouts of
-pi_theta'_i(a|s) / pi_old'_i(a|s) * A'(s, a), under the constraint mean KL(pi_old'_i || pi_theta'_i)
-<= delta: both are functions of theta through theta'_i(theta), differentiated to second order
-(MAML) or with the inner gradient held constant (first-order MAML). As in the official code, the
-rollouts D_i are data: the dependence of their distribution on theta is not differentiated.
+The outer objective is TRPO's surrogate, mean over tasks, steps and rollouts (the steps taken:
+`Rollouts.mask`) of pi_theta'_i(a|s) / pi_old'_i(a|s) * A'(s, a), under the constraint mean
+KL(pi_old'_i || pi_theta'_i) <= delta: both are functions of theta through theta'_i(theta),
+differentiated to second order (MAML) or with the inner gradient held constant (first-order MAML).
+As in the official code, the rollouts D_i are data: the dependence of their distribution on theta is
+not differentiated.
 
 Baselines (Section 5.3): `pretrained` trains one policy with TRPO on all tasks at once (no inner
 step), `oracle` the same with the goal appended to the observation, `random` keeps its random
@@ -42,28 +43,43 @@ from metalearn.rl.trpo import trpo_step
 @dataclass
 class Rollouts:
     """`rollouts` trajectories in each of `tasks` environments: obs [tasks, rollouts, horizon, d],
-    actions [tasks, rollouts, horizon, a], rewards [tasks, rollouts, horizon]."""
+    actions [tasks, rollouts, horizon, a], rewards [tasks, rollouts, horizon].
+
+    `mask` [tasks, rollouts, horizon] (1 or 0, the observations' dtype): the steps actually taken, for
+    environments whose episodes end early (the Ant): the step on which an episode ends is taken, the
+    frozen steps after it (reward 0) are not. The official sampler cuts each path at its end, so every
+    mean over steps (policy-gradient loss, baseline fit, advantage normalisation, surrogate, KL) is over
+    the steps taken; here those means weigh the steps by the mask. None where episodes never end early
+    (navigation, half-cheetah): every step is taken, and the unmasked code path runs unchanged."""
     obs: Tensor
     actions: Tensor
     rewards: Tensor
+    mask: Tensor | None = None
 
     def returns(self) -> Tensor:
-        """[tasks]: the mean over rollouts of the undiscounted return (the paper's 'average return')."""
+        """[tasks]: the mean over rollouts of the undiscounted return (the paper's 'average return'; the
+        steps not taken earn 0, so no mask is needed)."""
         return self.rewards.sum(-1).mean(-1)
 
 
 def sample(policy: GaussianMLPPolicy, params: Params, env, generator: torch.Generator) -> Rollouts:
-    """Roll out the policy (one parameter set per task, [tasks, ...]) in every environment at once."""
+    """Roll out the policy (one parameter set per task, [tasks, ...]) in every environment at once; the
+    steps taken are recorded (`Rollouts.mask`) only where the environment can end episodes early
+    (`terminates`), from its `done` before each step."""
     obs_t = env.reset()
-    obs, actions, rewards = [], [], []
+    obs, actions, rewards, taken = [], [], [], []
+    terminates = getattr(env, "terminates", False)
     with torch.no_grad():
         for _ in range(env.horizon):
+            if terminates:  # taken unless the episode ended on an earlier step
+                taken.append(torch.as_tensor(~env.done, dtype=obs_t.dtype).view(obs_t.shape[:2]))
             mean, log_std = policy.distribution(params, obs_t)
             action = mean + torch.exp(log_std) * torch.randn(mean.shape, generator=generator, dtype=mean.dtype)
             next_obs, reward = env.step(action)
             obs.append(obs_t), actions.append(action), rewards.append(reward)
             obs_t = next_obs
-    return Rollouts(torch.stack(obs, 2), torch.stack(actions, 2), torch.stack(rewards, 2))
+    return Rollouts(torch.stack(obs, 2), torch.stack(actions, 2), torch.stack(rewards, 2),
+                    torch.stack(taken, 2) if terminates else None)
 
 
 def log_probs(policy: GaussianMLPPolicy, params: Params, rollouts: Rollouts) -> Tensor:
@@ -74,8 +90,14 @@ def log_probs(policy: GaussianMLPPolicy, params: Params, rollouts: Rollouts) -> 
 
 
 def pg_loss(policy: GaussianMLPPolicy, params: Params, rollouts: Rollouts, adv: Tensor) -> Tensor:
-    """[tasks]: -mean(log pi(a|s) * A), whose gradient is minus the REINFORCE estimate of grad J."""
-    return -(log_probs(policy, params, rollouts) * adv.reshape(adv.shape[0], -1)).mean(1)
+    """[tasks]: -mean(log pi(a|s) * A), whose gradient is minus the REINFORCE estimate of grad J; the
+    mean is over the task's steps taken (maml_rl maml_npo.py: -tf.reduce_mean(logli * adv) over the
+    task's cut paths)."""
+    terms = log_probs(policy, params, rollouts) * adv.reshape(adv.shape[0], -1)
+    if rollouts.mask is None:
+        return -terms.mean(1)
+    mask = rollouts.mask.reshape(terms.shape)
+    return -(terms * mask).sum(1) / mask.sum(1)
 
 
 def inner_step(policy: GaussianMLPPolicy, params: Params, rollouts: Rollouts, adv: Tensor, lr: float,
@@ -131,7 +153,7 @@ class MetaRL(nn.Module):
         return make_env(self.bench, goals, self.rollouts, self.oracle, seed)
 
     def advantages(self, rollouts: Rollouts) -> Tensor:
-        return baseline.advantages(rollouts.obs, rollouts.rewards, self.discount)
+        return baseline.advantages(rollouts.obs, rollouts.rewards, self.discount, mask=rollouts.mask)
 
     # -- meta-training ------------------------------------------------------------------------------
     def collect(self, goals: Tensor, generator: torch.Generator) -> MetaBatch:
@@ -161,25 +183,38 @@ class MetaRL(nn.Module):
         return params
 
     def surrogate(self, theta: Params, batch: MetaBatch) -> Tensor:
-        """Mean over tasks and steps of pi_theta'(a|s) / pi_old'(a|s) * A'."""
+        """Mean over tasks and steps of pi_theta'(a|s) / pi_old'(a|s) * A': each task's mean over its
+        steps taken, then the mean over tasks (maml_npo.py: tf.reduce_mean(lr * adv) per task, then
+        tf.reduce_mean over the stack of tasks)."""
         ratio = torch.exp(log_probs(self.policy, self.adapted(theta, batch), batch.post) - batch.old_logp)
-        return (ratio * batch.post_adv.reshape(ratio.shape)).mean()
+        terms = ratio * batch.post_adv.reshape(ratio.shape)
+        if batch.post.mask is None:
+            return terms.mean()
+        mask = batch.post.mask.reshape(terms.shape)
+        return ((terms * mask).sum(1) / mask.sum(1)).mean()
 
     def mean_kl(self, theta: Params, batch: MetaBatch) -> Tensor:
-        """Mean over tasks and steps of KL(pi_old'(.|s) || pi_theta'(.|s))."""
+        """Mean over tasks and steps of KL(pi_old'(.|s) || pi_theta'(.|s)): over all tasks' steps taken
+        pooled (maml_npo.py: tf.reduce_mean(tf.concat(kls, 0)), so a task with more steps taken weighs
+        more; without early ends, the same as the mean of the tasks' means)."""
         tasks = batch.post.obs.shape[0]
         mean, log_std = self.policy.distribution(self.adapted(theta, batch),
                                                  batch.post.obs.reshape(tasks, -1, batch.post.obs.shape[-1]))
-        return kl_divergence(batch.old_mean, batch.old_log_std, mean, log_std).mean()
+        kl = kl_divergence(batch.old_mean, batch.old_log_std, mean, log_std)
+        if batch.post.mask is None:
+            return kl.mean()
+        mask = batch.post.mask.reshape(kl.shape)
+        return (kl * mask).sum() / mask.sum()
 
     def fisher_vector_product(self, batch: MetaBatch):
         """v -> H v, H the Hessian of `mean_kl` at the current (old) parameters, without differentiating
         three times through the inner step. At theta_old the KL and its gradient in the policy's outputs
         vanish, so H = J^T M J exactly: J the Jacobian of the adapted policy's outputs (mean, log std)
         w.r.t. theta, M the Gaussian's Fisher matrix in those outputs (1/sigma^2 for the mean, 2 for the
-        log std, per step and action dimension, over the number of steps). J chains the inner steps:
-        d theta'/d theta = prod_j (I - alpha H_j), H_j the Hessian of step j's policy-gradient loss
-        (first-order MAML: I), applied as Hessian-vector products of each step's retained gradient graph."""
+        log std, per step and action dimension, over the number of steps taken; 0 on steps not taken).
+        J chains the inner steps: d theta'/d theta = prod_j (I - alpha H_j), H_j the Hessian of step j's
+        policy-gradient loss (first-order MAML: I), applied as Hessian-vector products of each step's
+        retained gradient graph."""
         tasks = batch.post.obs.shape[0]
         names = [n for n, _ in self.policy.named_parameters()]
         params = {n: p.detach() for n, p in per_task(self.policy.params(), tasks).items()}
@@ -193,8 +228,13 @@ class MetaRL(nn.Module):
         obs = batch.post.obs.reshape(tasks, -1, batch.post.obs.shape[-1])
         final = {n: params[n].clone().requires_grad_() for n in names}
         mean, log_std = self.policy.distribution(final, obs)
-        weight_mean = torch.exp(-2 * batch.old_log_std) / mean[..., 0].numel()
-        weight_log_std = 2.0 / mean[..., 0].numel()
+        if batch.post.mask is None:
+            weight_mean = torch.exp(-2 * batch.old_log_std) / mean[..., 0].numel()
+            weight_log_std = 2.0 / mean[..., 0].numel()
+        else:  # mean_kl's pooled mean over the steps taken
+            step_weight = (batch.post.mask / batch.post.mask.sum()).reshape(*mean.shape[:-1], 1)
+            weight_mean = torch.exp(-2 * batch.old_log_std) * step_weight
+            weight_log_std = 2.0 * step_weight
 
         def through_steps(vectors: list[Tensor], order) -> list[Tensor]:
             for leaves, grads in order:  # w <- w - alpha H_j w
