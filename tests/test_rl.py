@@ -254,6 +254,57 @@ def test_paper_profile_runs_the_official_test_step_sizes():
     assert navigation["fomaml"]["inner_lr"] == navigation["maml"]["inner_lr"] == 0.5
 
 
+def test_evaluate_samples_test_rollouts_per_task_and_defaults_to_rollouts(monkeypatch):
+    """Every test step samples `test_rollouts` rollouts per task (the official evaluation's batch_size /
+    horizon), not the training's `rollouts`; without the setting, the training's (default profile)."""
+    from metalearn.rl import metarl
+
+    seen, original = [], metarl.sample
+
+    def counting(policy, params, env, generator):
+        rollouts = original(policy, params, env, generator)
+        seen.append(tuple(rollouts.rewards.shape[:2]))
+        return rollouts
+
+    monkeypatch.setattr(metarl, "sample", counting)
+    goals = torch.tensor([[0.2, 0.1], [-0.3, 0.4]])
+    hparams = {"inner_lr": 0.1, "inner_steps": 1, "test_inner_steps": 2}
+    learner = MetaRL("maml", tiny_bench(test_rollouts=6), hparams)
+    assert learner.evaluate(goals, 2, torch.Generator().manual_seed(0)).shape == (2, 3)
+    assert seen == [(2, 6)] * 3  # before each of the 2 steps and after the last
+    learner.collect(goals, torch.Generator().manual_seed(0))  # meta-training keeps `rollouts`
+    assert seen[3:] == [(2, 4)] * 2
+    seen.clear()
+    MetaRL("maml", tiny_bench(), hparams).evaluate(goals, 1, torch.Generator().manual_seed(0))
+    assert seen == [(2, 4)] * 2
+
+
+def test_paper_profile_runs_the_official_test_batch_and_steps():
+    """cbfinn/maml_rl's test scripts, pinned: VPG with batch_size environment steps per iteration at
+    max_path_length H (batch_size / H rollouts per test step) for n_itr iterations (the return after
+    0..n_itr - 1 steps): test_maml_point.py 4000 / 100 and 5; test_maml_cheetah.py,
+    test_maml_cheetah_direc.py, test_maml_ant.py 4000 / 200 and 4; test_maml_ant_direc.py 8000 / 200 and 4.
+    The default profile's navigation keeps its training's 20 rollouts and 3 steps."""
+    from pathlib import Path
+
+    from metalearn.config import load_params
+
+    root = Path(__file__).resolve().parents[1] / "params.yaml"
+    benchmarks = load_params(root, "paper")["benchmarks"]
+    official = {"navigation-2d": (4000, 100, 5), "halfcheetah-vel": (4000, 200, 4),
+                "halfcheetah-dir": (4000, 200, 4), "ant-vel": (4000, 200, 4), "ant-dir": (8000, 200, 4)}
+    for name, (batch_size, horizon, n_itr) in official.items():
+        bench = benchmarks[name]
+        assert bench["horizon"] == horizon, name
+        for method, hparams in bench["algorithms"].items():
+            learner = MetaRL(method, bench, hparams)
+            assert learner.test_rollouts == batch_size // horizon, (name, method)
+            assert learner.test_inner_steps == n_itr - 1, (name, method)
+    default = load_params(root, "default")["benchmarks"]["navigation-2d"]
+    learner = MetaRL("maml", default, default["algorithms"]["maml"])
+    assert (learner.test_rollouts, learner.rollouts, learner.test_inner_steps) == (20, 20, 3)
+
+
 def test_paper_profile_steps_locomotion_at_the_official_dt():
     """cbfinn/maml_rl's time per action, pinned: rllab's mujoco_env.py steps the model once per action
     (frame_skip 1: no `frame_skip` numeric in either XML) at vendor/mujoco_models half_cheetah.xml's
@@ -304,6 +355,57 @@ def test_killed_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
     assert fresh["iterations"] == 4
 
 
+def test_keep_best_saves_the_parameters_of_the_best_post_update_return(tmp_path, monkeypatch):
+    """MAML paper Appendix A.2 ("the model with the best average return during training was used for
+    evaluation"), opt-in: with scripted post-update returns 1, 3, 2, 0.5 the model file holds the
+    parameters that sampled iteration 2 (before its TRPO step), not the last ones; training itself is
+    unchanged, and a run killed after iteration 2's checkpoint resumes to the same selection."""
+    from metalearn.rl import metarl
+    from metalearn.rl.train import train
+
+    scores, original, states = [1.0, 3.0, 2.0, 0.5], metarl.MetaRL.meta_step, []
+
+    def scripted(self, *args, **kwargs):
+        states.append({k: v.clone() for k, v in self.state_dict().items()})
+        if len(states) == 3 and kill:
+            raise KeyboardInterrupt
+        return {**original(self, *args, **kwargs), "return_after": scores[len(states) - 1]}
+
+    monkeypatch.setattr(metarl.MetaRL, "meta_step", scripted)
+    train_cfg = {"meta_batch": 2, "iterations": 4, "checkpoint_every": 2, "log_every": 1}
+    kill, quiet = False, (lambda s: None)
+    plain = torch.load(train(tiny_params(tmp_path / "a"), "navigation-2d", "maml", 0, tmp_path / "plain",
+                             log=quiet), weights_only=True)
+    plain_states, states[:] = list(states), []
+    params = tiny_params(tmp_path / "b", train={**train_cfg, "keep_best": True})
+    best = torch.load(train(params, "navigation-2d", "maml", 0, tmp_path / "best", log=quiet), weights_only=True)
+    assert best["best_iteration"] == 2 and best["iterations"] == 4 and "best_iteration" not in plain
+    assert all(torch.equal(a[k], b[k]) for a, b in zip(states, plain_states) for k in a)  # same training
+    assert all(torch.equal(best["state_dict"][k], states[1][k]) for k in states[1])
+    assert not all(torch.equal(best["state_dict"][k], plain["state_dict"][k]) for k in states[1])
+
+    states[:], kill = [], True
+    with pytest.raises(KeyboardInterrupt):
+        train(params, "navigation-2d", "maml", 0, tmp_path / "killed", log=quiet)
+    states[:], kill = [None, None], False  # the resumed run starts at iteration 3
+    resumed = torch.load(train(params, "navigation-2d", "maml", 0, tmp_path / "killed", log=quiet),
+                         weights_only=True)
+    assert resumed["best_iteration"] == 2
+    assert all(torch.equal(resumed["state_dict"][k], best["state_dict"][k]) for k in best["state_dict"])
+
+
+def test_paper_profile_keeps_the_best_iteration_and_the_others_the_last():
+    from pathlib import Path
+
+    from metalearn.config import load_params
+
+    root = Path(__file__).resolve().parents[1] / "params.yaml"
+    for profile, expected in (("paper", True), ("default", False), ("metarl", False)):
+        for name, bench in load_params(root, profile)["benchmarks"].items():
+            if bench is not None and bench.get("model") == "gaussian-mlp":
+                assert bench["train"].get("keep_best", False) is expected, (profile, name)
+
+
 def test_saved_test_tasks_are_identical_across_reruns_and_follow_the_seed(tmp_path):
     from metalearn.rl.tasks import make_test_tasks, read_test_tasks
 
@@ -349,7 +451,7 @@ def test_schema_rejects_bad_rl_settings_naming_the_key(tmp_path):
     for overrides, key in (({"rollouts": 0}, "rollouts"), ({"trpo": {"max_kl": -1}}, "max_kl"),
                            ({"algorithms": {"maml": {"inner_lr": 0.1, "inner_steps": 1}}}, "test_inner_steps"),
                            ({"ways": 5}, "ways"), ({"test_tasks": 1}, "test_tasks"),
-                           ({"frame_skip": 0}, "frame_skip")):
+                           ({"frame_skip": 0}, "frame_skip"), ({"test_rollouts": 0}, "test_rollouts")):
         with pytest.raises(ConfigError, match=key):
             tiny_params(tmp_path, **overrides)
 

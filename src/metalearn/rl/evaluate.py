@@ -24,7 +24,6 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
 
     config = saved["config"]
     bench_name = config["benchmark"]
-    bench = params["benchmarks"][bench_name]
     learner = load_model(saved)
     steps = learner.test_inner_steps if steps is None else steps
     tasks, eval_seed = read_test_tasks(params, bench_name, split)
@@ -36,7 +35,7 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
         + ", ".join(f"{p['mean']:.2f}±{p['ci95']:.2f}" for p in curve))
     mean, ci95 = mean_ci95(per_step[-1])
     return {"benchmark": bench_name, "algorithm": config["algorithm"], "seed": config["seed"], "split": split,
-            "ways": None, "shots": int(bench["rollouts"]), "metric": "return", "mean": mean, "ci95": ci95,
+            "ways": None, "shots": learner.test_rollouts, "metric": "return", "mean": mean, "ci95": ci95,
             "episodes": len(tasks), "inner_steps": steps, "iterations": saved.get("iterations"),
             "curve": curve, "per_episode_curve": per_step, "train_seconds": saved["train_seconds"],
             "per_episode": per_step[-1]}

@@ -25,6 +25,12 @@ test_later_lr_scale` (default 1). The official evaluation (maml_rl maml_examples
 rllab's VPG with a FirstOrderOptimizer given init_learning_rate = s for its first update only and
 learning_rate = 0.5 s (ant direction: 0.01 s) for the others: MAML is meta-trained for one step of s,
 and the later steps are smaller.
+
+Test batch: every test step samples `test_rollouts` rollouts per task (benchmark setting, default
+`rollouts`). The official evaluation's VPG samples `batch_size` environment steps per iteration (rllab
+parallel_sampler.sample_paths: whole paths until the count reaches it), so its rollouts per test step
+are batch_size / horizon: test_maml_point.py 4000 / 100 = 40 where training took 20; the cheetah and
+ant scripts 4000 / 200 = 20 and test_maml_ant_direc.py 8000 / 200 = 40, their training's.
 """
 from __future__ import annotations
 
@@ -141,16 +147,17 @@ class MetaRL(nn.Module):
         self.test_inner_steps = int(hparams["test_inner_steps"])
         self.test_later_lr_scale = float(hparams.get("test_later_lr_scale", 1.0))
         self.rollouts = int(bench["rollouts"])
+        self.test_rollouts = int(bench.get("test_rollouts", self.rollouts))  # per task per test step
         self.discount = float(bench.get("discount", 0.99))
         self.trains = name != "random"
 
-    def env(self, goals: Tensor, generator: torch.Generator | None = None):
-        """The tasks' environments; MuJoCo's reset noise is seeded from `generator` (reproducible runs;
-        2D navigation starts at the origin and draws nothing)."""
+    def env(self, goals: Tensor, generator: torch.Generator | None = None, rollouts: int | None = None):
+        """The tasks' environments, `rollouts` (default: the training's) per task; MuJoCo's reset noise
+        is seeded from `generator` (reproducible runs; 2D navigation starts at the origin and draws nothing)."""
         seed = 0
         if generator is not None and self.bench["task"] != "navigation":
             seed = int(torch.randint(0, 2**31 - 1, (1,), generator=generator))
-        return make_env(self.bench, goals, self.rollouts, self.oracle, seed)
+        return make_env(self.bench, goals, self.rollouts if rollouts is None else rollouts, self.oracle, seed)
 
     def advantages(self, rollouts: Rollouts) -> Tensor:
         return baseline.advantages(rollouts.obs, rollouts.rewards, self.discount, mask=rollouts.mask)
@@ -274,9 +281,9 @@ class MetaRL(nn.Module):
     # -- meta-test ----------------------------------------------------------------------------------
     def evaluate(self, goals: Tensor, steps: int, generator: torch.Generator) -> Tensor:
         """[tasks, steps + 1]: each task's average return after 0, 1, ..., `steps` policy-gradient
-        steps (fresh rollouts after each step, as in meta-training): the first of size `inner_lr`, the
-        later ones `inner_lr * test_later_lr_scale` (the module's docstring)."""
-        env = self.env(goals, generator)
+        steps (`test_rollouts` fresh rollouts per task before each step and after the last): the first
+        of size `inner_lr`, the later ones `inner_lr * test_later_lr_scale` (the module's docstring)."""
+        env = self.env(goals, generator, self.test_rollouts)
         params = {n: p.detach() for n, p in per_task(self.policy.params(), len(goals)).items()}
         returns = []
         for step in range(steps + 1):

@@ -4,9 +4,19 @@ The same contract as the supervised loop (metalearn/train.py, whose checkpoint a
 helpers this reuses): every `checkpoint_every` iterations the state (policy, task-and-noise
 generator, torch's generator, history, elapsed time) is written atomically; a rerun resumes from
 it and ends with exactly the parameters of an uninterrupted run. TRPO keeps no optimiser state.
+
+Model selection (`train.keep_best`, opt-in; the paper profile): the MAML paper's Appendix A.2, "the
+model with the best average return during training was used for evaluation". With it, the model file
+holds the parameters whose meta-iteration had the best post-update training return (`return_after`:
+the mean over the meta-batch of the return after the inner steps, measured on the rollouts sampled with
+those parameters, i.e. before that iteration's TRPO step), not the last ones; `best_iteration` in the
+model file says which. The official evaluation loaded hand-picked snapshots instead (maml_rl
+test_maml_*.py, e.g. itr_475.pkl of 800 meta-iterations, saved every 25), each taken after its
+iteration's update.
 """
 from __future__ import annotations
 
+import copy
 import math
 import sys
 import time
@@ -14,6 +24,8 @@ from pathlib import Path
 from typing import Callable
 
 import torch
+
+from torch import nn
 
 from metalearn.config import benchmark
 from metalearn.rl.envs import sample_tasks
@@ -45,6 +57,24 @@ def trpo_settings(settings: dict) -> dict:
     return {**TRPO_DEFAULTS, **(settings.get("trpo") or {})}
 
 
+class Best(nn.Module):
+    """The parameters with the best post-update training return so far and their iteration (0: none
+    yet, the initial ones), a module so that the checkpoint saves it and a resumed run selects the same."""
+
+    def __init__(self, learner: MetaRL):
+        super().__init__()
+        self.learner = copy.deepcopy(learner)
+        self.register_buffer("best_return", torch.tensor(-math.inf, dtype=torch.float64))
+        self.register_buffer("iteration", torch.tensor(0))
+
+    def offer(self, iteration: int, score: float, state: dict[str, torch.Tensor]) -> None:
+        """Keep `state` (the learner's parameters that earned `score`) if it beats the best so far."""
+        if score > self.best_return:
+            self.learner.load_state_dict(state)
+            self.best_return.fill_(score)
+            self.iteration.fill_(iteration)
+
+
 def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
           device: str = "cpu", tracker: Tracker | None = None,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
@@ -62,7 +92,9 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{bench_name}/{algorithm}/seed{seed}"
     # no optimizer: TRPO keeps no state between steps
-    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, {"algorithm": learner}, None, generator)
+    best = Best(learner) if cfg.get("keep_best", False) else None
+    modules = {"algorithm": learner} if best is None else {"algorithm": learner, "best": best}
+    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, modules, None, generator)
     start, history, elapsed = checkpoint.resume(torch.device("cpu"), log, name)
     if tracker is not None and start == 0:
         tracker.log_params({"benchmark": bench_name, "algorithm": algorithm, "seed": seed, "device": "cpu",
@@ -77,16 +109,27 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     for iteration in range(start + 1, iterations + 1):
         tick = time.perf_counter()
         goals = sample_tasks(bench, cfg["meta_batch"], generator)
+        # the parameters that sample this iteration's rollouts, and so earn its return_after
+        before = None if best is None else {k: v.detach().clone() for k, v in learner.state_dict().items()}
         metrics = learner.meta_step(goals, generator, trpo)
         if not all(math.isfinite(v) for v in metrics.values()) or not all(
                 bool(torch.isfinite(p).all()) for p in learner.parameters()):
             raise TrainingDiverged(f"{name}: non-finite values at iteration "
                                    f"{iteration} ({metrics}); the last checkpoint is kept at {checkpoint.path}")
+        if best is not None:
+            best.offer(iteration, metrics["return_after"], before)
         elapsed += time.perf_counter() - tick
         progress.add(iteration, metrics, elapsed)
         if iteration % every == 0 or iteration == iterations:
             checkpoint.save(iteration, history, elapsed)
-    return write_model(out_dir, config, digest, learner, elapsed, iterations, history)
+    if best is None:
+        return write_model(out_dir, config, digest, learner, elapsed, iterations, history)
+    if int(best.iteration) > 0:
+        learner.load_state_dict(best.learner.state_dict())
+        log(f"{name}: keeping the parameters of iteration {int(best.iteration)} "
+            f"(best post-update training return {float(best.best_return):.4f})")
+    return write_model(out_dir, config, digest, learner, elapsed, iterations, history,
+                       best_iteration=int(best.iteration))
 
 
 def load_model(saved: dict) -> MetaRL:
