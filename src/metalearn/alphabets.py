@@ -459,8 +459,7 @@ PAPER = {
         "ft": {"inner_lr": 0.1, "head": "shared"},
         "scratch": {"inner_lr": 0.1}}}
 # What this 2-core CPU ran (README, "Multi-shot Omniglot: the Leap/WarpGrad protocol"): 10 training
-# alphabets, 50 steps of 32 images, meta-batch 3, 12 meta-steps, 32 filters; the rest is PAPER's (the
-# README's table predates its binary pixels on background 1 and ft's shared head).
+# alphabets, 50 steps of 32 images, meta-batch 3, 12 meta-steps, 32 filters; the rest is PAPER's.
 CPU = {**PAPER, "train_alphabets": 10, "split_seed": 1, "steps": 50, "batch_size": 32, "filters": 32,
        "train": {"meta_batch": 3, "iterations": 12, "checkpoint_every": 4, "log_every": 4}}
 
