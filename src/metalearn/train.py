@@ -46,7 +46,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 
 
 NOT_TRAINING_SETTINGS = ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed", "eval_curve",
-                         "reproduces")
+                         "reproduces", "test_rollouts")
 
 
 def run_config(params: dict, bench_name: str, algorithm: str, seed: int) -> dict:
