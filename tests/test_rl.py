@@ -757,3 +757,89 @@ def test_ant_rollouts_record_the_steps_taken():
     assert torch.equal(mask[3], (torch.arange(8) < taken[3]).to(mask.dtype))
     rewards = rollouts.rewards.reshape(4, 8)
     assert rewards[3, taken[3] - 1] != 0 and (rewards[3, taken[3]:] == 0).all()
+
+
+def test_pretrained_adam_iterations_are_adam_steps_on_the_pre_update_pg_loss(float64):
+    """`optimizer: adam` (maml_rl maml_npo.py:31-36, use_maml=False): each iteration is one full-batch
+    Adam step (lr 1e-3) on the mean over tasks of -mean(log pi(a|s) A) of the rollouts sampled with
+    theta, its moments carried over. The first step has a closed form: -lr g / (|g| + eps); the second
+    is recomputed by hand from the first's moments."""
+    learner = _learner("pretrained", optimizer="adam")
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3)
+    goals = torch.tensor([[0.2, 0.1], [-0.3, 0.4], [0.0, -0.5]])
+    names = [n for n, _ in learner.policy.named_parameters()]
+
+    def gradient(seed: int) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The gradient of the tasks' mean loss on the rollouts meta_step(seed) samples, written out."""
+        batch = learner.collect(goals, torch.Generator().manual_seed(seed))
+        assert batch.inner == []  # no inner step: the pre-update rollouts only
+        theta = {n: p.detach().clone().requires_grad_() for n, p in learner.policy.params().items()}
+        logp = log_probs(learner.policy, per_task(theta, 3), batch.post)
+        loss = torch.stack([-(logp[i] * batch.post_adv[i].reshape(-1)).mean() for i in range(3)]).mean()
+        return list(torch.autograd.grad(loss, [theta[n] for n in names])), loss.detach()
+
+    g1, loss1 = gradient(1)
+    old = [p.detach().clone() for p in learner.policy.parameters()]
+    metrics = learner.meta_step(goals, torch.Generator().manual_seed(1), {}, optimizer)
+    assert metrics["loss"] == pytest.approx(loss1.item(), rel=1e-12) and metrics["backtracks"] == 0
+    for p, o, g in zip(learner.policy.parameters(), old, g1):
+        torch.testing.assert_close(p.detach(), o - 1e-3 * g / (g.abs() + 1e-8),
+                                   rtol=0, atol=1e-15)
+    assert max((p.detach() - o).abs().max().item() for p, o in zip(learner.policy.parameters(), old)) > 9e-4
+
+    g2, _ = gradient(2)
+    old = [p.detach().clone() for p in learner.policy.parameters()]
+    learner.meta_step(goals, torch.Generator().manual_seed(2), {}, optimizer)
+    for p, o, a, b in zip(learner.policy.parameters(), old, g1, g2):
+        m = (0.9 * 0.1 * a + 0.1 * b) / (1 - 0.9 ** 2)  # bias-corrected moments
+        v = (0.999 * 0.001 * a * a + 0.001 * b * b) / (1 - 0.999 ** 2)
+        torch.testing.assert_close(p.detach(), o - 1e-3 * m / (v.sqrt() + 1e-8), rtol=0, atol=1e-15)
+
+
+def test_pretrained_adam_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
+    """Adam's moments are part of the checkpoint: a run killed after iteration 2 ends where an
+    uninterrupted one does (a resumed run with fresh moments would not)."""
+    from metalearn.rl import metarl
+    from metalearn.rl.train import train
+
+    algorithms = {"pretrained": {"inner_lr": 0.1, "test_inner_steps": 2, "optimizer": "adam"}}
+    params = tiny_params(tmp_path, algorithms=algorithms)
+    whole = train(params, "navigation-2d", "pretrained", 0, tmp_path / "whole", log=lambda s: None)
+    original, calls = metarl.MetaRL.meta_step, []
+
+    def dies_at_the_third_step(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(metarl.MetaRL, "meta_step", dies_at_the_third_step)
+    with pytest.raises(KeyboardInterrupt):
+        train(params, "navigation-2d", "pretrained", 0, tmp_path / "killed", log=lambda s: None)
+    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+    monkeypatch.setattr(metarl.MetaRL, "meta_step", original)
+    resumed = train(params, "navigation-2d", "pretrained", 0, tmp_path / "killed", log=lambda s: None)
+    a = torch.load(whole, weights_only=True)["state_dict"]
+    b = torch.load(resumed, weights_only=True)["state_dict"]
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_only_the_paper_navigation_pretrained_uses_the_official_adam():
+    """maml_rl's navigation baseline is use_maml=False (Adam, test_maml_point.py:23); its locomotion
+    baselines are plain TRPO runs (cluster_trpo_*.py), and other profiles keep TRPO everywhere. The
+    setting belongs to the pretrained baseline only."""
+    from pathlib import Path
+
+    from metalearn.config import ConfigError, load_params
+
+    root = Path(__file__).resolve().parents[1] / "params.yaml"
+    for profile in ("paper", "default", "metarl"):
+        for name, bench in load_params(root, profile)["benchmarks"].items():
+            if bench is None or bench.get("model") != "gaussian-mlp":
+                continue
+            for method, hparams in bench["algorithms"].items():
+                expected = "adam" if (profile, name, method) == ("paper", "navigation-2d", "pretrained") else "trpo"
+                assert MetaRL(method, bench, hparams).optimizer == expected, (profile, name, method)
+    with pytest.raises(ConfigError, match="optimizer"):
+        validate({"profile": "test", "data": {"root": "/tmp"}, "seeds": [0], "benchmarks": {"navigation-2d": tiny_bench(
+            algorithms={"maml": {"inner_lr": 0.1, "inner_steps": 1, "test_inner_steps": 2, "optimizer": "adam"}})}})

@@ -19,6 +19,9 @@ Baselines (Section 5.3): `pretrained` trains one policy with TRPO on all tasks a
 step), `oracle` the same with the goal appended to the observation, `random` keeps its random
 initialisation; at test time all take the same policy-gradient steps as MAML, each with its own
 `inner_lr` (the oracle's is 0 in params.yaml: the official evaluation does not fine-tune it).
+`pretrained` may instead take one full-batch Adam step per iteration on the policy-gradient loss of
+all tasks' rollouts (`optimizer: adam`, opt-in): the official navigation baseline, MAML's launcher
+with use_maml=False (maml_rl maml_npo.py:31-36, 127-128, 153-154; rl/train.py's torch Adam).
 
 Test-time step sizes: the first test step is `inner_lr`, every later one `inner_lr *
 test_later_lr_scale` (default 1). The official evaluation (maml_rl maml_examples/test_maml_*.py) runs
@@ -150,6 +153,10 @@ class MetaRL(nn.Module):
         self.test_rollouts = int(bench.get("test_rollouts", self.rollouts))  # per task per test step
         self.discount = float(bench.get("discount", 0.99))
         self.trains = name != "random"
+        # the meta-update: TRPO (default) or, for the pretrained baseline, rllab's FirstOrderOptimizer
+        self.optimizer = str(hparams.get("optimizer", "trpo"))
+        if self.optimizer != "trpo" and self.inner_steps:
+            raise ValueError(f"{name}: optimizer {self.optimizer!r} is the pretrained baseline's (no inner step)")
 
     def env(self, goals: Tensor, generator: torch.Generator | None = None, rollouts: int | None = None):
         """The tasks' environments, `rollouts` (default: the training's) per task; MuJoCo's reset noise
@@ -266,9 +273,14 @@ class MetaRL(nn.Module):
 
         return product
 
-    def meta_step(self, goals: Tensor, generator: torch.Generator, trpo: dict) -> dict[str, float]:
-        """Sample, then one TRPO step on the meta-parameters (in place); returns the metrics."""
+    def meta_step(self, goals: Tensor, generator: torch.Generator, trpo: dict,
+                  optimizer: torch.optim.Optimizer | None = None) -> dict[str, float]:
+        """Sample, then one TRPO step on the meta-parameters (in place); returns the metrics. With
+        `optimizer: adam`, one step of `optimizer` (rl/train.py's Adam, its state kept across steps)
+        instead."""
         batch = self.collect(goals, generator)
+        if self.optimizer == "adam":
+            return self.first_order_step(batch, optimizer)
         params = list(self.policy.parameters())
         info = trpo_step(params, lambda: self.surrogate(self.policy.params(), batch),
                          lambda: self.mean_kl(self.policy.params(), batch), **trpo,
@@ -277,6 +289,26 @@ class MetaRL(nn.Module):
         return {"loss": -info["surrogate"], "return_before": before,
                 "return_after": batch.post.returns().mean().item(), "kl": info["kl"],
                 "backtracks": float(info["backtracks"])}
+
+    def first_order_step(self, batch: MetaBatch, optimizer: torch.optim.Optimizer) -> dict[str, float]:
+        """One step of `optimizer` on the mean over tasks of the policy-gradient loss -mean(log pi(a|s) A)
+        of the rollouts sampled with theta (no inner step: `batch.post`), as maml_npo.py with
+        use_maml=False: surr_obj = tf.reduce_mean(tf.stack(all_surr_objs[0], 0)) (:127) on the
+        pre-update samples only (:153-154), minimised by FirstOrderOptimizer(batch_size=None,
+        max_epochs=1): one full-batch step. Its gradient at theta is TRPO's surrogate gradient; the step
+        has no trust region."""
+        if optimizer is None:
+            raise ValueError(f"{self.name}: optimizer 'adam' needs its optimizer state (rl/train.py)")
+        loss = pg_loss(self.policy, per_task(self.policy.params(), batch.post.obs.shape[0]),
+                       batch.post, batch.post_adv).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        with torch.no_grad():
+            kl = self.mean_kl(self.policy.params(), batch).item()
+        returns = batch.post.returns().mean().item()
+        return {"loss": loss.item(), "return_before": returns, "return_after": returns, "kl": kl,
+                "backtracks": 0.0}
 
     # -- meta-test ----------------------------------------------------------------------------------
     def evaluate(self, goals: Tensor, steps: int, generator: torch.Generator) -> Tensor:

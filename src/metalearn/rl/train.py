@@ -3,7 +3,8 @@
 The same contract as the supervised loop (metalearn/train.py, whose checkpoint and model-file
 helpers this reuses): every `checkpoint_every` iterations the state (policy, task-and-noise
 generator, torch's generator, history, elapsed time) is written atomically; a rerun resumes from
-it and ends with exactly the parameters of an uninterrupted run. TRPO keeps no optimiser state.
+it and ends with exactly the parameters of an uninterrupted run. TRPO keeps no optimiser state; the
+pretrained baseline's opt-in Adam (`optimizer: adam`, metarl.py) does, and it is checkpointed.
 
 Model selection (`train.keep_best`, opt-in; the paper profile): the MAML paper's Appendix A.2, "the
 model with the best average return during training was used for evaluation". With it, the model file
@@ -91,10 +92,13 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
 
     out_dir.mkdir(parents=True, exist_ok=True)
     name = f"{bench_name}/{algorithm}/seed{seed}"
-    # no optimizer: TRPO keeps no state between steps
+    # no optimizer for TRPO (it keeps no state between steps); the official Adam keeps its moments
+    # (torch's Adam at TF's defaults, lr 1e-3: TF adds epsilon outside the bias correction, i.e. its
+    # 1e-8 is torch's 1e-8 * sqrt(1 - beta2^t), a difference only for gradients near 1e-8)
+    optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3) if learner.optimizer == "adam" else None
     best = Best(learner) if cfg.get("keep_best", False) else None
     modules = {"algorithm": learner} if best is None else {"algorithm": learner, "best": best}
-    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, modules, None, generator)
+    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, modules, optimizer, generator)
     start, history, elapsed = checkpoint.resume(torch.device("cpu"), log, name)
     if tracker is not None and start == 0:
         tracker.log_params({"benchmark": bench_name, "algorithm": algorithm, "seed": seed, "device": "cpu",
@@ -111,7 +115,7 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
         goals = sample_tasks(bench, cfg["meta_batch"], generator)
         # the parameters that sample this iteration's rollouts, and so earn its return_after
         before = None if best is None else {k: v.detach().clone() for k, v in learner.state_dict().items()}
-        metrics = learner.meta_step(goals, generator, trpo)
+        metrics = learner.meta_step(goals, generator, trpo, optimizer)
         if not all(math.isfinite(v) for v in metrics.values()) or not all(
                 bool(torch.isfinite(p).all()) for p in learner.parameters()):
             raise TrainingDiverged(f"{name}: non-finite values at iteration "
