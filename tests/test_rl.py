@@ -327,12 +327,15 @@ def test_paper_profile_steps_locomotion_at_the_official_dt():
     assert make_env(metarl, goals, 1).dt == pytest.approx(0.05)
 
 
-def test_killed_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
+def _whole_and_killed_then_resumed(monkeypatch, params: dict, algorithm: str, out, log=lambda s: None,
+                                   after_kill=lambda: None):
+    """Train `algorithm` uninterrupted (out/whole) and again with its third meta-step killed, then
+    resumed (out/killed; `after_kill` runs in between, `log` gets the resumed run's lines); -> the two
+    model files."""
     from metalearn.rl import metarl
     from metalearn.rl.train import train
 
-    params = tiny_params(tmp_path)
-    whole = train(params, "navigation-2d", "maml", 0, tmp_path / "whole", log=lambda s: None)
+    whole = train(params, "navigation-2d", algorithm, 0, out / "whole", log=lambda s: None)
     original, calls = metarl.MetaRL.meta_step, []
 
     def dies_at_the_third_step(self, *args, **kwargs):
@@ -343,10 +346,16 @@ def test_killed_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
 
     monkeypatch.setattr(metarl.MetaRL, "meta_step", dies_at_the_third_step)
     with pytest.raises(KeyboardInterrupt):
-        train(params, "navigation-2d", "maml", 0, tmp_path / "killed", log=lambda s: None)
+        train(params, "navigation-2d", algorithm, 0, out / "killed", log=lambda s: None)
+    after_kill()
     monkeypatch.setattr(metarl.MetaRL, "meta_step", original)
+    return whole, train(params, "navigation-2d", algorithm, 0, out / "killed", log=log)
+
+
+def test_killed_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
     logs = []
-    resumed = train(params, "navigation-2d", "maml", 0, tmp_path / "killed", log=logs.append)
+    whole, resumed = _whole_and_killed_then_resumed(monkeypatch, tiny_params(tmp_path), "maml", tmp_path,
+                                                    log=logs.append)
     assert any("resuming" in line and "iteration 2" in line for line in logs)
     a = torch.load(whole, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
@@ -799,26 +808,12 @@ def test_pretrained_adam_iterations_are_adam_steps_on_the_pre_update_pg_loss(flo
 def test_pretrained_adam_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
     """Adam's moments are part of the checkpoint: a run killed after iteration 2 ends where an
     uninterrupted one does (a resumed run with fresh moments would not)."""
-    from metalearn.rl import metarl
-    from metalearn.rl.train import train
-
     algorithms = {"pretrained": {"inner_lr": 0.1, "test_inner_steps": 2, "optimizer": "adam"}}
-    params = tiny_params(tmp_path, algorithms=algorithms)
-    whole = train(params, "navigation-2d", "pretrained", 0, tmp_path / "whole", log=lambda s: None)
-    original, calls = metarl.MetaRL.meta_step, []
 
-    def dies_at_the_third_step(self, *args, **kwargs):
-        calls.append(1)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
-        return original(self, *args, **kwargs)
-
-    monkeypatch.setattr(metarl.MetaRL, "meta_step", dies_at_the_third_step)
-    with pytest.raises(KeyboardInterrupt):
-        train(params, "navigation-2d", "pretrained", 0, tmp_path / "killed", log=lambda s: None)
-    assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
-    monkeypatch.setattr(metarl.MetaRL, "meta_step", original)
-    resumed = train(params, "navigation-2d", "pretrained", 0, tmp_path / "killed", log=lambda s: None)
+    def the_checkpoint_holds_adams_moments():
+        assert torch.load(tmp_path / "killed" / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
+    whole, resumed = _whole_and_killed_then_resumed(monkeypatch, tiny_params(tmp_path, algorithms=algorithms),
+                                                    "pretrained", tmp_path, after_kill=the_checkpoint_holds_adams_moments)
     a = torch.load(whole, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
