@@ -98,15 +98,20 @@ def log_probs(policy: GaussianMLPPolicy, params: Params, rollouts: Rollouts) -> 
     return log_prob(mean, log_std, rollouts.actions.reshape(tasks, -1, rollouts.actions.shape[-1]))
 
 
+def mean_over_taken(values: Tensor, mask: Tensor | None, dim: int | None = None) -> Tensor:
+    """The mean of per-step `values` [tasks, steps] over `dim` (None: all of them) counting the steps
+    taken only (`mask`: Rollouts.mask); without a mask, the plain mean."""
+    if mask is None:
+        return values.mean() if dim is None else values.mean(dim)
+    mask = mask.reshape(values.shape)
+    return (values * mask).sum() / mask.sum() if dim is None else (values * mask).sum(dim) / mask.sum(dim)
+
+
 def pg_loss(policy: GaussianMLPPolicy, params: Params, rollouts: Rollouts, adv: Tensor) -> Tensor:
     """[tasks]: -mean(log pi(a|s) * A), whose gradient is minus the REINFORCE estimate of grad J; the
     mean is over the task's steps taken (maml_rl maml_npo.py: -tf.reduce_mean(logli * adv) over the
     task's cut paths)."""
-    terms = log_probs(policy, params, rollouts) * adv.reshape(adv.shape[0], -1)
-    if rollouts.mask is None:
-        return -terms.mean(1)
-    mask = rollouts.mask.reshape(terms.shape)
-    return -(terms * mask).sum(1) / mask.sum(1)
+    return -mean_over_taken(log_probs(policy, params, rollouts) * adv.reshape(adv.shape[0], -1), rollouts.mask, 1)
 
 
 def inner_step(policy: GaussianMLPPolicy, params: Params, rollouts: Rollouts, adv: Tensor, lr: float,
@@ -202,10 +207,9 @@ class MetaRL(nn.Module):
         tf.reduce_mean over the stack of tasks)."""
         ratio = torch.exp(log_probs(self.policy, self.adapted(theta, batch), batch.post) - batch.old_logp)
         terms = ratio * batch.post_adv.reshape(ratio.shape)
-        if batch.post.mask is None:
+        if batch.post.mask is None:  # every task has as many steps: the mean over all of them
             return terms.mean()
-        mask = batch.post.mask.reshape(terms.shape)
-        return ((terms * mask).sum(1) / mask.sum(1)).mean()
+        return mean_over_taken(terms, batch.post.mask, 1).mean()
 
     def mean_kl(self, theta: Params, batch: MetaBatch) -> Tensor:
         """Mean over tasks and steps of KL(pi_old'(.|s) || pi_theta'(.|s)): over all tasks' steps taken
@@ -214,11 +218,7 @@ class MetaRL(nn.Module):
         tasks = batch.post.obs.shape[0]
         mean, log_std = self.policy.distribution(self.adapted(theta, batch),
                                                  batch.post.obs.reshape(tasks, -1, batch.post.obs.shape[-1]))
-        kl = kl_divergence(batch.old_mean, batch.old_log_std, mean, log_std)
-        if batch.post.mask is None:
-            return kl.mean()
-        mask = batch.post.mask.reshape(kl.shape)
-        return (kl * mask).sum() / mask.sum()
+        return mean_over_taken(kl_divergence(batch.old_mean, batch.old_log_std, mean, log_std), batch.post.mask)
 
     def fisher_vector_product(self, batch: MetaBatch):
         """v -> H v, H the Hessian of `mean_kl` at the current (old) parameters, without differentiating
