@@ -58,7 +58,8 @@ def test_checkpoint_resumes_every_state_it_saved(tmp_path):
         4, [{"iteration": 4}], 1.25)
     saved = torch.load(path, weights_only=True)
     assert list(saved) == ["config_hash", "config", "iteration", "algorithm", "heads", "optimizer", "generator",
-                           "torch_rng", "history", "train_seconds"]
+                           "torch_rng", "history", "train_seconds", "cpu_seconds", "window"]
+    assert saved["window"] is None and saved["cpu_seconds"] > 0
     expected_draws = torch.rand(3, generator=generator), torch.rand(3)
 
     net2, head2, optimizer2, generator2 = parts(1)

@@ -361,7 +361,7 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
     log(f"training {method} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-steps on "
         f"{len(tasks)} training alphabets" + ("" if iterations else " (no meta-learning: the seeded initialisation)"))
     progress = Progress(name, iterations, cfg.get("log_every", 10), history, log, tracker, unit="meta-step",
-                        speed=False)
+                        speed=False, window=checkpoint.window)
     for iteration in range(start + 1, iterations + 1):
         tick = time.perf_counter()
         chosen = meta_batch(len(tasks), cfg["meta_batch"], generator)
@@ -378,11 +378,10 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
                                    f"non-finite at meta-step {iteration}; lower meta_lr or inner_lr")
         elapsed += time.perf_counter() - tick
         progress.add(iteration, metrics, elapsed)
-        if iteration % every == 0 or iteration == iterations:
-            checkpoint.save(iteration, history, elapsed)
+        checkpoint.end_iteration(iteration, iterations, every, history, elapsed, progress)
     if method == "ft" and not shared_head:  # the shared layers start every test task with a fresh head
         algo.model.head.reset_parameters()  # (shared: the pretrained head, as FtWrapper.run_tasks keeps it)
-    return write_model(out_dir, config, digest, algo, elapsed, iterations, history)
+    return write_model(out_dir, config, digest, algo, elapsed, iterations, history, checkpoint)
 
 
 def _on(task: Task, device) -> Task:

@@ -15,7 +15,9 @@
 Every subcommand takes --params (default params.yaml) and --profile, and validates them first.
 
 Exit codes: 0 done; 1 the work failed (a download, a diverged training, a full disk, ...); 2 bad input
-(a setting, file or flag, named in the message with what to do); 3 a bug in metalearn (traceback).
+(a setting, file or flag, named in the message with what to do); 3 a bug in metalearn (traceback);
+75 a training slice ended on purpose (--time-limit, METALEARN_STOP_AT, SIGTERM or SIGUSR1): its
+checkpoint is written, no model; the same command again resumes it (docs/cluster.md).
 """
 from __future__ import annotations
 
@@ -30,6 +32,8 @@ from metalearn.config import BadInput, ConfigError, benchmark, data_mirror, load
 from metalearn.data.omniglot import VARIANTS as OMNIGLOT_VARIANTS
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 1, 2, 3
+EXIT_SLICE_ENDED = 75  # sysexits' EX_TEMPFAIL: "try again later", which resumes
+STOP_AT_VARIABLE = "METALEARN_STOP_AT"  # a deadline (seconds since the epoch) for every training: make TIME_LIMIT=
 
 
 # -- flags and outputs, checked before any work ----------------------------------------------------
@@ -87,6 +91,37 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
         raise BadInput(f"{flag} {path}: {parent} is a file, so no {kind} can be made below it; choose another path")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise BadInput(f"{flag} {path}: cannot create it, {parent} is not writable; choose another {kind}")
+
+
+def duration(text: str) -> float:
+    """Seconds of a duration: 90, 90s, 45m, 2h, 1d, or h:mm:ss / mm:ss as SLURM writes them."""
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        if ":" in text:
+            parts = [float(part) for part in text.split(":")]
+            if len(parts) > 3:
+                raise ValueError
+            seconds = sum(part * 60 ** power for power, part in enumerate(reversed(parts)))
+        elif text[-1:].lower() in units:
+            seconds = float(text[:-1]) * units[text[-1].lower()]
+        else:
+            seconds = float(text)
+    except (ValueError, IndexError):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration; give e.g. 90s, 45m, 2h or 1:30:00") from None
+    if not seconds > 0 or seconds == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r}: give a positive, finite duration")
+    return seconds
+
+
+def _stop_at_from_environment() -> float | None:
+    text = os.environ.get(STOP_AT_VARIABLE)
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise BadInput(f"{STOP_AT_VARIABLE}={text!r}: not a time in seconds since the epoch "
+                       "(set it through `make reproduce TIME_LIMIT=2h`, or unset it)") from None
 
 
 def _datasets(params: dict, requested: str | None) -> list[str]:
@@ -152,6 +187,7 @@ def cmd_train(params: dict, args) -> None:
     out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
     run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError for an unknown -b / -a
     check_writable(out, "--out", folder=True)
+    _slice(args)
     # the family's loop: episodes (metalearn.train), continual, alphabets, RL (TRPO); metalearn.families
     train = families.step(params["benchmarks"][args.benchmark], "train")
     if not args.track:
@@ -163,6 +199,18 @@ def cmd_train(params: dict, args) -> None:
             path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device, tracker=run)
             tracking.log_model(run, path)
     print(f"model -> {path}", file=sys.stderr)
+
+
+def _slice(args) -> None:
+    """A training's planned stop: --time-limit from now, or the pipeline's deadline, and the signals."""
+    import time
+
+    from metalearn.train import STOP
+
+    STOP.stop_at(_stop_at_from_environment())
+    if args.time_limit is not None:
+        STOP.stop_at(time.time() + args.time_limit)
+    STOP.catch_signals()
 
 
 def cmd_evaluate(params: dict, args) -> None:
@@ -210,6 +258,7 @@ def cmd_study(params: dict, args) -> None:
     if not (params.get("studies") or {}).get(args.study):
         raise ConfigError(f"studies.{args.study}: not configured in params.yaml (profile {params.get('profile')})")
     check_writable(args.out, "--out", folder=True)
+    _slice(args)
     run_study(params, args.study, Path(args.out), device=args.device)
 
 
@@ -272,6 +321,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", help="output folder (default models/<benchmark>/<algorithm>/seed<seed>)")
     p.add_argument("--device", default="auto", type=_device, help="auto (CUDA when available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--time-limit", type=duration, default=None,
+                   help="stop after this long (e.g. 2h, 45m, 1:30:00) at an iteration's end with a checkpoint "
+                        "and exit code 75; the same command resumes (SIGTERM/SIGUSR1 do the same)")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", parents=[common, tracked], help="score a trained model on the saved episodes")
@@ -294,6 +346,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("study", choices=["mtnet", "protocols"])
     p.add_argument("--out", default="results/studies")
     p.add_argument("--device", default="auto", type=_device)
+    p.add_argument("--time-limit", type=duration, default=None,
+                   help="stop after this long (e.g. 2h, 45m, 1:30:00) at an iteration's end with a checkpoint "
+                        "and exit code 75; the same command resumes (SIGTERM/SIGUSR1 do the same)")
     p.set_defaults(func=cmd_study)
 
     p = sub.add_parser("adapt", help="adapt a trained model to your own classes and classify images")
@@ -328,7 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     from metalearn.adapt import AdaptError
     from metalearn.benchmarks import StaleEpisodes
     from metalearn.data.download import DownloadError
-    from metalearn.train import TrainingDiverged
+    from metalearn.train import SliceEnded, TrainingDiverged
 
     def error(message: str, code: int) -> int:
         print(f"metalearn {args.command}: error: {message}", file=sys.stderr)
@@ -342,6 +397,9 @@ def main(argv: list[str] | None = None) -> int:
         return error(str(exc), EXIT_BAD_INPUT)
     except (DownloadError, TrainingDiverged) as exc:
         return error(str(exc), EXIT_FAILED)
+    except SliceEnded as exc:
+        print(f"metalearn {args.command}: {exc}", file=sys.stderr)
+        return EXIT_SLICE_ENDED
     except (MemoryError, torch.OutOfMemoryError) as exc:
         return error(f"out of memory ({str(exc).splitlines()[0] if str(exc) else 'MemoryError'}); use a smaller "
                      "meta_batch, fewer shots/queries, or another device", EXIT_FAILED)

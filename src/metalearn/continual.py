@@ -349,7 +349,8 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
     every = cfg.get("checkpoint_every", 500)
     log(f"training {method} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-iterations"
         + ("" if phi else " (no meta-parameters: the fixed initialisation is the model)"))
-    progress = Progress(name, iterations, cfg.get("log_every", 100), history, log, tracker, speed=False)
+    progress = Progress(name, iterations, cfg.get("log_every", 100), history, log, tracker, speed=False,
+                        window=checkpoint.window)
     for iteration in range(start + 1, iterations + 1):
         tick = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
@@ -360,9 +361,8 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
         optimizer.step()
         elapsed += time.perf_counter() - tick
         progress.add(iteration, metrics, elapsed)
-        if iteration % every == 0 or iteration == iterations:
-            checkpoint.save(iteration, history, elapsed)
-    return write_model(out_dir, config, digest, learner, elapsed, iterations, history)
+        checkpoint.end_iteration(iteration, iterations, every, history, elapsed, progress)
+    return write_model(out_dir, config, digest, learner, elapsed, iterations, history, checkpoint)
 
 
 def load_learner(saved: dict, model_path: Path, device) -> Learner:

@@ -32,6 +32,52 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
+class SliceEnded(Exception):
+    """Training stopped on purpose (a time limit, SIGTERM or SIGUSR1) right after writing its
+    checkpoint; no model was written, and a rerun of the same command resumes it."""
+
+
+class StopRequest:
+    """When a training should stop on purpose: at a deadline (`metalearn train --time-limit`, or the
+    pipeline's METALEARN_STOP_AT) or once SIGTERM/SIGUSR1 arrives (SLURM sends one before the wall time).
+    The loops look at it after each iteration, so a stop costs at most one iteration of work."""
+
+    def __init__(self) -> None:
+        self.deadline: float | None = None  # time.time() seconds
+        self.signal: str | None = None
+
+    def stop_at(self, deadline: float | None) -> None:
+        if deadline is not None:
+            self.deadline = deadline if self.deadline is None else min(self.deadline, deadline)
+
+    def catch_signals(self) -> None:
+        """SIGTERM and SIGUSR1 ask for a stop at the next iteration's end (instead of killing the
+        process mid-iteration); only in the main thread, where Python delivers signals."""
+        import signal
+        import threading
+
+        if threading.current_thread() is not threading.main_thread():
+            return
+        for sig in (signal.SIGTERM, signal.SIGUSR1):
+            signal.signal(sig, self._on_signal)
+
+    def _on_signal(self, signum, frame) -> None:
+        import signal
+
+        self.signal = signal.Signals(signum).name
+
+    def reason(self) -> str | None:
+        """Why to stop now, or None to go on."""
+        if self.signal is not None:
+            return f"{self.signal} received"
+        if self.deadline is not None and time.time() >= self.deadline:
+            return "time limit reached"
+        return None
+
+
+STOP = StopRequest()  # this process's; metalearn.cli sets it from --time-limit and installs the handlers
+
+
 class Tracker(Protocol):
     """Receives the run's progress (e.g. an MLflow run); all methods optional in spirit."""
 
@@ -116,10 +162,16 @@ class Progress:
 
     def __init__(self, name: str, iterations: int, log_every: int, history: list[dict],
                  log: Callable[[str], None], tracker: Tracker | None = None, unit: str = "iter",
-                 speed: bool = True):
+                 speed: bool = True, window: dict | None = None):
         self.name, self.iterations, self.log_every, self.history = name, iterations, log_every, history
         self.log, self.tracker, self.unit, self.speed = log, tracker, unit, speed
         self._new_window()
+        if window:  # a resumed run continues the window its checkpoint was written in
+            self.window, self.running = window["iterations"], dict(window["sums"])
+
+    def window_state(self) -> dict:
+        """The open window's sums, saved with a checkpoint written between two reports."""
+        return {"iterations": int(self.window), "sums": {k: float(v) for k, v in self.running.items()}}
 
     def _new_window(self) -> None:
         self.window_start, self.window, self.running = time.perf_counter(), 0, {}
@@ -152,6 +204,12 @@ class Checkpoint:
                  optimizer: torch.optim.Optimizer | None, generator: torch.Generator):
         self.path, self.digest, self.config = path, digest, config
         self.modules, self.optimizer, self.generator = modules, optimizer, generator
+        self.window: dict | None = None  # the resumed run's open progress window (Progress(window=...))
+        self.cpu_before = 0.0  # CPU seconds of the earlier slices of this training
+
+    def cpu_seconds(self) -> float:
+        """CPU seconds of this training so far, over all its slices (every thread of each process)."""
+        return round(self.cpu_before + time.process_time(), 3)
 
     def resume(self, device: torch.device, log: Callable[[str], None], name: str) -> tuple[int, list[dict], float]:
         """(iteration, history, training seconds) to continue from, the state loaded; (0, [], 0.0) afresh."""
@@ -167,25 +225,47 @@ class Checkpoint:
             self.optimizer.load_state_dict(state["optimizer"])
         self.generator.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
+        self.window, self.cpu_before = state.get("window"), state.get("cpu_seconds", 0.0)
         log(f"resuming {name} from iteration {state['iteration']}")
         return state["iteration"], state["history"], state["train_seconds"]
 
-    def save(self, iteration: int, history: list[dict], elapsed: float) -> None:
+    def save(self, iteration: int, history: list[dict], elapsed: float, progress: Progress | None = None) -> None:
         _atomic_save({"config_hash": self.digest, "config": self.config, "iteration": iteration,
                       **{key: module.state_dict() for key, module in self.modules.items()},
                       "optimizer": {} if self.optimizer is None else self.optimizer.state_dict(),
                       "generator": self.generator.get_state(), "torch_rng": torch.get_rng_state(),
-                      "history": history, "train_seconds": elapsed}, self.path)
+                      "history": history, "train_seconds": elapsed, "cpu_seconds": self.cpu_seconds(),
+                      "window": None if progress is None else progress.window_state()}, self.path)
+
+    def end_iteration(self, iteration: int, iterations: int, every: int, history: list[dict], elapsed: float,
+                      progress: Progress, before_save: Callable[[], None] | None = None) -> None:
+        """After each iteration: the checkpoint every `every` iterations and at the last (`before_save`
+        first); when a stop is requested (STOP) before the last, a checkpoint now and SliceEnded."""
+        regular = iteration % every == 0 or iteration == iterations
+        if regular and before_save is not None:
+            before_save()
+        stop = None if iteration == iterations else STOP.reason()
+        if regular or stop:
+            self.save(iteration, history, elapsed, progress)
+        if stop:
+            raise SliceEnded(f"{progress.name}: {stop}; stopped after iteration {iteration} of {iterations} "
+                             f"with its checkpoint at {self.path}; run the same command again to resume")
 
 
 def write_model(out_dir: Path, config: dict, digest: str, module: torch.nn.Module, elapsed: float,
-                iterations: int, history: list[dict], **extra: Any) -> Path:
-    """The end of a loop: ``out_dir/model.pt`` (CPU parameters and the settings that rebuild them;
-    `extra` entries after them) and ``history.json``; returns the model path."""
+                iterations: int, history: list[dict], checkpoint: Checkpoint | None = None, **extra: Any) -> Path:
+    """The end of a loop: ``out_dir/model.pt`` (CPU parameters and the settings that rebuild them, the
+    training's provenance with its CPU seconds over all slices; `extra` entries after them) and
+    ``history.json``; returns the model path."""
+    from metalearn import provenance
+
     model_path = out_dir / "model.pt"
+    device = next(iter(module.parameters()), torch.empty(0)).device
+    cpu = checkpoint.cpu_seconds() if checkpoint is not None else round(time.process_time(), 3)
     _atomic_save({"format": MODEL_FORMAT, "config": config, "config_hash": digest,
                   "state_dict": {k: v.detach().cpu() for k, v in module.state_dict().items()},
-                  "train_seconds": elapsed, "iterations": iterations, **extra}, model_path)
+                  "train_seconds": elapsed, "iterations": iterations,
+                  "provenance": {**provenance.collect(device), "cpu_seconds": cpu}, **extra}, model_path)
     (out_dir / "history.json").write_text(json.dumps(history, indent=1) + "\n")
     return model_path
 
@@ -221,7 +301,7 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     iterations = config["hparams"].get("iterations", cfg["iterations"])
     every = cfg.get("checkpoint_every", 500)
     log(f"training {algorithm} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-iterations")
-    progress = Progress(name, iterations, cfg.get("log_every", 100), history, log, tracker)
+    progress = Progress(name, iterations, cfg.get("log_every", 100), history, log, tracker, window=checkpoint.window)
     for iteration in range(start + 1, iterations + 1):
         tick = time.perf_counter()
         tasks = sampler.sample(cfg["meta_batch"])
@@ -237,13 +317,12 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
         optimizer.step()
         elapsed += time.perf_counter() - tick
         progress.add(iteration, metrics, elapsed)
-        if iteration % every == 0 or iteration == iterations:
-            if on_checkpoint is not None:  # first: a run killed during it resumes before it and does it again
-                on_checkpoint(iteration, algo)
-            checkpoint.save(iteration, history, elapsed)
+        # on_checkpoint first: a run killed during it resumes before it and does it again
+        checkpoint.end_iteration(iteration, iterations, every, history, elapsed, progress,
+                                 None if on_checkpoint is None else lambda: on_checkpoint(iteration, algo))
 
     # preprocessing: how images reach the network, for `metalearn adapt` on the user's own images
-    return write_model(out_dir, config, digest, algo, elapsed, iterations, history,
+    return write_model(out_dir, config, digest, algo, elapsed, iterations, history, checkpoint,
                        preprocessing=preprocessing_for(config["settings"]))
 
 

@@ -109,7 +109,7 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     iterations = 0 if not learner.trains else config["hparams"].get("iterations", cfg["iterations"])
     every = cfg.get("checkpoint_every", 50)
     log(f"training {algorithm} on {bench_name} (seed {seed}): {iterations} meta-iterations")
-    progress = Progress(name, iterations, cfg.get("log_every", 10), history, log, tracker)
+    progress = Progress(name, iterations, cfg.get("log_every", 10), history, log, tracker, window=checkpoint.window)
     for iteration in range(start + 1, iterations + 1):
         tick = time.perf_counter()
         goals = sample_tasks(bench, cfg["meta_batch"], generator)
@@ -124,15 +124,14 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
             best.offer(iteration, metrics["return_after"], before)
         elapsed += time.perf_counter() - tick
         progress.add(iteration, metrics, elapsed)
-        if iteration % every == 0 or iteration == iterations:
-            checkpoint.save(iteration, history, elapsed)
+        checkpoint.end_iteration(iteration, iterations, every, history, elapsed, progress)
     if best is None:
-        return write_model(out_dir, config, digest, learner, elapsed, iterations, history)
+        return write_model(out_dir, config, digest, learner, elapsed, iterations, history, checkpoint)
     if int(best.iteration) > 0:
         learner.load_state_dict(best.learner.state_dict())
         log(f"{name}: keeping the parameters of iteration {int(best.iteration)} "
             f"(best post-update training return {float(best.best_return):.4f})")
-    return write_model(out_dir, config, digest, learner, elapsed, iterations, history,
+    return write_model(out_dir, config, digest, learner, elapsed, iterations, history, checkpoint,
                        best_iteration=int(best.iteration))
 
 
