@@ -201,6 +201,16 @@ def cmd_train(params: dict, args) -> None:
     print(f"model -> {path}", file=sys.stderr)
 
 
+def evaluation_provenance(params: dict, bench_name: str, device: str) -> dict:
+    """What an evaluation file records beside its numbers: the contents digest of the episodes it
+    scored (the file `metalearn split` wrote; `make verify` rebuilds and compares it) and provenance."""
+    from metalearn import provenance
+    from metalearn.train import pick_device
+
+    return {"episodes_digest": provenance.file_content_digest(benchmarks.episodes_path(params, bench_name)),
+            "provenance": provenance.collect(pick_device(device))}
+
+
 def _slice(args) -> None:
     """A training's planned stop: --time-limit from now, or the pipeline's deadline, and the signals."""
     import time
@@ -218,6 +228,7 @@ def cmd_evaluate(params: dict, args) -> None:
 
     check_writable(args.out, "--out")
     result = evaluate(params, Path(args.model), split=args.split, device=args.device, steps=args.steps)
+    result.update(evaluation_provenance(params, result["benchmark"], args.device))
     write_json(result, Path(args.out))
     if args.track:
         from metalearn import tracking
