@@ -6,12 +6,14 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PROFILE ?=# empty: the profile named in params.yaml (default); e.g. make reproduce PROFILE=quick
 CORES  ?= 2
+TIME_LIMIT ?=# e.g. 2h: every training stops by then with a checkpoint (exit 75); the same command resumes
 SMK_CONFIG := $(if $(PROFILE),--config profile=$(PROFILE),)
+PROFILE_FLAG := $(if $(PROFILE),--profile $(PROFILE),)
 export METALEARN_DATA_MIRROR ?= $(if $(wildcard ../shared/data/omniglot),$(abspath ../shared/data/omniglot),)
 # The pipeline's commands (metalearn, dvc) run from the virtual environment.
 export PATH := $(abspath $(BIN)):$(PATH)
 
-.PHONY: install test reproduce report push pull mlflow-ui bench gpu-check clean
+.PHONY: install test reproduce report record pages verify push pull mlflow-ui bench gpu-check clean
 
 install: $(STAMP)
 
@@ -29,13 +31,28 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q -n auto --dist loadgroup --durations=10
 
 # The whole benchmark (failed jobs do not stop the others), the HTML report, then each job's runtime.
+# TIME_LIMIT=2h: one deadline for every training of this run (METALEARN_STOP_AT); a sliced training
+# leaves its checkpoint and no output, and the same command later resumes it (docs/cluster.md).
 reproduce: $(STAMP)
-	$(BIN)/snakemake --cores $(CORES) --keep-going $(SMK_CONFIG)
+	$(if $(TIME_LIMIT),METALEARN_STOP_AT=$$($(BIN)/python -c "import time; from metalearn.cli import duration; print(time.time() + duration('$(TIME_LIMIT)'))") ,)$(BIN)/snakemake --cores $(CORES) --keep-going $(SMK_CONFIG) \
+	  || { status=$$?; $(if $(TIME_LIMIT),echo "make reproduce: stopped at TIME_LIMIT=$(TIME_LIMIT) or a failed job (above); run the same command again to resume";,) exit $$status; }
 	$(BIN)/snakemake --report results/report.html $(SMK_CONFIG)
 	test ! -d results/runtimes || $(BIN)/metalearn runtimes  # none after a `make pull` that left nothing to run
 
 report: $(STAMP)
 	$(BIN)/snakemake --report results/report.html $(SMK_CONFIG)
+
+# The evidence: records of the finished run (results/recorded/<profile>/, with models and provenance),
+# the results pages generated from them, and their re-derivation (docs/results/README.md).
+record: $(STAMP)
+	$(BIN)/metalearn record $(PROFILE_FLAG)
+	$(BIN)/metalearn pages
+
+pages: $(STAMP)
+	$(BIN)/metalearn pages
+
+verify: $(STAMP)
+	$(BIN)/metalearn verify
 
 # DVC: dvc.yaml is generated from params.yaml (the same jobs as the Snakefile).
 dvc.yaml: params.yaml workflow/pipeline.py

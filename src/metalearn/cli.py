@@ -11,6 +11,9 @@
   metalearn adapt --model M --support DIR --query DIR --out CSV
                                              adapt a trained model to your own classes (metalearn.adapt)
   metalearn runtimes [--dir D] [--out CSV]   per-job runtimes of a pipeline run (metalearn.runtimes)
+  metalearn record                           records of a finished run: results/recorded/ (metalearn.records)
+  metalearn verify [--only PATTERN...]       re-derive every record's numbers; exit 1 on a difference
+  metalearn pages [--check]                  the results pages from the records (metalearn.pages)
 
 Every subcommand takes --params (default params.yaml) and --profile, and validates them first.
 
@@ -303,6 +306,44 @@ def cmd_runtimes(params: None, args) -> None:
     print(format_runtimes(rows), file=sys.stderr)
 
 
+def cmd_record(params: dict, args) -> None:
+    from metalearn.records import write_records
+
+    check_writable(args.out, "--out", folder=True)
+    written = write_records(params, Path(args.out), Path(args.models), Path(args.evals), Path(args.runtimes))
+    print(f"{len(written)} records of profile {params.get('profile')} -> {args.out}; "
+          "`metalearn pages` regenerates the results pages", file=sys.stderr)
+
+
+class VerifyFailed(Exception):
+    pass
+
+
+def cmd_verify(params: dict, args) -> None:
+    from metalearn.records import TOLERANCE, verify
+
+    checks = verify(Path(args.records), Path(args.params), args.only, device=args.device)
+    failed = [c.name for c in checks if c.problems]
+    if failed:
+        raise VerifyFailed(f"{len(failed)} of {len(checks)} records do not re-derive: {', '.join(failed)}")
+    print(f"all {len(checks)} records re-derived (metrics within {TOLERANCE:g} relative)", file=sys.stderr)
+
+
+def cmd_pages(params: dict, args) -> None:
+    from metalearn import pages
+
+    files = pages.generate(Path(args.records))
+    if args.check:
+        outdated = pages.stale(files)
+        if outdated:
+            raise VerifyFailed(f"generated pages differ from the records: {', '.join(map(str, outdated))}; "
+                               "run `make pages` (metalearn pages) and commit them")
+        print(f"{len(files)} generated pages match the records", file=sys.stderr)
+        return
+    pages.write(files)
+    print(f"wrote {', '.join(map(str, files))}", file=sys.stderr)
+
+
 def parser() -> argparse.ArgumentParser:
     top = argparse.ArgumentParser(prog="metalearn", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -378,6 +419,25 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--dir", default="results/runtimes", help="the jobs' benchmark files (default: results/runtimes)")
     p.add_argument("--out", default="results/runtimes.csv")
     p.set_defaults(func=cmd_runtimes)
+
+    p = sub.add_parser("record", parents=[common], help="records of a finished pipeline run (results/recorded/)")
+    p.add_argument("--out", default="results/recorded", help="the records' root (default: results/recorded)")
+    p.add_argument("--models", default="models")
+    p.add_argument("--evals", default="results/eval")
+    p.add_argument("--runtimes", default="results/runtimes")
+    p.set_defaults(func=cmd_record)
+
+    p = sub.add_parser("verify", parents=[common], help="re-derive every recorded number from its model and seeds")
+    p.add_argument("--records", default="results/recorded")
+    p.add_argument("--only", nargs="*", default=None,
+                   help="patterns on <profile>/<benchmark>/<algorithm>/seed<S>, e.g. 'default/sinusoid/*'")
+    p.add_argument("--device", default="cpu", type=_device)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("pages", parents=[common], help="the results pages from the records (docs/results/)")
+    p.add_argument("--records", default="results/recorded")
+    p.add_argument("--check", action="store_true", help="fail when a committed page differs from the records")
+    p.set_defaults(func=cmd_pages)
     return top
 
 
@@ -406,7 +466,7 @@ def main(argv: list[str] | None = None) -> int:
         args.func(params, args)
     except (BadInput, AdaptError, StaleEpisodes) as exc:  # ConfigError, BadFile: bad input
         return error(str(exc), EXIT_BAD_INPUT)
-    except (DownloadError, TrainingDiverged) as exc:
+    except (DownloadError, TrainingDiverged, VerifyFailed) as exc:
         return error(str(exc), EXIT_FAILED)
     except SliceEnded as exc:
         print(f"metalearn {args.command}: {exc}", file=sys.stderr)
