@@ -73,7 +73,7 @@ bench: $(STAMP)
 	$(BIN)/pip install --quiet -r bench/requirements.txt 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -m bench
 
-# GPU readiness (README, "On a GPU"): the device tests on CUDA, the benchmarks, 1000 meta-iterations of the
+# GPU readiness (docs/gpu.md): the device tests on CUDA, the benchmarks, 1000 meta-iterations of the
 # paper profile's omniglot-5w1s MAML; one table. `make gpu-check DEVICE=cpu` runs the same on the CPU.
 gpu-check: $(STAMP)
 	bash bench/gpu_check.sh --device $(or $(DEVICE),cuda)

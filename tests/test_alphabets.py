@@ -416,7 +416,8 @@ def test_the_paper_profile_plans_the_protocol_as_pipeline_jobs():
     """workflow/pipeline.py (the jobs of both Snakemake and DVC): the paper profile's omniglot-alphabets
     has a split job reading the prepared full Omniglot (binary pixels), a training and an evaluation job per method,
     each training depending on alphabets.py and its method's algorithm files (`snakemake -n
-    --profile profiles/paper` plans the same 17 jobs; README)."""
+    --profile profiles/paper` plans the same 17 jobs;
+    docs/protocols.md#multi-shot-omniglot-the-leapwarpgrad-protocol)."""
     import sys
 
     sys.path.insert(0, str(ROOT / "workflow"))

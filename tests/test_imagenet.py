@@ -244,7 +244,7 @@ def test_missing_files_error_names_the_files_the_folder_and_the_settings(tmp_pat
         imagenet.locate(params, "miniimagenet")
     message = str(error.value)
     for expected in ("mini-imagenet-cache-train.pkl", "train.csv", str(imagenet.raw_dir(params, "miniimagenet")),
-                     "data.miniimagenet.path", "data.miniimagenet.files", "README.md"):
+                     "data.miniimagenet.path", "data.miniimagenet.files", "docs/data.md"):
         assert expected in message, expected
 
     params = imagenet_params(tmp_path, "tieredimagenet", {"path": str(tmp_path / "nowhere")})

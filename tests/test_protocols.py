@@ -510,7 +510,7 @@ IMAML_OMNIGLOT = IMAML + [  # the iMAML code's Omniglot protocol: its pixels, ne
     ("stroke", "dark", f"{IMAML_CODE} implicit_maml/dataset.py (the PNGs' grey levels / 255, not inverted)"),
     ("rotations", "per_task", f"{IMAML_CODE} implicit_maml/dataset.py (np.random.choice([0, 90, 180, 270]) per class, "
                               "every task, meta-test too)"),
-    # not the code's split, a documented deviation (README): it meta-trains on chars[:1200] of one shuffle
+    # not the code's split, a documented deviation (docs/protocols.md): it meta-trains on chars[:1200] of one shuffle
     # (omniglot_implicit_maml.py, random.seed(123)) and tests on chars[1200:] of another (measure_accuracy.py,
     # random.seed(12345)), so 310 of its 423 test characters were seen in meta-training; ours are disjoint
     ("split", "maml", "the MAML split (disjoint characters), not the iMAML code's overlapping shuffles"),

@@ -39,8 +39,7 @@ The output layer when the number of classes differs from training (``head``):
            classes, which suits MAML-style training where labels are assigned to classes at random
            per episode; the adaptation steps then learn it from the support set. (With a zero head
            the first step changes only the head: the features' gradient passes through its weights.)
-           Cost, measured with `head_policy_cost` on the saved 5-way test episodes: see README.md,
-           "Adapt a trained model to your own classes".
+           What it costs against the trained head: docs/notes/adapt-worked-example.md.
   Algorithms with meta-learned parameters shaped by the number of classes cannot change it:
   Meta-SGD (learned rates of the head), T-net (the head's T, ways x ways), MT-net (T and the head's
   mask logits). For them a different number of classes is an error naming those parameters.
@@ -327,25 +326,3 @@ def adapt(model: str | Path, support_dir: Path, query_dir: Path, steps: int | No
                   {"model": str(path), "algorithm": saved["config"]["algorithm"],
                    "benchmark": saved["config"]["benchmark"], "trained_ways": saved["config"]["settings"]["ways"]})
 
-
-# -- what the head policy costs --------------------------------------------------------------------
-
-def head_policy_cost(params: dict, model_path: Path, split: str = "test", steps: int | None = None,
-                     device: str = "auto") -> dict[str, float]:
-    """Mean accuracy (%) on the benchmark's saved episodes with the trained head and with a zero head:
-    the same episodes, the same adaptation, only the head's starting point differs."""
-    saved = torch.load(model_path, map_location="cpu", weights_only=True)
-    bench_name = saved["config"]["benchmark"]
-    ways = saved["config"]["settings"]["ways"]
-    result = {}
-    for policy in ("trained", "zero"):
-        algo, _ = adapted_algorithm(saved, ways, policy, device)
-        dev = next(algo.parameters()).device
-        correct = []
-        for batch in benchmarks.eval_batches(params, bench_name, split, dev):
-            for task in batch:
-                probabilities = adapt_and_predict(algo, task.support, task.query[0], steps)
-                correct.append((probabilities.argmax(-1) == task.query[1].cpu()).float().mean().item())
-        result[policy] = 100.0 * sum(correct) / len(correct)
-    result["episodes"] = len(correct)
-    return result

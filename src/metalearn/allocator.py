@@ -5,12 +5,9 @@ maps of a chunk of tasks, their gradients and second-order terms). With glibc's 
 above the mmap threshold (128 kB at first, raised as such blocks are freed) get their own mapping,
 and free memory at the top of the heap beyond the trim threshold is returned to the system: either
 way the next allocation of that size starts on fresh pages, which the kernel zeroes on first touch.
-On this machine's 2-core CPU an Omniglot meta-step took 5 400-76 000 minor page faults; with every
-block below 32 MB taken from the heap and 64 MB of free heap kept, 16-296, and the meta-steps are
-faster on one thread by 15-17 % (MAML, Leap), 10-14 % (Meta-SGD, T-net, MT-net), 8-9 % (iMAML,
-first-order MAML), 3 % (WarpGrad); on two threads by 2-14 % (`python -m bench.allocator`,
-bench/results/allocator.csv, 2026-12-01, commit 488bd08; an earlier run at 5ca21de: 2-15 % and
-3-12 %). Peak memory moved by -9 to +17 MB. The price: up to TOP_PAD more resident memory per
+With every block below 32 MB taken from the heap and 64 MB of free heap kept, freed memory is reused
+instead of zeroed again: far fewer page faults, faster meta-steps (`python -m bench.allocator`;
+measured: docs/notes/speed.md). The price: up to TOP_PAD more resident memory per
 process after a peak.
 
 `tune()` is called by the `metalearn` command and by bench/speed.py's workers (every implementation

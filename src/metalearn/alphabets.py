@@ -457,7 +457,7 @@ PAPER = {
         # one head shared by all alphabets and kept at test (model.py line 180; wrapper.py lines 560-583)
         "ft": {"inner_lr": 0.1, "head": "shared"},
         "scratch": {"inner_lr": 0.1}}}
-# What this 2-core CPU ran (README, "Multi-shot Omniglot: the Leap/WarpGrad protocol"): 10 training
+# CPU-sized settings (the run of docs/notes/multishot-omniglot.md): 10 training
 # alphabets, 50 steps of 32 images, meta-batch 3, 12 meta-steps, 32 filters; the rest is PAPER's.
 CPU = {**PAPER, "train_alphabets": 10, "split_seed": 1, "steps": 50, "batch_size": 32, "filters": 32,
        "train": {"meta_batch": 3, "iterations": 12, "checkpoint_every": 4, "log_every": 4}}

@@ -38,7 +38,7 @@ class DuplicateKey(yaml.constructor.ConstructorError):
     pass
 
 
-class StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's C parser where present: 7x faster
+class StrictLoader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # libyaml's C parser where present: faster start-up
     """YAML's safe loader, refusing a key given twice in one mapping (plain YAML keeps the last one
     silently); the error names the key path and both lines."""
 

@@ -3,7 +3,7 @@ Gradient Descent", its continual-learning section and appendix). The official re
 (flennerhag/warpgrad) has no code for it. The section itself could not be read from this project's
 stored copies of the paper (only its abstract and introduction): the protocol below follows the
 issue's description of it (#16) and our reading of the paper, and every choice left open is written
-down (README, "Continual learning (WarpGrad)").
+down (docs/protocols.md#continual-learning-warpgrad).
 
 The protocol:
   - A task is a *sequence* of T regression sub-tasks on one input interval: MAML's sinusoid regression

@@ -64,8 +64,7 @@ class BatchNormBatchStats(torch.autograd.Function):
     backward kernels, with a cheaper double backward (second-order MAML and its family, iMAML's
     Hessian-vector products, WarpGrad's meta-gradient): PyTorch's runs about 30 full-size operations
     per call and was the largest item in the profile of a second-order MAML meta-step on Omniglot; this
-    one, `BatchNormBackward.backward`, about 15. With `chunk_layout`: MAML's Omniglot meta-step 7 %
-    faster on one thread of this CPU, MT-net's 11 % (interleaved against commit e52ae5c, 2026-12-01).
+    one, `BatchNormBackward.backward`, about 15 (timed with `chunk_layout`: docs/notes/speed.md).
     Equal to PyTorch's to float rounding (tests/test_batch_norm.py, and every chunked-vs-one-task
     comparison of tests/test_batched.py, whose one-task side runs PyTorch's). Differentiable any number
     of times: a third derivative differentiates the closed form."""
@@ -144,8 +143,7 @@ class BatchNormBackward(torch.autograd.Function):
 def chunk_layout(h: Tensor) -> Tensor:
     """A chunk's feature maps [n, tasks * C, H, W] as the convolutions run them fastest: on the CPU in
     channels-last memory (the same tensor, NHWC strides; oneDNN's convolutions take it as it is; with
-    `BatchNormBatchStats`, 7-11 % per Omniglot meta-step on one thread of this CPU, see there; Leap's,
-    first-order, unchanged); elsewhere as it is."""
+    `BatchNormBatchStats`, faster second-order meta-steps, see there); elsewhere as it is."""
     return h.contiguous(memory_format=torch.channels_last) if h.device.type == "cpu" else h
 
 

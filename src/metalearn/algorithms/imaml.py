@@ -266,8 +266,7 @@ class IMAML(Algorithm):
 
         # CG runs on one [tasks, P] matrix, every task's parameters side by side in a row, rather than
         # on the list of parameter tensors: a few operations per CG step instead of a few per tensor
-        # (iMAML's Omniglot meta-step about 7 % faster on one thread, old and new timed side by side,
-        # 2026-12-01); the Hessian-vector products take and give the tensors.
+        # (timed: docs/notes/speed.md); the Hessian-vector products take and give the tensors.
         shapes, sizes = [p.shape for p in phi.values()], [p[0].numel() for p in phi.values()]
 
         def rows(tensors: list[Tensor]) -> Tensor:

@@ -32,7 +32,7 @@ after the last step, which is taken but never fed; Warp-Leap's updaters.py simpl
 With `norm` (d_1) every segment enters as a unit vector however short it is, so on tasks whose loss is
 nearly minimised after a step or two (5-way 1-shot, 3 steps of 0.4) the late, tiny segments -- which
 push theta_0 to fit each task's support labels ever more confidently -- weigh as much as the first.
-Measured on omniglot-5w1s (README, "Why Leap's 5-way 1-shot loss rose"): the meta-update does lower the
+Measured on omniglot-5w1s (docs/notes/leap-loss.md): the meta-update does lower the
 pulled-forward objective of its own tasks (tests/test_leap.py), yet over meta-training the head's norm
 and the query loss after adaptation grew (the path length first grew, then fell); with d_2 the loss
 stayed flat and the path shrank.

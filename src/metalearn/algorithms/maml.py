@@ -52,19 +52,12 @@ StepSizes = dict[str, "float | Tensor"]  # per parameter name: a scalar, or a te
 
 # On the CPU a chunk holds about this many support-set numbers: small enough that several chunks
 # share the cores (two per core for meta-batch 32), large enough that its operations are few and
-# large. Measured on a 2-core CPU (2026-12-01, with the allocator setting, metalearn/allocator.py,
-# and channels-last filters, models.task_filters): 8 Omniglot 5-way 1-shot tasks a chunk against 4,
-# meta-iterations per second on 2 threads: MAML +5 %, first-order MAML +20 %, Meta-SGD +9 %, T-net
-# +8 %, MT-net +10 %, iMAML +5 %, Leap +15 %, WarpGrad +11 % (16 a chunk, one per core: MAML -8 %);
-# on one thread MAML the same, first-order MAML +14 %; the evaluation the same. (Before the
-# allocator setting, larger chunks paid for fresh pages and 4 was as fast.) All 25 sinusoid tasks
-# in one chunk, 1.3x faster than two.
+# large: 8 Omniglot 5-way 1-shot tasks, all 25 sinusoid tasks (timings: docs/notes/speed.md).
 CPU_CHUNK_NUMBERS = 2 ** 15
 # Evaluation feeds a chunk's query sets to the network a part at a time, of about this many query
 # numbers: a part's feature maps stay small enough for the caches. 2 Omniglot tasks of 75 query
-# images a part: 600 test episodes at 183-188 episodes/s on 2 cores, against 164-172 with the whole
-# chunk at once, 160-164 with one task a part and 173-174 with four (2026-12-01). Sinusoid tasks'
-# 100 query points: every task in one part.
+# images a part (timings: docs/notes/speed.md); sinusoid tasks' 100 query points: every
+# task in one part.
 CPU_QUERY_NUMBERS = 2 ** 17
 
 
@@ -72,7 +65,7 @@ def chunk_count(tasks: TaskBatch, device: torch.device, workers: int = 1) -> int
     """How many chunks to cut a meta-batch into: by size on the CPU, one on an accelerator. Where
     size asks for several, a multiple of the `workers` that run them (base.py `map_tasks`), so that no
     core idles through the last round: 50 test episodes of 8 a chunk are 7 chunks, 4 rounds on 2 cores
-    with one idle in the last; as 8 chunks of 6-7, the evaluation is 6-7 % faster (2026-12-01, 2 cores)."""
+    with one idle in the last; as 8 chunks of 6-7, none idles (docs/notes/speed.md)."""
     if device.type != "cpu":
         return 1
     tasks_per_chunk = max(1, CPU_CHUNK_NUMBERS // tasks.support_x[0].numel())

@@ -106,7 +106,7 @@ def _missing_message(params: dict, dataset: str, looked_in: list[Path], wanted: 
             f"Expected: {expected}.\n"
             f"Put them in {raw_dir(params, dataset)}, or set data.{dataset}.path in params.yaml to the folder "
             f"holding them (data.{dataset}.format picks the format), or data.{dataset}.files to their URLs "
-            f"with checksums. There is no official download; see README.md, 'mini-ImageNet and tiered-ImageNet'.")
+            f"with checksums. There is no official download; see docs/data.md, 'mini-ImageNet and tiered-ImageNet'.")
 
 
 def locate(params: dict, dataset: str) -> Source | None:
