@@ -24,6 +24,7 @@ class QuickRun:
     log: str       # Snakemake's output of the run
     results: Path  # results/ as the run and the report left it (a copy nobody edits)
     seconds: float
+    models: Path   # models/ as the run left it (a copy nobody edits)
 
 
 def prepare_project(dest: Path) -> Path:
@@ -50,4 +51,5 @@ def run_quick_profile(base: Path) -> QuickRun:
     sh([str(Path(SNAKEMAKE).with_name("metalearn")), "runtimes"], project)
     seconds = time.perf_counter() - start
     results = shutil.copytree(project / "results", base / "snapshot" / "results")
-    return QuickRun(project, source, log, Path(results), seconds)
+    models = shutil.copytree(project / "models", base / "snapshot" / "models")
+    return QuickRun(project, source, log, Path(results), seconds, Path(models))

@@ -29,6 +29,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 from conftest import ROOT
@@ -81,6 +82,7 @@ def snakemake_on_slurm(project: Path, cluster: Path) -> tuple[int, str]:
         # profile's whole set-resources, gres included; slurm_extra cleared for older copies of the profile)
         "--set-resources", *[f"{rule}:{k}={v}" for rule in ("train", "evaluate")
                              for k, v in {**resources, "slurm_extra": "''"}.items()],
+        "--retries", "0",                         # one training fails on purpose: no resubmission of it
         "--slurm-no-account",                     # no accounting database, so no accounts
         "--slurm-status-command", "squeue",       # sacct needs slurmdbd; MinJobAge keeps jobs in squeue
         "--slurm-init-seconds-before-status-checks", "1",
@@ -199,3 +201,47 @@ def test_quick_profile_on_slurm_matches_the_local_run_and_reruns_only_what_faile
                 assert float(ours[key][column]) == pytest.approx(float(value), rel=1e-6, abs=2e-4), (key, column)
             else:
                 assert ours[key][column] == value, (key, column)
+
+
+def test_a_slurm_signal_ends_a_training_slice_and_the_job_submitted_again_resumes(cluster, tmp_path):
+    """SIGUSR1 delivered by SLURM to a training's job step (as the slurm profile's --signal=USR1@600 does
+    before the wall time): the training writes its checkpoint and the job ends with exit code 75 and no
+    model; the same job submitted again resumes from that iteration."""
+    from conftest import quick_params, write_params
+    from metalearn.config import deep_merge
+
+    params = deep_merge(quick_params(tmp_path), {"benchmarks": {"sinusoid": {"train": {
+        "iterations": 10 ** 7, "checkpoint_every": 10 ** 7, "log_every": 10 ** 7}}}})
+    params_file = write_params(tmp_path / "params.yaml", params)
+    out, env = tmp_path / "run", slurm_env(ROOT, cluster)
+    train = (f"srun {ROOT / '.venv/bin/metalearn'} train --params {params_file} -b sinusoid -a maml "
+             f"--out {out} --device cpu")
+
+    def submit(command: str, log: Path) -> str:
+        done = subprocess.run(["sbatch", "--parsable", "-p", PARTITION, "-o", str(log), "--wrap", command],
+                              env=env, capture_output=True, text=True, check=True)
+        return done.stdout.strip().split(";")[0]
+
+    def wait_for(log: Path, text: str) -> None:
+        for _ in range(600):
+            if log.exists() and text in log.read_text():
+                return
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} not in {log}: {log.read_text() if log.exists() else '(none)'}")
+
+    before = len(finished_jobs(cluster))
+    first = submit(train, tmp_path / "first.log")
+    wait_for(tmp_path / "first.log", "training maml on sinusoid")
+    time.sleep(2)  # some iterations
+    subprocess.run(["scancel", "--signal=USR1", first], env=env, check=True)
+    (job,) = finished_jobs(cluster, before + 1)[before:]
+    assert job["JobId"] == first and job["JobState"] == "FAILED" and job["ExitCode"].startswith("75"), job
+    assert "SIGUSR1 received; stopped after iteration" in (tmp_path / "first.log").read_text()
+    stopped = torch.load(out / "checkpoint.pt", weights_only=True)["iteration"]
+    assert stopped > 0 and not (out / "model.pt").exists()
+
+    second = submit(train + " --time-limit 2s", tmp_path / "second.log")
+    (job,) = finished_jobs(cluster, before + 2)[before + 1:]
+    assert job["JobId"] == second and job["ExitCode"].startswith("75"), job
+    assert f"resuming sinusoid/maml/seed0 from iteration {stopped}" in (tmp_path / "second.log").read_text()
+    assert torch.load(out / "checkpoint.pt", weights_only=True)["iteration"] > stopped

@@ -320,9 +320,18 @@ class VerifyFailed(Exception):
 
 
 def cmd_verify(params: dict, args) -> None:
+    import time
+
     from metalearn.records import TOLERANCE, verify
 
+    if args.timing:
+        check_writable(args.timing, "--timing")
+    start = time.perf_counter()
     checks = verify(Path(args.records), Path(args.params), args.only, device=args.device)
+    if args.timing:
+        from metalearn.records import write_timing
+
+        write_timing(Path(args.timing), len(checks), time.perf_counter() - start, args.only)
     failed = [c.name for c in checks if c.problems]
     if failed:
         raise VerifyFailed(f"{len(failed)} of {len(checks)} records do not re-derive: {', '.join(failed)}")
@@ -432,6 +441,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--only", nargs="*", default=None,
                    help="patterns on <profile>/<benchmark>/<algorithm>/seed<S>, e.g. 'default/sinusoid/*'")
     p.add_argument("--device", default="cpu", type=_device)
+    p.add_argument("--timing", help="write how long it took to this CSV (bench/results/verify.csv: shown in "
+                                    "docs/results/bench.md)")
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("pages", parents=[common], help="the results pages from the records (docs/results/)")

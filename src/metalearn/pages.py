@@ -74,15 +74,17 @@ def _provenance(recs: list[dict]) -> list[str]:
     def values(key: str, part: str = "training") -> str:
         return ", ".join(sorted({str(r["provenance"][part].get(key)) for r in recs}))
 
-    dirty = any(r["provenance"]["training"].get("dirty") or r["provenance"]["evaluation"].get("dirty") for r in recs)
+    def dates(part: str) -> str:
+        days = sorted(r["provenance"][part]["date"][:10] for r in recs)
+        return days[0] if days[0] == days[-1] else f"{days[0]} to {days[-1]}"
+
+    dirty = any(r["provenance"][part].get("dirty") for r in recs for part in ("training", "evaluation"))
+    commands = sorted({r["provenance"]["training"]["command"] for r in recs})
     return [f"- code: {values('commit')}" + (" (with uncommitted edits)" if dirty else ""),
             f"- torch {values('torch')}, Python {values('python')}",
             f"- machine: {values('cpu')}, {values('cores')} cores; devices: {values('device')}",
-            f"- trained {values('date')[:10] if len(recs) == 1 else min(r['provenance']['training']['date'] for r in recs)[:10]}"
-            f" to {max(r['provenance']['training']['date'] for r in recs)[:10]}; evaluated "
-            f"{max(r['provenance']['evaluation']['date'] for r in recs)[:10]}",
-            "- commands: " + ", ".join(f"`{c}`" for c in sorted({r['provenance']['training']['command'] for r in recs})[:3])
-            + (" …" if len({r['provenance']['training']['command'] for r in recs}) > 3 else "")]
+            f"- trained {dates('training')}; evaluated {dates('evaluation')}",
+            "- commands, e.g.: " + ", ".join(f"`{c}`" for c in commands[:2]) + (" …" if len(commands) > 2 else "")]
 
 
 def profile_page(profile: str, recs: list[dict]) -> str:

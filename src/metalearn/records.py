@@ -344,3 +344,21 @@ def verify(root: Path = RECORDED, params_file: Path = Path("params.yaml"), only:
         log(f"[{number}/{len(files)}] {status} {check.name}" + "".join(f"\n      note: {n}" for n in check.notes)
             + "".join(f"\n      - {p}" for p in check.problems))
     return checks
+
+
+def write_timing(path: Path, count: int, seconds: float, only: list[str] | None) -> None:
+    """verify's wall time as a one-row CSV with the commit, date and machine (bench/results/verify.csv)."""
+    import datetime
+
+    from metalearn import provenance
+
+    version = provenance.code_version()
+    row = {"records": count, "only": " ".join(only or []) or "all", "seconds": round(seconds, 1),
+           "threads": provenance.machine()["threads"],
+           "commit": (version["commit"] or "unknown")[:12] + ("-dirty" if version["dirty"] else ""),
+           "date": datetime.date.today().isoformat(), "machine": f"{provenance.cpu_model()} ({os.cpu_count()} cores)"}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=list(row))
+        writer.writeheader()
+        writer.writerow(row)
