@@ -17,6 +17,7 @@ from metalearn import benchmarks
 from metalearn.algorithms import ALGORITHMS
 from metalearn.cli import main
 from metalearn.data import imagenet, omniglot
+from metalearn.data.images import IMAGENET, OMNIGLOT, preprocessing_for
 from metalearn.train import build, run_config, train
 
 SMALL_ARCHIVES = omniglot.VARIANTS["omniglot-small"]
@@ -52,7 +53,7 @@ def save_untrained(params: dict, bench: str, algorithm: str, path: Path) -> Path
     algo = build(params, bench, algorithm, 0, torch.device("cpu"))
     config = run_config(params, bench, algorithm, 0)
     torch.save({"format": 1, "config": config, "state_dict": algo.state_dict(), "train_seconds": 0.0,
-                "iterations": 0, "preprocessing": ad.preprocessing_for(config["settings"])}, path)
+                "iterations": 0, "preprocessing": preprocessing_for(config["settings"])}, path)
     return path
 
 
@@ -87,7 +88,7 @@ def test_a_drawing_from_a_folder_equals_its_training_cache_entry(prepared_small,
     (file, data), *_ = omniglot_pngs(mirror, [character])[character]
     path = Path(prepared_small["data"]["root"]) / "one.png"
     path.write_bytes(data)
-    pixels, colour = ad.read_image(path, ad.OMNIGLOT)
+    pixels, colour = ad.read_image(path, OMNIGLOT)
     assert not colour and pixels.shape == (1, 28, 28)
     # the cache holds the drawings in file order; this is the first
     assert torch.equal((pixels[0] * 255).round().to(torch.uint8), images[7, 0])
@@ -97,8 +98,8 @@ def test_light_strokes_on_dark_reach_the_model_as_dark_strokes_do(tmp_path, mirr
     (file, data), *_ = next(iter(omniglot_pngs(mirror, ["background/Greek/character01"]).values()))
     (tmp_path / "a.png").write_bytes(data)
     ImageOps.invert(Image.open(tmp_path / "a.png").convert("L")).save(tmp_path / "b.png")
-    dark_strokes, _ = ad.read_image(tmp_path / "a.png", ad.OMNIGLOT)
-    light_strokes, _ = ad.read_image(tmp_path / "b.png", ad.OMNIGLOT)
+    dark_strokes, _ = ad.read_image(tmp_path / "a.png", OMNIGLOT)
+    light_strokes, _ = ad.read_image(tmp_path / "b.png", OMNIGLOT)
     assert dark_strokes[0, 0, 0] == 0  # background dark, as in training
     assert (dark_strokes - light_strokes).abs().max() <= 1 / 255  # Lanczos rounding at most
 
@@ -106,16 +107,16 @@ def test_light_strokes_on_dark_reach_the_model_as_dark_strokes_do(tmp_path, mirr
 def test_imagenet_models_read_any_image_as_their_training_data(tmp_path):
     rgb = np.random.default_rng(0).integers(0, 256, (60, 100, 3), dtype=np.uint8)
     Image.fromarray(rgb).save(tmp_path / "photo.jpg")
-    pixels, colour = ad.read_image(tmp_path / "photo.jpg", ad.IMAGENET)
+    pixels, colour = ad.read_image(tmp_path / "photo.jpg", IMAGENET)
     expected = imagenet._decode((tmp_path / "photo.jpg").read_bytes(), "photo").float() / 255
     assert colour and pixels.shape == (3, 84, 84) and torch.equal(pixels, expected)
 
 
 def test_preprocessing_is_saved_with_the_model_and_derived_for_older_files(prepared_small, tmp_path):
-    assert ad.preprocessing_for({"task": "omniglot"}) == {"channels": 1, "size": 28, "invert": True,
+    assert preprocessing_for({"task": "omniglot"}) == {"channels": 1, "size": 28, "invert": True,
                                                           "resize": "lanczos"}
-    assert ad.preprocessing_for({"task": "miniimagenet"})["channels"] == 3
-    assert ad.preprocessing_for({"task": "sinusoid"}) is None
+    assert preprocessing_for({"task": "miniimagenet"})["channels"] == 3
+    assert preprocessing_for({"task": "sinusoid"}) is None
     path = train(prepared_small, "sinusoid", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     assert "preprocessing" in torch.load(path, weights_only=True)  # None for a regression model
 
@@ -187,8 +188,8 @@ def test_every_algorithm_adapts_through_the_interface(tmp_path, algorithm):
     result = ad.adapt(path, support, query, steps=2, device="cpu")
     assert len(result.files) == 10 and result.classes == list(layout) and result.head == "trained"
     algo, _ = ad.adapted_algorithm(torch.load(path, weights_only=True), 5, "trained", "cpu")
-    sx, _ = ad.read_images(sorted(support.rglob("*.png")), ad.OMNIGLOT)
-    qx, _ = ad.read_images(sorted(query.rglob("*.png")), ad.OMNIGLOT)
+    sx, _ = ad.read_images(sorted(support.rglob("*.png")), OMNIGLOT)
+    qx, _ = ad.read_images(sorted(query.rglob("*.png")), OMNIGLOT)
     direct = ad.adapt_and_predict(algo, (sx, torch.arange(5).repeat_interleave(2)), qx, steps=2)
     assert result.predicted == direct.argmax(-1).tolist()
     assert result.probability == pytest.approx(direct.max(-1).values.tolist(), abs=1e-6)
@@ -242,7 +243,7 @@ def test_image_kinds_that_do_not_match_the_model_are_refused(untrained_omniglot,
     algo = ALGORITHMS["maml"](objective.model, objective, saved["config"]["hparams"])
     rgb_model = tmp_path / "rgb.pt"
     torch.save({**saved, "config": {**saved["config"], "settings": settings}, "state_dict": algo.state_dict(),
-                "preprocessing": ad.preprocessing_for(settings)}, rgb_model)
+                "preprocessing": preprocessing_for(settings)}, rgb_model)
     with pytest.raises(ad.AdaptError, match="trained on colour photos, but all 3 images are grayscale"):
         ad.adapt(rgb_model, support, query, device="cpu")
 

@@ -18,7 +18,8 @@ from torch.func import functional_call
 from metalearn import alphabets as al
 from metalearn.algorithms.maml import MAML
 from metalearn.cli import main
-from metalearn.config import ConfigError, load_params, validate
+from metalearn.config import load_params, validate
+from metalearn.errors import ConfigError
 from metalearn.models import OmniConv
 from metalearn.tasks import Objective, Task
 

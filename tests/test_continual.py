@@ -14,7 +14,8 @@ import torch.nn.functional as F
 
 from metalearn import continual
 from metalearn.cli import main
-from metalearn.config import ConfigError, validate
+from metalearn.config import validate
+from metalearn.errors import ConfigError
 
 TINY = {"task": "continual", "model": "mlp", "hidden": [3, 3], "subtasks": 3,
         "steps_per_subtask": 2, "shots": 4, "queries": 3, "eval_queries": 5, "val_tasks": 2, "test_tasks": 6,

@@ -328,7 +328,8 @@ def test_mtnet_study_writes_its_table_and_figure_and_reuses_finished_runs(tmp_pa
     import csv
 
     from conftest import quick_params
-    from metalearn.config import ConfigError, validate
+    from metalearn.config import validate
+    from metalearn.errors import ConfigError
     from metalearn.studies import mtnet_study
 
     params = quick_params(tmp_path)

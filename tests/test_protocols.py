@@ -729,7 +729,8 @@ def test_protocol_study_names_a_bad_variant_key_and_the_pipeline_plans_it():
     """A misspelt overlay key is refused with the variant and the key named; the protocols profile's
     pipeline has one study_protocols job reading both image sets it needs; the default profile's has
     none (about 100 CPU-minutes: opt-in, `make reproduce PROFILE=protocols`), and otherwise the same jobs."""
-    from metalearn.config import ConfigError, validate
+    from metalearn.config import validate
+    from metalearn.errors import ConfigError
 
     params = load_params(ROOT / "params.yaml", "protocols")
     params["studies"]["protocols"]["variants"]["typo"] = {"benchmark": {"quries": 3}}
@@ -946,7 +947,7 @@ def test_paper_rows_put_a_reproducing_benchmark_beside_the_papers_number():
     ("omniglot-5w1s", {"mlp_init": "maml"}, "mlp_init"),  # mlp networks only
 ])
 def test_schema_refuses_bad_imaml_protocol_settings_naming_the_key(tmp_path, name, bench, key):
-    from metalearn.config import ConfigError
+    from metalearn.errors import ConfigError
 
     with pytest.raises(ConfigError, match=rf"{name}\.{key}"):
         quick_params(tmp_path, benchmarks={name: bench})

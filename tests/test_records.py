@@ -135,6 +135,8 @@ def ci_part(root: Path) -> list[str]:
     task family's evaluation and episodes re-derived on every test run, in about a minute."""
     chosen: dict[tuple[str, str], str] = {}
     for path in records.record_files(root):
+        if records.read_record(path).get("status") == "in progress":
+            continue
         profile, bench, algorithm, seed = path.parent.relative_to(root).parts
         chosen.setdefault((profile, bench), f"{profile}/{bench}/{algorithm}/{seed}")
     return sorted(chosen.values())

@@ -463,7 +463,7 @@ def test_cli_split_train_evaluate_tracked_give_returns_after_each_step(tmp_path,
 
 
 def test_schema_rejects_bad_rl_settings_naming_the_key(tmp_path):
-    from metalearn.config import ConfigError
+    from metalearn.errors import ConfigError
 
     for overrides, key in (({"rollouts": 0}, "rollouts"), ({"trpo": {"max_kl": -1}}, "max_kl"),
                            ({"algorithms": {"maml": {"inner_lr": 0.1, "inner_steps": 1}}}, "test_inner_steps"),
@@ -825,7 +825,8 @@ def test_only_the_paper_navigation_pretrained_uses_the_official_adam():
     setting belongs to the pretrained baseline only."""
     from pathlib import Path
 
-    from metalearn.config import ConfigError, load_params
+    from metalearn.config import load_params
+    from metalearn.errors import ConfigError
 
     root = Path(__file__).resolve().parents[1] / "params.yaml"
     for profile in ("paper", "default", "metarl"):

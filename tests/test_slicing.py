@@ -9,7 +9,6 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import torch
@@ -154,3 +153,29 @@ def test_snakemake_never_takes_a_sliced_training_for_done_and_a_rerun_resumes_it
     assert "resuming sinusoid/maml/seed0 from iteration 1" in finished.stdout + finished.stderr
     assert (project / target).exists()
     assert not (project / "models/sinusoid/maml/seed0/checkpoint.pt").exists()  # the rule's cleanup
+
+
+def test_an_unfinished_training_is_recorded_in_progress_with_its_curve_and_checkpoint(prepared_small, tmp_path,
+                                                                                      monkeypatch):
+    from metalearn import pages, records
+
+    params = deep_merge(prepared_small, {"benchmarks": {"sinusoid": {"train": {"iterations": 40, "log_every": 2}}}})
+    params["benchmarks"]["sinusoid"]["algorithms"] = {"maml": params["benchmarks"]["sinusoid"]["algorithms"]["maml"]}
+    params["benchmarks"] = {"sinusoid": params["benchmarks"]["sinusoid"]}
+    _stop_at_iterations(monkeypatch, {6})
+    out = tmp_path / "models/sinusoid/maml/seed0"
+    with pytest.raises(train_module.SliceEnded):
+        train_module.train(params, "sinusoid", "maml", 0, out, device="cpu", log=lambda s: None)
+    root = tmp_path / "recorded"
+    (folder,) = records.write_records(params, root, tmp_path / "models", tmp_path / "evals", None, log=lambda s: None)
+    record = records.read_record(folder / "record.json")
+    assert record["status"] == "in progress" and record["training"]["iterations"] == 6
+    assert record["training"]["budget"] == 40 and [e["iteration"] for e in record["training"]["curve"]] == [2, 4, 6]
+    assert (folder / "checkpoint.pt").read_bytes() == (out / "checkpoint.pt").read_bytes()
+    assert not (folder / "model.pt").exists()
+    assert records.load_records(root) == [] and len(records.load_records(root, in_progress=True)) == 1
+    (check,) = records.verify(root, tmp_path / "unused.yaml", log=lambda s: None)
+    assert not check.problems and "in progress (6 of 40 iterations)" in check.notes[0]
+    page = pages.generate(root, tmp_path / "docs", tmp_path / "no-readme.md", tmp_path / "no-bench")[
+        tmp_path / "docs" / f"{params['profile']}.md"]
+    assert "| sinusoid | maml | 0 | 6 of 40 |" in page

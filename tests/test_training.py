@@ -14,7 +14,8 @@ import torch
 
 from conftest import quick_params, write_params
 from metalearn.config import deep_merge
-from metalearn.evaluate import evaluate, mean_ci95
+from metalearn.evaluate import evaluate
+from metalearn.stats import mean_ci95
 from metalearn.train import TrainingDiverged, config_hash, load_model, run_config, train
 
 

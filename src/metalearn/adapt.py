@@ -18,8 +18,8 @@ masks all apply as in evaluation. The query images are predicted together (chunk
 statistics (MAML's convention, models.py), so give the query images together, several per class.
 
 Preprocessing travels with the model: train.py saves a ``preprocessing`` record (see
-`preprocessing_for`), older model files get it from their benchmark's settings. An image of any size
-and format is read exactly as the training data was:
+`metalearn.data.images.preprocessing_for`), older model files get it from their benchmark's
+settings. An image of any size and format is read exactly as the training data was:
   Omniglot models        omniglot._load_image: grayscale, Lanczos to 28x28 (the -binary data sets: as
                          the MAML code, nearest on the 1-bit image), inverted (strokes bright).
                          Drawings that already have bright strokes on a dark background (judged by
@@ -60,12 +60,10 @@ from torch import Tensor
 from metalearn import benchmarks
 from metalearn.algorithms import Algorithm, build_algorithm
 from metalearn.data import imagenet, omniglot
+from metalearn.data.images import IMAGENET, OMNIGLOT, OMNIGLOT_BINARY, preprocessing_for
 
 HEAD = ("model.head.weight", "model.head.bias")  # the output layer's entries in an algorithm's state
 HEAD_POLICIES = ("auto", "trained", "zero")
-OMNIGLOT = {"channels": 1, "size": omniglot.IMAGE_SIZE, "invert": True, "resize": "lanczos"}
-OMNIGLOT_BINARY = {**OMNIGLOT, "resize": "binary"}  # the -binary data sets (omniglot.py): pixels 0 or 255
-IMAGENET = {"channels": 3, "size": imagenet.IMAGE_SIZE, "invert": False, "resize": "bicubic"}
 QUERY_CHUNK = 500  # query images per forward pass (bounds memory on 84x84 inputs)
 COLOUR_TOLERANCE = 12  # channel spread (of 255) below which a pixel counts as gray (JPEG noise)
 
@@ -74,16 +72,7 @@ class AdaptError(ValueError):
     """Input the adaptation cannot use (folders, images, model), with what to change."""
 
 
-# -- preprocessing ---------------------------------------------------------------------------------
-
-def preprocessing_for(settings: dict) -> dict | None:
-    """How a benchmark's images reach the network (saved with the model); None: not an image task."""
-    if settings["task"] == "omniglot":
-        return dict(OMNIGLOT_BINARY if omniglot.resize_mode(settings.get("dataset", "omniglot")) == "binary" else OMNIGLOT)
-    if settings["task"] in imagenet.DATASETS:
-        return dict(IMAGENET)
-    return None
-
+# -- reading images --------------------------------------------------------------------------------
 
 def _is_colour(image: Image.Image) -> bool:
     """True when some pixel has visibly different channels (an RGB file of a gray picture is gray)."""

@@ -11,9 +11,9 @@ import csv
 import json
 from pathlib import Path
 
-from metalearn.config import BadFile, BadInput
 from metalearn import paper
-from metalearn.evaluate import mean_ci95
+from metalearn.errors import BadFile, BadInput
+from metalearn.stats import mean_ci95
 
 COLUMNS = ["benchmark", "algorithm", "ways", "shots", "metric", "mean", "ci95", "episodes",
            "train_seconds", "seeds"]
@@ -195,8 +195,13 @@ def aggregate(inputs: list[Path], out_csv: Path, histories: list[Path] | None = 
         from metalearn import report
 
         for bench in sorted({r["benchmark"] for r in rows}):
+            bench_results = [r for r in results if r["benchmark"] == bench]
             report.plot_benchmark(bench, [r for r in rows if r["benchmark"] == bench],
                                   [p for p in pairs if p["benchmark"] == bench],
                                   {a: h for (b, a), h in curves.items() if b == bench}, plots_dir,
-                                  [r for r in results if r["benchmark"] == bench])
+                                  bench_results)
+            if all("continual" in r for r in bench_results):  # continual learning: forgetting curves
+                from metalearn.continual import plot_forgetting  # it draws with report's helpers
+
+                plot_forgetting(bench_results, bench, report.plot_paths(plots_dir, bench, ("continual",))[0])
     return table

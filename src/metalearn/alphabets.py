@@ -70,7 +70,8 @@ import torch
 from torch import Tensor, nn
 
 from metalearn.algorithms import build_algorithm
-from metalearn.config import BadFile, BadInput, benchmark
+from metalearn.config import benchmark
+from metalearn.errors import BadFile, BadInput
 from metalearn.models import OmniConv
 from metalearn.tasks import Objective, Task
 
@@ -406,7 +407,7 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
     (default: the benchmark's) SGD steps on its training drawings (`evaluate_alphabet`); mini-batches
     drawn from torch's generator seeded with the run's seed, so a rerun gives the same numbers."""
     from metalearn.benchmarks import read_current_episodes
-    from metalearn.evaluate import mean_ci95
+    from metalearn.stats import mean_ci95
     from metalearn.train import pick_device
 
     config = saved["config"]

@@ -13,9 +13,9 @@ from typing import Iterator
 
 import torch
 
-from metalearn.config import BadFile
 from metalearn.data import episodes as ep
 from metalearn.data import imagenet, omniglot
+from metalearn.errors import BadFile
 from metalearn.models import build_model
 from metalearn.tasks import Objective, TaskBatch
 

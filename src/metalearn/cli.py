@@ -31,7 +31,9 @@ import traceback
 from pathlib import Path
 
 from metalearn import allocator, benchmarks, families
-from metalearn.config import BadInput, ConfigError, benchmark, data_mirror, load_params
+from metalearn.config import benchmark, load_params
+from metalearn.data.download import data_mirror
+from metalearn.errors import BadInput, ConfigError
 from metalearn.data.omniglot import VARIANTS as OMNIGLOT_VARIANTS
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 1, 2, 3

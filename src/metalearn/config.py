@@ -16,22 +16,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from metalearn.errors import ConfigError
+
+
 SCHEMA_PATH = Path(__file__).with_name("params.schema.yaml")
-MIRROR_ENV = "METALEARN_DATA_MIRROR"
-
-
-class BadInput(ValueError):
-    """Input the user can fix (a setting, a file, a flag); the message names it and says what to do.
-    `metalearn` reports it without a traceback and exits with code 2."""
-
-
-class ConfigError(BadInput):
-    """An invalid params.yaml; the message names the key."""
-
-
-class BadFile(BadInput):
-    """A file that cannot be used as given (missing, unreadable, truncated, of another kind); the
-    message names the file."""
 
 
 class DuplicateKey(yaml.constructor.ConstructorError):
@@ -349,11 +337,6 @@ def resolve(raw: Any, profile: str | None = None, where: str = "params.yaml") ->
         validate(apply_profile(raw, name), where=f"{where} (profile {name})")
     params = apply_profile(raw, profile)
     return validate(params, where=f"{where} (profile {params['profile']})")
-
-
-def data_mirror(params: dict) -> str | None:
-    """The data mirror: METALEARN_DATA_MIRROR if set, else data.mirror."""
-    return os.environ.get(MIRROR_ENV) or params["data"].get("mirror")
 
 
 def benchmark(params: dict, name: str) -> dict:

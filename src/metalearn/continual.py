@@ -73,7 +73,8 @@ from torch.func import functional_call
 
 from metalearn.algorithms.base import detached
 from metalearn.algorithms.warpgrad import WarpedNetwork, snapshot_steps, warp_layers
-from metalearn.config import BadFile, BadInput, benchmark
+from metalearn.config import benchmark
+from metalearn.errors import BadFile, BadInput
 from metalearn.data.episodes import SINUSOID, save_episodes
 from metalearn.models import MLP
 from metalearn.tasks import Params
@@ -382,7 +383,7 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
     sequence's final MSE averaged over its sub-tasks; `continual` holds the forgetting curves (mean
     and 95% CI over sequences of the MSE on each sub-task before each step and after the last), each
     sub-task's MSE right after it was learned and at the end, per sequence."""
-    from metalearn.evaluate import mean_ci95
+    from metalearn.stats import mean_ci95
     from metalearn.train import pick_device
 
     if steps is not None:

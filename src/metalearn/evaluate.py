@@ -6,29 +6,19 @@ be compared pairwise, episode by episode. Accuracy is reported in percent, regre
 from __future__ import annotations
 
 import json
-import math
 import sys
 from pathlib import Path
 
 import torch
 
 from metalearn import benchmarks, families
-from metalearn.config import BadInput, ConfigError
+from metalearn.errors import BadInput, ConfigError
+from metalearn.stats import mean_ci95
 from metalearn.train import load_model
 
 # The settings a model is tied to: its network's shape and what it learned from. Evaluation-only
 # settings (eval_queries, test_tasks, episode_seed, ...) may differ; queries only shape training batches.
 MODEL_SETTINGS = ("task", "model", "dataset", "split", "split_seed", "ways", "shots", "degree", "frequency")
-
-
-def mean_ci95(values: list[float]) -> tuple[float, float]:
-    """Mean and 1.96 * std / sqrt(n), as in the papers."""
-    n = len(values)
-    mean = sum(values) / n
-    if n < 2:
-        return mean, float("nan")
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1))
-    return mean, 1.96 * std / math.sqrt(n)
 
 
 def evaluate(params: dict, model_path: Path, split: str = "test", device: str = "auto",

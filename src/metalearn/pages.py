@@ -53,7 +53,7 @@ def headline(recs: list[dict]) -> str:
              "|---|" + "---|" * len(benches)]
     for algorithm in algorithms:
         lines.append(f"| {algorithm} | " + " | ".join(cells.get((b, algorithm), "") for b in benches) + " |")
-    lines += ["", f"Every table, paper-vs-ours verdict and curve: [docs/results/](docs/results/README.md)."]
+    lines += ["", "Every table, paper-vs-ours verdict and curve: [docs/results/](docs/results/README.md)."]
     return "\n".join(lines) + "\n"
 
 
@@ -87,7 +87,24 @@ def _provenance(recs: list[dict]) -> list[str]:
             "- commands, e.g.: " + ", ".join(f"`{c}`" for c in commands[:2]) + (" …" if len(commands) > 2 else "")]
 
 
-def profile_page(profile: str, recs: list[dict]) -> str:
+def _in_progress(recs: list[dict]) -> list[str]:
+    lines = ["## In progress", "", "Trainings stopped at a slice's end and not finished yet (no result): the "
+             "meta-iterations done and the last reported training metrics. The record holds the curve so far and "
+             "the checkpoint that resumes it.", "", "| benchmark | algorithm | seed | meta-iterations | training s | "
+             "last report |", "|---|---|---|---|---|---|"]
+    for r in sorted(recs, key=lambda r: (r["benchmark"], r["algorithm"], r["seed"])):
+        t = r["training"]
+        last = t["curve"][-1] if t["curve"] else {}
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in last.items() if k not in ("iteration", "seconds"))
+        lines.append(f"| {r['benchmark']} | {r['algorithm']} | {r['seed']} | {t['iterations']} of {t['budget']} | "
+                     f"{t['train_seconds']:.0f} | {shown} |")
+    return lines + [""]
+
+
+def profile_page(profile: str, recs: list[dict], unfinished: list[dict] | None = None) -> str:
+    if not recs:
+        return "\n".join([GENERATED.format(source=f"results/recorded/{profile}/"), "",
+                          f"# Results: the `{profile}` profile", "", *_in_progress(unfinished or [])]).rstrip() + "\n"
     results = records.results_of(recs)
     settings = {r["benchmark"]: r["benchmark_settings"] for r in recs}
     rows = aggregate.summarise(results)
@@ -105,6 +122,8 @@ def profile_page(profile: str, recs: list[dict]) -> str:
             lines.append(f"| {r['benchmark']} | {r['algorithm']} | " +
                          " | ".join(f"{c['mean']:.3g}" for c in r["metric"]["curve"]) + " |")
         lines.append("")
+    if unfinished:
+        lines += _in_progress(unfinished)
     lines += ["## Training: budget and time", "",
               "`training s`: the loop's own seconds over all slices; `job`: Snakemake's measurement of the "
               "last training job (its wall-clock and CPU seconds, with start-up).", "", *_training_table(recs), "",
@@ -135,7 +154,7 @@ def index_page(by_profile: dict[str, list[dict]]) -> str:
              "Every number here is generated from a committed record (`results/recorded/<profile>/...`: the "
              "metric, the trained model and its provenance), written by `make record` after a pipeline run. "
              "`make verify` rebuilds each record's test episodes from their seeds and re-evaluates its model.", "",
-             "| profile | runs | benchmarks | page |", "|---|---|---|---|"]
+             "| profile | finished runs | benchmarks | page |", "|---|---|---|---|"]
     for profile, recs in sorted(by_profile.items()):
         lines.append(f"| {profile} | {len(recs)} | {', '.join(sorted({r['benchmark'] for r in recs}))} | "
                      f"[{profile}.md]({profile}.md) |")
@@ -158,9 +177,13 @@ def generate(root: Path = records.RECORDED, pages: Path = PAGES, readme: Path = 
     by_profile: dict[str, list[dict]] = {}
     for record in records.load_records(root):
         by_profile.setdefault(record["profile"], []).append(record)
+    unfinished: dict[str, list[dict]] = {}
+    for record in records.load_records(root, in_progress=True):
+        unfinished.setdefault(record["profile"], []).append(record)
+        by_profile.setdefault(record["profile"], [])
     files = {pages / "README.md": index_page(by_profile), pages / "bench.md": bench_page(bench)}
     for profile, recs in by_profile.items():
-        files[pages / f"{profile}.md"] = profile_page(profile, recs)
+        files[pages / f"{profile}.md"] = profile_page(profile, recs, unfinished.get(profile, []))
     if readme.exists():
         files[readme] = with_headline(readme.read_text(), headline(by_profile.get(HEADLINE_PROFILE, [])))
     return files

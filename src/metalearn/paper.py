@@ -9,7 +9,7 @@ Verdicts, in this order:
                       the paper's number lies within our 95% CI
   budget-limited      outside, and we trained for less than half the paper's meta-iterations
   below / above       outside at (at least half) the paper's budget; for MSE below is better, for
-                      accuracy above is better (said in the verdict)
+                      accuracy and return above is better (said in the verdict)
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import functools
 from pathlib import Path
 
 from metalearn.config import read_yaml
-from metalearn.evaluate import mean_ci95
+from metalearn.stats import mean_ci95
 
 NUMBERS_PATH = Path(__file__).with_name("paper_numbers.yaml")
 COLUMNS = ["benchmark", "algorithm", "metric", "steps", "paper_mean", "paper_ci95", "source", "ours_mean",

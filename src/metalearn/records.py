@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterator
 
-from metalearn.config import BadFile, BadInput
+from metalearn.errors import BadFile, BadInput
 
 RECORDED = Path("results/recorded")
 RECORD_FORMAT = 1
@@ -153,11 +153,16 @@ def write_records(params: dict, root: Path = RECORDED, models: Path = Path("mode
             for seed in params["seeds"]:
                 model = Path(models) / bench / algorithm / f"seed{seed}" / "model.pt"
                 result = Path(evals) / bench / algorithm / f"seed{seed}.json"
+                folder = record_dir(root, profile, bench, algorithm, seed)
                 if not (model.is_file() and result.is_file()):
-                    missing.append(f"{bench}/{algorithm}/seed{seed}")
+                    checkpoint = model.with_name("checkpoint.pt")
+                    if not model.is_file() and checkpoint.is_file():
+                        written.append(write_in_progress(params, bench, algorithm, seed, checkpoint, folder, log))
+                    else:
+                        missing.append(f"{bench}/{algorithm}/seed{seed}")
                     continue
                 record = make_record(params, bench, algorithm, seed, model, result, runtimes)
-                folder = record_dir(root, profile, bench, algorithm, seed)
+                (folder / "checkpoint.pt").unlink(missing_ok=True)  # an earlier in-progress record's
                 if record["model"]["bytes"] <= MODEL_LIMIT_BYTES:
                     _atomic_write(folder / "model.pt", model.read_bytes())
                 else:
@@ -176,7 +181,36 @@ def write_records(params: dict, root: Path = RECORDED, models: Path = Path("mode
     return written
 
 
+def write_in_progress(params: dict, bench: str, algorithm: str, seed: int, checkpoint: Path, folder: Path,
+                      log: Log) -> Path:
+    """A training stopped at a slice's end (or killed) and not finished: a record with status
+    "in progress" (iterations done of the budget, the curve so far) and, when small, its checkpoint,
+    so that another machine can resume it (copy it to models/<benchmark>/<algorithm>/seed<S>/)."""
+    import torch
+
+    from metalearn.train import run_config
+
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    config = run_config(params, bench, algorithm, seed)
+    budget = config["hparams"].get("iterations", params["benchmarks"][bench].get("train", {}).get("iterations"))
+    record = {"format": RECORD_FORMAT, "status": "in progress", "profile": params.get("profile", "default"),
+              "benchmark": bench, "algorithm": algorithm, "seed": seed,
+              "training": {"iterations": state["iteration"], "budget": budget,
+                           "train_seconds": round(state["train_seconds"], 3),
+                           "cpu_seconds": state.get("cpu_seconds"), "curve": state["history"]},
+              "settings": config, "settings_digest": state["config_hash"],
+              "checkpoint": {"file": None, "sha256": sha256(checkpoint), "bytes": checkpoint.stat().st_size}}
+    if record["checkpoint"]["bytes"] <= MODEL_LIMIT_BYTES:
+        _atomic_write(folder / "checkpoint.pt", checkpoint.read_bytes())
+        record["checkpoint"]["file"] = "checkpoint.pt"
+    (folder / "model.pt").unlink(missing_ok=True)
+    _atomic_write(folder / "record.json", (json.dumps(record, indent=1) + "\n").encode())
+    log(f"recorded {bench}/{algorithm}/seed{seed} in progress: {state['iteration']} of {budget} iterations -> {folder}")
+    return folder
+
+
 # ----------------------------------------------------------------------------- reading records
+IN_PROGRESS_FIELDS = ("format", "status", "profile", "benchmark", "algorithm", "seed", "training", "settings")
 RECORD_FIELDS = ("format", "profile", "benchmark", "algorithm", "seed", "metric", "training", "settings",
                  "episodes_digest", "model", "provenance", "evaluation")
 
@@ -187,7 +221,8 @@ def read_record(path: Path) -> dict:
         record = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise BadFile(f"{path}: not a readable record ({type(exc).__name__}); write it again with `make record`") from None
-    missing = [key for key in RECORD_FIELDS if not isinstance(record, dict) or key not in record]
+    fields = IN_PROGRESS_FIELDS if isinstance(record, dict) and record.get("status") == "in progress" else RECORD_FIELDS
+    missing = [key for key in fields if not isinstance(record, dict) or key not in record]
     if missing:
         raise BadFile(f"{path}: not a metalearn record (missing: {', '.join(missing)}); write it again with `make record`")
     if record["format"] != RECORD_FORMAT:
@@ -203,8 +238,10 @@ def record_files(root: Path = RECORDED, only: list[str] | None = None) -> list[P
     return files
 
 
-def load_records(root: Path = RECORDED, profile: str | None = None) -> list[dict]:
-    return [read_record(f) for f in record_files(root) if profile is None or f.relative_to(root).parts[0] == profile]
+def load_records(root: Path = RECORDED, profile: str | None = None, in_progress: bool = False) -> list[dict]:
+    """The finished runs' records (with `in_progress`: only the unfinished trainings')."""
+    found = [read_record(f) for f in record_files(root) if profile is None or f.relative_to(root).parts[0] == profile]
+    return [r for r in found if (r.get("status") == "in progress") == in_progress]
 
 
 def results_of(records: list[dict]) -> list[dict]:
@@ -242,7 +279,7 @@ def _prepare_data(params: dict, bench: str, log: Log) -> None:
     """The prepared image data a benchmark reads (download from the official URL or the mirror, then
     prepare), when the data root lacks it."""
     from metalearn import benchmarks
-    from metalearn.config import data_mirror
+    from metalearn.data.download import data_mirror
     from metalearn.data import omniglot
 
     dataset = params["benchmarks"][bench].get("dataset")
@@ -259,11 +296,15 @@ def verify_record(path: Path, params_file: Path, log: Log = _stderr, device: str
     from metalearn import families, provenance
     from metalearn.config import load_params
     from metalearn.evaluate import evaluate
-    from metalearn.train import config_hash, read_model_file, run_config
+    from metalearn.train import read_model_file, run_config
 
     record = read_record(path)
     name = f"{record['profile']}/{record['benchmark']}/{record['algorithm']}/seed{record['seed']}"
     check = Check(name)
+    if record.get("status") == "in progress":
+        check.notes.append(f"in progress ({record['training']['iterations']} of {record['training']['budget']} "
+                           "iterations): no result to re-derive yet")
+        return check
     model = path.with_name("model.pt")
     if record["model"].get("file") is None:
         check.notes.append(f"model shared through DVC, not in git ({record['model'].get('shared')}): not re-evaluated")

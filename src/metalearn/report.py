@@ -10,7 +10,7 @@ and, for benchmarks evaluated after every number of test steps (`eval_curve`):
                           algorithm with its 95% CI band (MAML's Figure 2, right)
   <benchmark>-fits.png    sinusoids: a few test tasks, their support points and the functions the
                           algorithms fit after 0, 1 and all test steps (MAML's Figure 2, left)
-and, for continual-learning benchmarks (metalearn.continual):
+and, for continual-learning benchmarks (metalearn.continual.plot_forgetting, called by metalearn.aggregate):
   <benchmark>-continual.png  the loss on each sub-task as the sub-tasks are learned in order
                           (forgetting curves), one panel per method
 """
@@ -109,7 +109,7 @@ def plot_paired(pairs: list[dict], title: str, path: Path) -> Path:
 
 def plot_steps(results: list[dict], title: str, path: Path) -> Path:
     """Test score against the number of test steps, per algorithm (seeds pooled), with 95% CI bands."""
-    from metalearn.evaluate import mean_ci95
+    from metalearn.stats import mean_ci95
 
     fig, ax = plt.subplots(figsize=(6, 4))
     by_algorithm: dict[str, list[dict]] = {}
@@ -166,9 +166,6 @@ def plot_benchmark(benchmark: str, rows: list[dict], pairs: list[dict],
     written = [plot_curves(histories, benchmark, curves), plot_scores(rows, benchmark, scores),
                plot_paired(pairs, benchmark, paired)]
     results = results or []
-    if results and all("continual" in r for r in results):  # continual learning: forgetting curves
-        from metalearn.continual import plot_forgetting
-        written.append(plot_forgetting(results, benchmark, Path(folder) / f"{benchmark}-continual.png"))
     if results and all("per_episode_curve" in r for r in results):
         written.append(plot_steps(results, benchmark, Path(folder) / f"{benchmark}-steps.png"))
         if any("examples" in r for r in results):

@@ -43,7 +43,8 @@ from typing import Callable
 import torch
 
 from metalearn import benchmarks
-from metalearn.config import ConfigError, algorithm_params, protocol_benchmark_name, protocol_variants, validate
+from metalearn.config import algorithm_params, protocol_benchmark_name, protocol_variants, validate
+from metalearn.errors import ConfigError
 
 Log = Callable[[str], None]
 CSV_COLUMNS = ["part", "algorithm", "degree", "inner_lr", "layer", "adapted_fraction", "test_steps", "mse",
@@ -234,7 +235,7 @@ def _protocol_params(params: dict, run: dict, data: Path) -> dict:
 
 def validation_accuracy(algo, params: dict, bench_name: str, steps: int) -> tuple[float, float, int]:
     """Mean accuracy (%) and 95% CI on the saved validation episodes, leaving the random state as it was."""
-    from metalearn.evaluate import mean_ci95
+    from metalearn.stats import mean_ci95
 
     rng = torch.get_rng_state()
     dev = next(algo.parameters()).device

@@ -21,9 +21,10 @@ from typing import Any, Callable, Protocol
 import torch
 
 from metalearn import benchmarks
-from metalearn.adapt import preprocessing_for
 from metalearn.algorithms import ALGORITHMS, build_algorithm
-from metalearn.config import BadFile, algorithm_params, benchmark
+from metalearn.config import algorithm_params, benchmark
+from metalearn.data.images import preprocessing_for
+from metalearn.errors import BadFile
 
 MODEL_FORMAT = 1
 

@@ -17,7 +17,12 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from metalearn.config import MIRROR_ENV
+MIRROR_ENV = "METALEARN_DATA_MIRROR"
+
+
+def data_mirror(params: dict) -> str | None:
+    """The data mirror: METALEARN_DATA_MIRROR if set, else data.mirror."""
+    return os.environ.get(MIRROR_ENV) or params["data"].get("mirror")
 
 
 class DownloadError(RuntimeError):

@@ -45,8 +45,8 @@ import torch
 from torch import Tensor
 from PIL import Image
 
-from metalearn.config import ConfigError, data_mirror
-from metalearn.data.download import ChecksumError, DownloadError, RemoteFile, fetch, file_digests
+from metalearn.data.download import ChecksumError, DownloadError, RemoteFile, data_mirror, fetch, file_digests
+from metalearn.errors import ConfigError
 
 DATASETS = ("miniimagenet", "tieredimagenet")
 SPLITS = ("train", "val", "test")

@@ -20,7 +20,7 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
              steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     """Return after 0..steps policy-gradient steps on the saved test tasks; on the CPU whatever `device`
     says (accepted for the families' signature: environments and small policies, see rl/train.py)."""
-    from metalearn.evaluate import mean_ci95
+    from metalearn.stats import mean_ci95
 
     config = saved["config"]
     bench_name = config["benchmark"]
