@@ -14,13 +14,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
-from metalearn.config import ConfigError, read_yaml, resolve
+from metalearn.config import read_yaml, resolve
+from metalearn.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAMS_FILE = "params.yaml"
@@ -170,10 +172,8 @@ DATA_PRIORITY = 6
 
 
 # One task's inner step in meta-training, relative to MAML's (per meta-iteration per task: cost x
-# inner steps), from the default profile's omniglot-5w1s trainings of a fresh-clone `make reproduce`
-# (commit 7602397, 2026-12-01; one thread a job): seconds / iterations / inner steps against MAML's
-# 433 s / 1500. bench/results/speed.csv's Omniglot rows agree to about 10 %. Algorithms not listed
-# count as MAML.
+# inner steps), so that the costliest trainings start first; from measured training seconds
+# (docs/notes/reproduce-default-profile.md). Algorithms not listed count as MAML.
 STEP_COST = {"maml": 1.0, "fomaml": 0.41, "metasgd": 1.06, "tnet": 1.13, "mtnet": 1.20, "imaml": 1.03,
              "leap": 0.28, "warpgrad": 1.76}
 COST_SCALE = 50_000  # the cost whose fraction is 1/2: about the default profile's Omniglot MAML (48,000)
@@ -181,9 +181,9 @@ COST_SCALE = 50_000  # the cost whose fraction is 1/2: about the default profile
 
 def training_cost(params: dict, bench: str, algorithm: str) -> float:
     """A training's estimated cost in MAML task-steps: meta-iterations x meta-batch x inner steps x
-    STEP_COST. Comparable between the algorithms of one benchmark (the default profile's Omniglot
-    trainings in the order of their measured seconds: iMAML 596, MT-net 520, MAML 433, Leap 360, T-net
-    244, Meta-SGD 229, WarpGrad 229, first-order MAML 179), only roughly between benchmarks."""
+    STEP_COST. Comparable between the algorithms of one benchmark (it orders the default profile's
+    Omniglot trainings as their measured seconds: docs/notes/reproduce-default-profile.md),
+    only roughly between benchmarks."""
     settings = params["benchmarks"][bench]
     hparams = settings["algorithms"].get(algorithm) or {}
     iterations = hparams.get("iterations", settings["train"]["iterations"])
@@ -195,13 +195,13 @@ def train_priority(params: dict, bench: str, algorithm: str | None = None) -> fl
     """Scheduling priority of a training (from 2 up to, not including, DATA_PRIORITY): the longest
     jobs first, so that the cores are not left idle at the end waiting for one long job that started
     late. Convolutional networks on images and policy-gradient trainings take minutes to tens of
-    minutes on a CPU core (the README's runtime table); the sinusoid-sized ones seconds to a few
-    minutes. Within each, the algorithms that adapt inside meta-training (`inner_steps`) before those
-    that do not (pretrained, oracle, random): e.g. a meta-RL MAML iteration samples rollouts before
-    and after its inner step and differentiates through it, 1529 CPU s against a pretrained policy's
-    584 on half-cheetah. Among those that adapt, the costlier first (`training_cost`, as a fraction
-    below 1): Snakemake had started the default profile's iMAML, its longest training, last of the
-    eight on Omniglot."""
+    minutes on a CPU core (docs/notes/reproduce-default-profile.md); the sinusoid-sized
+    ones seconds to a few minutes. Within each, the algorithms that adapt inside meta-training
+    (`inner_steps`) before those that do not (pretrained, oracle, random): e.g. a meta-RL MAML
+    iteration samples rollouts before and after its inner step and differentiates through it,
+    costlier than a pretrained policy's step (docs/notes/meta-rl.md). Among those that
+    adapt, the costlier first (`training_cost`, as a fraction below 1): Snakemake had started the
+    default profile's iMAML, its longest training, last of the eight on Omniglot."""
     from metalearn import families
 
     settings = params["benchmarks"][bench]
@@ -384,18 +384,53 @@ def push(root: Path = ROOT) -> None:
         raise SystemExit("the Snakemake outputs are not current; run `make reproduce` first:\n"
                          + (plan.stdout + plan.stderr)[-3000:])
     _run(_dvc("commit", "--force"), root)
-    _run(_dvc("push"), root)
+    try:
+        _run(_dvc("push"), root)
+    except subprocess.CalledProcessError as exc:  # a lost connection, say: each object is uploaded whole or not
+        raise SystemExit(f"dvc push failed (exit {exc.returncode}; its errors above). What it uploaded is on the "
+                         "remote, complete; `make push` again uploads the rest.") from None
+
+
+def _locked_outputs(root: Path) -> list[str]:
+    lock = yaml.safe_load((root / "dvc.lock").read_text()) if (root / "dvc.lock").exists() else None
+    return [out["path"] for stage in ((lock or {}).get("stages") or {}).values() for out in stage.get("outs", [])]
 
 
 def restore(root: Path = ROOT) -> None:
     """Fetch shared outputs and make Snakemake consider them current, but only when they are.
 
-    `dvc pull` writes files with fresh, arbitrary modification times, which Snakemake would read as
-    changed inputs. `dvc status` compares the pulled outputs and the current params and code with
-    dvc.lock; only if nothing differs are the outputs touched in DAG order (`snakemake --touch`),
+    `dvc fetch` downloads into DVC's cache (.dvc/cache) without touching the working tree, so a
+    remote that lacks files, or a pull interrupted while downloading, leaves no partial set of outputs
+    behind (an output whose input is missing would look current to Snakemake, which does not rebuild
+    a missing file whose consumers exist). Only with every file at hand are they checked out.
+    `dvc checkout` writes files with fresh, arbitrary modification times, which Snakemake would read
+    as changed inputs. `dvc status` compares the checked-out outputs and the current params and code
+    with dvc.lock; only if nothing differs are the outputs touched in DAG order (`snakemake --touch`),
     which also records Snakemake's own metadata (params, code) for later change detection."""
     _check_dvc_yaml(root)
-    _run(_dvc("pull"), root)
+    nothing = "Nothing was checked out or marked current"
+    try:
+        _run(_dvc("fetch"), root)  # exits 0 when the remote lacks files (a warning): checked below
+    except subprocess.CalledProcessError as exc:
+        raise SystemExit(f"dvc fetch failed (exit {exc.returncode}; its error above). {nothing}.") from None
+    data = json.loads(_run(_dvc("data", "status", "--json", "--granular"), root, capture=True).stdout or "{}")
+    absent = set(sum((data.get("uncommitted", {}).get(k, []) for k in ("deleted", "modified")), []))
+    if lacking := [path for path in data.get("not_in_cache", []) if path in absent]:
+        raise SystemExit(f"the remote lacks {len(lacking)} of the shared files (neither it nor .dvc/cache holds "
+                         "them):\n  " + "\n  ".join(lacking) + f"\n{nothing}. Push them from a complete run "
+                         "(`make push`) and `make pull` again (what was fetched stays in .dvc/cache), or "
+                         "`make reproduce`.")
+    created = [root / path for path in _locked_outputs(root) if not (root / path).exists()]
+    try:
+        _run(_dvc("checkout"), root)
+    except (subprocess.CalledProcessError, KeyboardInterrupt):
+        for path in created:  # written by this checkout: nothing partial stays behind
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            elif path.exists() or path.is_symlink():
+                path.unlink()
+        raise SystemExit("dvc checkout failed (its error above); the outputs it had written were removed, "
+                         "nothing was marked current") from None
     status = _run(_dvc("status", "--json"), root, capture=True)
     changed = json.loads(status.stdout or "{}")
     if changed:
