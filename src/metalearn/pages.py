@@ -140,10 +140,38 @@ def _csv_table(path: Path) -> list[str]:
         "| " + " | ".join(row) + " |" for row in rows[1:]]
 
 
+# speed.csv's peers: other implementations of the same meta-step (our own concurrent loop, `loop`, is
+# an ablation of ours, not a peer)
+PEERS = ("serial", "plain", "higher", "torchopt")
+
+
+def speed_ratios(path: Path) -> list[str]:
+    """Per algorithm, benchmark and threads: our iterations per second over the best peer's."""
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    groups: dict[tuple, dict[str, float]] = {}
+    for row in rows:
+        groups.setdefault((row["algorithm"], row["benchmark"], row["threads"]), {})[row["impl"]] = float(row["iters_per_s"])
+    lines = ["| algorithm | benchmark | threads | ours it/s | best peer | its it/s | ours ÷ best peer |",
+             "|---|---|---|---|---|---|---|"]
+    for (algorithm, bench, threads), speeds in groups.items():
+        peers = {k: v for k, v in speeds.items() if k in PEERS}
+        if "ours" not in speeds or not peers:
+            continue
+        best = max(peers, key=peers.get)
+        lines.append(f"| {algorithm} | {bench} | {threads} | {speeds['ours']:g} | {best} | {peers[best]:g} | "
+                     f"{speeds['ours'] / peers[best]:.2f} |")
+    return lines
+
+
 def bench_page(folder: Path = BENCH_RESULTS) -> str:
     lines = [GENERATED.format(source="bench/results/*.csv"), "", "# Benchmarks (`make bench`)", "",
              "The CSVs of the last `make bench`, as measured (each row with its commit, date and machine). "
              "How they are measured: [docs/benchmarks.md](../benchmarks.md)."]
+    if (Path(folder) / "speed.csv").exists():
+        lines += ["", "## Speed against the best peer (from `speed.csv`)", "",
+                  f"Peers: {', '.join(PEERS)} (each the same meta-step, measured in the same run).", "",
+                  *speed_ratios(Path(folder) / "speed.csv")]
     for path in sorted(Path(folder).glob("*.csv")):
         lines += ["", f"## {path.stem} (`{path.as_posix()}`)", "", *_csv_table(path)]
     return "\n".join(lines) + "\n"
