@@ -59,7 +59,9 @@ def test_the_harness_writes_the_speed_table(tmp_path, capsys, two_threads):
                 "--repeats", "2", "--eval-episodes", "60", "--algorithms", "metasgd", "--out", str(out)])
     with open(out) as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0]) == ["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb", "threads"]
+    assert list(rows[0]) == ["impl", "algorithm", "benchmark", "iters_per_s", "peak_mb", "threads",
+                             "commit", "date", "machine"]  # every row says which code, when and where
+    assert all(row["commit"] and row["date"] and "cores" in row["machine"] for row in rows)
     cores = "2"  # the harness process's threads (the fixture), given to every worker
     # the control rows: one thread each, where `loop` is `serial`
     assert sorted((r["impl"], r["algorithm"], r["benchmark"], r["threads"]) for r in rows) == sorted(
