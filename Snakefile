@@ -8,8 +8,8 @@ report: "workflow/report/workflow.rst"
 
 
 rule all:
-    input: pipeline.SUMMARY, pipeline.SUMMARY_MD, pipeline.PAPER_MD, pipeline.plot_files(PARAMS),
-           [f for study in pipeline.studies(PARAMS) for f in pipeline.study_outputs(study)]
+    input: pipeline.SUMMARY, pipeline.SUMMARY_MD, pipeline.PAPER_MD, pipeline.plot_files(PLANNED),
+           [f for study in pipeline.studies(PLANNED) for f in pipeline.study_outputs(study)]
 
 
 include: "workflow/rules/data.smk"

@@ -177,7 +177,8 @@ def test_every_algorithm_adapts_through_the_interface(tmp_path, algorithm):
         configured = load_params(ROOT / "params.yaml", "paper")["benchmarks"]["omniglot-5w1s"]["algorithms"]
         # the pretrained baseline runs on sinusoids only in params.yaml (Reptile: in alphabets.py's
         # protocol): MAML's steps here
-        fallback = {"inner_lr": 0.4, "test_inner_steps": 3, **({"inner_steps": 1} if algorithm == "reptile" else {})}
+        takes_steps = algorithm == "reptile" or getattr(ALGORITHMS[algorithm], "head_from_support", False)
+        fallback = {"inner_lr": 0.4, "test_inner_steps": 3, **({"inner_steps": 1} if takes_steps else {})}
         paper = configured.get(algorithm, fallback)
         params = quick_params(tmp_path, benchmarks={"omniglot-5w1s": {"algorithms": {
             algorithm: {k: v for k, v in paper.items() if k != "iterations"}}}})
@@ -186,8 +187,9 @@ def test_every_algorithm_adapts_through_the_interface(tmp_path, algorithm):
     support = image_folder(tmp_path / "support", layout, drawing)
     query = image_folder(tmp_path / "query", layout, lambda c, i: drawing(c, i + 10))
     result = ad.adapt(path, support, query, steps=2, device="cpu")
-    assert len(result.files) == 10 and result.classes == list(layout) and result.head == "trained"
-    algo, _ = ad.adapted_algorithm(torch.load(path, weights_only=True), 5, "trained", "cpu")
+    own_head = "proto" if getattr(ALGORITHMS[algorithm], "head_from_support", False) else "trained"  # protomaml
+    assert len(result.files) == 10 and result.classes == list(layout) and result.head == own_head
+    algo, _ = ad.adapted_algorithm(torch.load(path, weights_only=True), 5, own_head, "cpu")
     sx, _ = ad.read_images(sorted(support.rglob("*.png")), OMNIGLOT)
     qx, _ = ad.read_images(sorted(query.rglob("*.png")), OMNIGLOT)
     direct = ad.adapt_and_predict(algo, (sx, torch.arange(5).repeat_interleave(2)), qx, steps=2)

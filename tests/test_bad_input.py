@@ -691,3 +691,272 @@ def test_the_made_files_themselves_are_accepted(made, tmp_path, capsys):
                     "--histories", made["history"], "--plots", tmp_path / "plots", "--out", tmp_path / "s.csv")
     assert code == 0, err
     assert math.isfinite(json.loads((tmp_path / "e.json").read_text())["mean"])
+
+
+# ----------------------------------------------------------------------------- everyday mistakes (issue #37)
+def _denied(monkeypatch, folder: Path) -> None:
+    """`folder` without write permission. As root (tests in containers) permissions do not bind, so
+    there os.access answers as it does for a user without them."""
+    import os
+
+    folder.mkdir(parents=True, exist_ok=True)
+    folder.chmod(0o555)
+    if os.access(folder, os.W_OK):
+        real = os.access
+        monkeypatch.setattr(os, "access", lambda path, mode, *a, **k: (
+            False if mode & os.W_OK and (Path(path) == folder or folder in Path(path).parents) else real(path, mode, *a, **k)))
+
+
+def test_output_folders_without_write_permission_are_refused_before_any_work(made, tmp_path, capsys, monkeypatch):
+    locked = tmp_path / "locked"
+    _denied(monkeypatch, locked)
+    try:
+        for argv, flag in [
+            (["train", "-b", "sinusoid", "-a", "maml", "--out", locked / "run"], "--out"),
+            (["train", "-b", "sinusoid", "-a", "maml", "--out", locked], "--out"),
+            (["evaluate", "--model", made["model"], "--out", locked / "e.json"], "--out"),
+            (["aggregate", made["evaluation"], "--out", locked / "s.csv"], "--out"),
+            (["aggregate", made["evaluation"], "--out", tmp_path / "s.csv", "--plots", locked / "plots"], "--plots"),
+            (["study", "mtnet", "--out", locked], "--out"),
+        ]:
+            code, err = run(capsys, *argv, "--params", made["params_file"], "--device", "cpu") if argv[0] != "aggregate" \
+                else run(capsys, *argv, "--params", made["params_file"])
+            assert_bad_input(code, err, flag, str(locked))
+            assert "training" not in err and "resuming" not in err, argv  # refused before the work
+        code, err = run(capsys, "adapt", "--model", made["model"], "--support", tmp_path, "--query", tmp_path,
+                        "--out", locked / "p.csv")
+        assert_bad_input(code, err, "--out", str(locked))
+        # the data folder `metalearn split` writes the episodes to (data.root)
+        params = deep_merge(made["params"], {"data": {"root": str(locked / "data")}})
+        code, err = run(capsys, "split", "-b", "sinusoid", "--params", write_params(tmp_path / "p.yaml", params))
+        assert_bad_input(code, err, "data.root", str(locked))
+        assert list(locked.iterdir()) == [] and not (tmp_path / "s.csv").exists()
+    finally:
+        locked.chmod(0o755)
+
+
+def _png_claiming(width: int, height: int) -> bytes:
+    """A PNG header claiming width x height pixels, with no pixels: a decompression bomb as Pillow
+    sees it before decoding."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+
+@pytest.fixture(scope="module")
+def drawings_task(tmp_path_factory) -> dict:
+    """An untrained Omniglot MAML model file and support/query folders of drawings (test_adapt's)."""
+    from conftest import quick_params
+    from test_adapt import drawing, image_folder, save_untrained
+
+    root = tmp_path_factory.mktemp("drawings")
+    model = save_untrained(quick_params(root), "omniglot-5w1s", "maml", root / "model.pt")
+    return {"model": model, "make": lambda name: (image_folder(root / name / "support", {"a": 1, "b": 1, "c": 1}, drawing),
+                                                  image_folder(root / name / "query", {"a": 2, "b": 2, "c": 2}, drawing))}
+
+
+@pytest.mark.parametrize("where", ["support", "query"])
+@pytest.mark.parametrize("size", [(30000, 30000), (10000, 10000)])  # Pillow's error, and its warning
+def test_an_image_too_large_to_be_a_drawing_is_refused_unread(drawings_task, tmp_path, capsys, where, size):
+    """A decompression bomb (a few hundred bytes claiming 900 or 100 million pixels) used to end in
+    Pillow's DecompressionBombError traceback (exit 3), or be decoded into gigabytes."""
+    support, query = drawings_task["make"](f"bomb-{where}-{size[0]}")
+    bomb = (support if where == "support" else query) / "a" / "huge.png"
+    bomb.write_bytes(_png_claiming(*size))
+    out = tmp_path / "p.csv"
+    code, err = run(capsys, "adapt", "--model", drawings_task["model"], "--support", support, "--query", query,
+                    "--out", out, "--device", "cpu")
+    assert_bad_input(code, err, str(bomb), "too large", f"{size[0]}x{size[1]}")
+    assert not out.exists() and not out.with_name("p.csv.part").exists()
+
+
+def test_an_image_too_small_to_carry_a_drawing_is_read_with_a_warning_naming_it(drawings_task, tmp_path, capsys):
+    from PIL import Image
+
+    support, query = drawings_task["make"]("tiny")
+    Image.new("L", (1, 1), 255).save(query / "b" / "dot.png")
+    out = tmp_path / "p.csv"
+    code, err = run(capsys, "adapt", "--model", drawings_task["model"], "--support", support, "--query", query,
+                    "--out", out, "--device", "cpu")
+    assert code == 0, err
+    assert f"warning: {query / 'b' / 'dot.png'}: 1x1 pixels, too small to carry a drawing" in err
+    assert "b/dot.png" in out.read_text()  # still classified, as asked
+
+
+def test_a_cuda_device_this_machine_lacks_is_refused_naming_the_flag(made, tmp_path, capsys):
+    """`--device cuda` without CUDA, or `cuda:3` on a machine with fewer GPUs: before any work."""
+    count = torch.cuda.device_count()
+    devices = [f"cuda:{count}"] + (["cuda:3"] if count <= 3 else []) + ([] if torch.cuda.is_available() else ["cuda"])
+    for device in devices:
+        for argv in (["train", "-b", "sinusoid", "-a", "maml", "--out", tmp_path / "m", "--params", made["params_file"]],
+                     ["evaluate", "--model", made["model"], "--out", tmp_path / "e.json", "--params", made["params_file"]],
+                     ["study", "mtnet", "--out", tmp_path / "s", "--params", made["params_file"]],
+                     ["adapt", "--model", made["model"], "--support", tmp_path, "--query", tmp_path]):
+            code, err = run(capsys, *argv, "--device", device)
+            assert_bad_input(code, err, "argument --device", repr(device))
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("seed", ["-1", "1.5", "abc", "", "1e3", " 2"])
+def test_a_negative_or_non_integer_seed_is_refused_naming_the_flag(made, tmp_path, capsys, seed):
+    code, err = run(capsys, "train", "-b", "sinusoid", "-a", "maml", "--seed", seed, "--out", tmp_path / "m",
+                    "--params", made["params_file"])
+    if seed == " 2":  # int() reads it as 2: accepted, as before
+        assert code == 0, err
+        return
+    assert_bad_input(code, err, "argument --seed")
+    assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_a_missing_or_truncated_episodes_file_gives_the_command_that_rebuilds_it(made, tmp_path, capsys, damage):
+    """With the settings file and profile this command was given, so that it rebuilds the file read."""
+    params = deep_merge(made["params"], {"data": {"root": str(tmp_path / "data")}})
+    params_file = write_params(tmp_path / "my-settings.yaml", params)
+    episodes = tmp_path / "data" / "episodes" / "sinusoid.pt"
+    if damage == "truncated":
+        episodes.parent.mkdir(parents=True)
+        episodes.write_bytes(made["episodes"].read_bytes()[:500])
+    code, err = run(capsys, "evaluate", "--params", params_file, "--model", made["model"], "--out", tmp_path / "e.json")
+    assert_bad_input(code, err, str(episodes), f"`metalearn split -b sinusoid --params {params_file}`")
+    assert not (tmp_path / "e.json").exists()
+    code, err = run(capsys, "evaluate", "--params", params_file, "--profile", "quick", "--model", made["model"],
+                    "--out", tmp_path / "e.json")
+    assert_bad_input(code, err, f"`metalearn split -b sinusoid --params {params_file} --profile quick`")
+    before = episodes.read_bytes() if episodes.exists() else None
+    assert before is None or len(before) == 500  # not touched
+
+
+def test_errors_about_the_settings_name_the_file_given_with_params(tmp_path, capsys):
+    """Not "params.yaml", when the settings came from another file."""
+    given = tmp_path / "my-settings.yaml"
+    given.write_text(RAW_TEXT.replace("profile: default\n", "profile: nosuch\n", 1))
+    for argv in (["split"], ["train", "-b", "sinusoid", "-a", "maml", "--out", tmp_path / "m"]):
+        code, err = run(capsys, *argv, "--params", given)
+        assert_bad_input(code, err, f"profile: unknown profile 'nosuch'; {given} defines")
+        assert "params.yaml" not in err
+    given.write_text(RAW_TEXT)
+    for argv, names in [
+        (["split", "-b", "nosuch"], ["benchmarks.nosuch: no such benchmark", f"{given} has"]),
+        (["study", "protocols", "--out", tmp_path / "s"], [f"studies.protocols: not configured in {given}"]),
+        (["train", "-b", "sinusoid", "-a", "reptile", "--out", tmp_path / "m"], ["benchmarks.sinusoid.algorithms.reptile"]),
+    ]:
+        code, err = run(capsys, *argv, "--params", given)
+        assert_bad_input(code, err, *names)
+        assert "params.yaml" not in err
+    raw = copy.deepcopy(RAW)
+    raw["benchmarks"]["omniglot-5w1s"]["ways"] = 80  # more than the split's classes: a semantic check
+    given.write_text(yaml.safe_dump(raw, sort_keys=False))
+    code, err = run(capsys, "split", "--params", given)
+    assert_bad_input(code, err, f"{given} (profile ", "is invalid", "benchmarks.omniglot-5w1s.ways")
+    assert "params.yaml" not in err
+    assert not (tmp_path / "m").exists() and not (tmp_path / "s").exists()
+
+
+def test_a_second_training_into_the_same_folder_is_refused_and_the_first_is_unharmed(tmp_path, capsys):
+    """Two trainings into one --out used to write one checkpoint and model in turns. The second is
+    refused by the first's lock (exit 2, the folder named); the first, paused while the second tries
+    (so they overlap whatever the machine's speed), ends with the model it makes alone."""
+    import os
+    import signal
+    import sys
+    import time
+
+    from conftest import quick_params
+
+    params = quick_params(tmp_path, benchmarks={"sinusoid": {"train": {"iterations": 40, "checkpoint_every": 10}}})
+    params_file = write_params(tmp_path / "params.yaml", params)
+    out = tmp_path / "shared"
+    argv = ["train", "--params", str(params_file), "-b", "sinusoid", "-a", "maml", "--device", "cpu"]
+    first = subprocess.Popen([sys.executable, "-m", "metalearn.cli", *argv, "--out", str(out)],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                             env={**os.environ, "OMP_NUM_THREADS": "1"})
+    lock = out / cli.LOCK_NAME
+    try:
+        deadline = time.time() + 120
+        while not (lock.exists() and lock.read_text().strip() == str(first.pid)):  # locked (the pid follows the lock)
+            assert first.poll() is None and time.time() < deadline, first.communicate()[0]
+            time.sleep(0.02)
+        first.send_signal(signal.SIGSTOP)
+        before = {p.name: p.read_bytes() for p in out.iterdir()}
+        code, err = run(capsys, *argv, "--out", out)
+        assert_bad_input(code, err, f"--out {out}", "another training is writing there", f"process {first.pid}")
+        assert "training maml" not in err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before  # nothing touched
+    finally:
+        first.send_signal(signal.SIGCONT)
+    log = first.communicate(timeout=300)[0]
+    assert first.returncode == 0, log
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "history.json", "model.pt"]  # lock released
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the first (OMP_NUM_THREADS=1): the same arithmetic
+    try:
+        code, err = run(capsys, *argv, "--out", tmp_path / "alone")
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 0, err
+    alone = torch.load(tmp_path / "alone" / "model.pt", weights_only=True)["state_dict"]
+    shared = torch.load(out / "model.pt", weights_only=True)["state_dict"]
+    assert alone.keys() == shared.keys() and all(torch.equal(alone[k], shared[k]) for k in alone)
+    # and once the first has ended, the folder is free again: a rerun resumes (here: is complete)
+    code, err = run(capsys, *argv, "--out", out)
+    assert code == 0, err
+
+
+def test_a_model_fetched_from_mlflow_is_checked_as_a_local_model_file_is(made, tmp_path, capsys, monkeypatch):
+    """`metalearn adapt --model runs:/...` used to torch.load the fetched file unchecked: a truncated
+    artifact or a checkpoint logged as the model ended in a traceback."""
+    import mlflow
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
+    client = mlflow.MlflowClient(tracking_uri=store)
+    experiment = client.create_experiment("adapt", artifact_location=str(tmp_path / "artifacts"))
+    (tmp_path / "support").mkdir()
+    (tmp_path / "query").mkdir()
+    truncated = tmp_path / "truncated" / "model.pt"
+    truncated.parent.mkdir()
+    truncated.write_bytes(made["model"].read_bytes()[:1000])
+    checkpoint = tmp_path / "checkpoint" / "model.pt"
+    checkpoint.parent.mkdir()
+    checkpoint.write_bytes(made["checkpoint"].read_bytes())
+    for local, kind in [(truncated, "not a readable model file"), (checkpoint, "training checkpoint, not a model")]:
+        run_id = client.create_run(experiment).info.run_id
+        client.log_artifact(run_id, str(local), "model")  # as tracking.log_model does
+        uri = f"runs:/{run_id}/model"
+        code, err = run(capsys, "adapt", "--model", uri, "--support", tmp_path / "support", "--query",
+                        tmp_path / "query", "--out", tmp_path / "p.csv")
+        assert_bad_input(code, err, uri, "fetched from MLflow", kind)
+        code, err = run(capsys, "adapt", "--model", local, "--support", tmp_path / "support", "--query",
+                        tmp_path / "query", "--out", tmp_path / "p.csv")
+        assert_bad_input(code, err, str(local), kind)  # the same check as the local file
+    assert not (tmp_path / "p.csv").exists()
+
+
+@pytest.mark.parametrize("damage", ["missing", "truncated"])
+def test_training_without_its_prepared_images_names_the_command_that_makes_them(made, tmp_path, capsys, damage):
+    """A missing cache used to end in `[Errno 2] No such file or directory` (exit 1), a truncated
+    one in torch's traceback."""
+    params = deep_merge(made["params"], {"data": {"root": str(tmp_path / "data")}})
+    params_file = write_params(tmp_path / "p.yaml", params)
+    cache = tmp_path / "data" / "prepared" / "omniglot-small.pt"
+    if damage == "truncated":
+        cache.parent.mkdir(parents=True)
+        cache.write_bytes(Path(made["params"]["data"]["root"], "prepared", "omniglot-small.pt").read_bytes()[:4096])
+    code, err = run(capsys, "train", "--params", params_file, "-b", "omniglot-5w1s", "-a", "maml",
+                    "--out", tmp_path / "m", "--device", "cpu")
+    assert_bad_input(code, err, str(cache), f"`metalearn prepare --dataset omniglot-small --params {params_file}`")
+    assert not (tmp_path / "m").exists()
+
+
+def test_runtimes_of_a_folder_that_holds_other_tsv_files_is_refused_naming_it(tmp_path, capsys):
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / "x.tsv").write_text("s\n1\n")
+    code, err = run(capsys, "runtimes", "--dir", tmp_path, "--out", tmp_path / "r.csv")
+    assert_bad_input(code, err, f"--dir {tmp_path}", "not the pipeline's runtime files")
+    assert not (tmp_path / "r.csv").exists()

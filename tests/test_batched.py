@@ -93,6 +93,8 @@ def _problems(name: str) -> list:
     """The test problems an algorithm applies to: the oracle sees sinusoid parameters, so sinusoids only."""
     if getattr(ALGORITHMS[name], "sees_task_parameters", False):
         return [_informed_sinusoid_like]
+    if getattr(ALGORITHMS[name], "classification_only", False):  # Proto-MAML: a head built from classes
+        return [_omniglot_like]
     return [_omniglot_like, _sinusoid_like]
 
 
@@ -283,7 +285,9 @@ def test_chunked_evaluation_equals_the_one_task_loop_per_task(name, problem, cur
     else:
         steps_scored = hparams["test_inner_steps"] + 1 if curve else 1
         query_calls = 2 if "eval_query_batch" in hparams else 1  # shots: 2 queries per class, 1 shot -> 2 batches
-        assert sorted(calls) == sorted([3, 2, 2] * hparams["test_inner_steps"]
+        # (Proto-MAML: one more pass over each chunk's support set, the prototypes of its head)
+        support_passes = hparams["test_inner_steps"] + int(getattr(ALGORITHMS[name], "head_from_support", False))
+        assert sorted(calls) == sorted([3, 2, 2] * support_passes
                                        + [2, 1, 2, 2] * steps_scored * query_calls)
         assert any(t.startswith("metalearn-task") for t in threads)  # the chunks ran in the pool
     for ours, expected in zip(chunked, loop):

@@ -70,13 +70,86 @@ def raw_inputs(params: dict, dataset: str) -> list[str]:
     """The files `prepare` reads: the Omniglot archives (made by `download`), or the ImageNet files
     where the user put them (none when prepare downloads them from data.<dataset>.files). Missing
     ImageNet files raise imagenet.MissingData, naming the files expected and the setting to change,
-    while the DAG is built, so before any job starts, and only when a target needs the data set."""
+    while the DAG is built, so before any job starts, and only when a target needs the data set: the
+    default target leaves out the benchmarks whose files are missing (`planned`), so this is for a
+    job of theirs named as a target."""
     if dataset in OMNIGLOT_DATASETS:
         return raw_archives(params, dataset)
     from metalearn.data import imagenet
 
     source = imagenet.locate(params, dataset)
     return [] if source is None else [path.as_posix() for path in source.files()]
+
+
+def declared_raw_inputs(params: dict, dataset: str) -> list[str]:
+    """What dvc.yaml declares that `prepare` reads: from params.yaml alone, never from the files that
+    happen to be on the machine writing dvc.yaml (`raw_inputs` looks for them, and the data mirror,
+    METALEARN_DATA_MIRROR, is that machine's setting), so dvc.yaml is the same everywhere. Omniglot:
+    its archives; ImageNet: nothing when data.<dataset>.files downloads them (their URLs and checksums
+    are params of the stage), else the folder of data.<dataset>.path or <data.root>/raw/<dataset>,
+    where docs/data.md says to put the files (absent: `dvc repro` stops at that stage, as DVC does on
+    any missing dependency)."""
+    if dataset in OMNIGLOT_DATASETS:
+        return raw_archives(params, dataset)
+    config = params["data"].get(dataset) or {}
+    if config.get("files"):
+        return []
+    from metalearn.data import imagenet
+
+    return [Path(config["path"]).as_posix() if config.get("path") else imagenet.raw_dir(params, dataset).as_posix()]
+
+
+# ----------------------------------------------------------------------------- what Snakemake plans
+def missing_data(params: dict) -> dict[str, str]:
+    """The user-supplied data sets (IMAGENET_DATASETS: no official download) that the configured
+    benchmarks read and whose files are neither where params.yaml says nor to be downloaded from
+    data.<dataset>.files: {dataset: why, in one line, with the setting to change}."""
+    from metalearn.data import imagenet
+
+    missing = {}
+    for dataset in datasets(params):
+        if dataset in IMAGENET_DATASETS:
+            try:
+                imagenet.locate(params, dataset)
+            except imagenet.MissingData:
+                missing[dataset] = imagenet.not_found(params, dataset)
+    return missing
+
+
+def planned(params: dict, log=None) -> dict:
+    """The configuration that Snakemake's default target (rule all) is planned from: `params` without
+    the benchmarks whose user-supplied data are missing (mini-/tiered-ImageNet: `missing_data`) and
+    without the studies that read them, so that e.g. the paper profile runs everything else (Omniglot,
+    sinusoids, RL, ...). One line per data set on stderr (`log`) names the benchmarks skipped, why,
+    and what to set to include them. Only the default target skips: a skipped benchmark's job named
+    as a target still fails, with `raw_inputs`'s full message, and dvc.yaml keeps every benchmark
+    (`dvc_stages`: it must not depend on the files of the machine that writes it). When every
+    benchmark lacks its data nothing could run: imagenet.MissingData, the first data set's message."""
+    from metalearn.data import imagenet
+    from metalearn.studies import study_datasets
+
+    missing = missing_data(params)
+    if not missing:
+        return params
+    skipped = {b for b, settings in params["benchmarks"].items() if settings.get("dataset") in missing}
+    if skipped == set(params["benchmarks"]):
+        imagenet.locate(params, sorted(missing)[0])  # raises MissingData with the files expected
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    for dataset, why in sorted(missing.items()):
+        log(f"skipping {', '.join(sorted(b for b in skipped if params['benchmarks'][b]['dataset'] == dataset))}: "
+            f"{why}")
+    studies_skipped = {}
+    for study in studies(params):
+        lacking = sorted(set(study_datasets(params, study)) & set(missing))
+        if params["studies"][study].get("benchmark") in skipped:
+            lacking.append(params["studies"][study]["benchmark"])
+        if lacking:
+            studies_skipped[study] = lacking
+            log(f"skipping study {study}: it reads {', '.join(lacking)}, skipped above")
+    kept = dict(params, benchmarks={b: s for b, s in params["benchmarks"].items() if b not in skipped})
+    if params.get("studies"):
+        kept["studies"] = {s: v for s, v in params["studies"].items() if s not in studies_skipped}
+    return kept
 
 
 def source_files(algorithm: str) -> list[str]:
@@ -293,8 +366,8 @@ def dvc_stages(raw: dict) -> dict:
                 "params": _param_keys(raw, profile, ["data.root"]),
                 "outs": raw_archives(params, archive_set)}
         stage = {"cmd": COMMANDS["prepare"].format(profile=profile, dataset=dataset)}
-        if raw_inputs(params, dataset):
-            stage["deps"] = raw_inputs(params, dataset)
+        if declared_raw_inputs(params, dataset):  # not raw_inputs: dvc.yaml must not depend on the files present
+            stage["deps"] = declared_raw_inputs(params, dataset)
         if dataset in IMAGENET_DATASETS:
             stage["params"] = _param_keys(raw, profile, [f"data.{dataset}"])
         stages[f"prepare-{dataset}"] = {**stage, "outs": prepared(params, dataset)}

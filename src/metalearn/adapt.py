@@ -8,7 +8,10 @@ Folders
             numbered in the order of their sorted names. Classes may have different numbers of images.
   query/    the images to classify, either directly in the folder, or in subfolders named after
             support classes (then the true classes are known and accuracy is reported).
-  Files whose names start with '.' are ignored; anything else must be a readable image.
+  Files whose names start with '.' are ignored; anything else must be a readable image. An image
+  of more than MAX_PIXELS pixels (Pillow's decompression-bomb limit) is refused before it is
+  decoded; one smaller than MIN_SIDE pixels a side is read with a warning naming it (it is too small
+  to carry a drawing, and its prediction means little).
 
 Adaptation is the algorithm's own rule, through the `Algorithm` interface only:
 ``algo.adapt((support_x, support_y), steps)`` then ``algo.predict(params, query_x)``; so MAML's
@@ -40,32 +43,56 @@ The output layer when the number of classes differs from training (``head``):
            per episode; the adaptation steps then learn it from the support set. (With a zero head
            the first step changes only the head: the features' gradient passes through its weights.)
            What it costs against the trained head: docs/notes/adapt-worked-example.md.
+  proto    the head is set from the support set before adaptation (Proto-MAML, Triantafillou et al.
+           2020; metalearn/heads.py): for class k with c_k the mean of its support images' features
+           (the network's, just before the head), weight 2 c_k and bias -||c_k||^2, so that before any
+           step the network scores an image by minus its squared distance to each class's prototype
+           (up to a per-image constant); the adaptation steps then run from there. Any number of
+           classes; every other meta-learned parameter is kept. Not for T-nets and MT-nets (their T
+           follows the head).
   Algorithms with meta-learned parameters shaped by the number of classes cannot change it:
   Meta-SGD (learned rates of the head), T-net (the head's T, ways x ways), MT-net (T and the head's
   mask logits). For them a different number of classes is an error naming those parameters.
+  Models of algorithms that build their head from the support set in every task themselves
+  (`head_from_support`: protomaml, foprotomaml) always use `proto` (`auto` and `proto` say so; `trained`
+  and `zero` are errors), at any number of classes.
 """
 from __future__ import annotations
 
 import csv
 import io
+import os
+import struct
+import sys
 import tempfile
+import warnings
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from torch import Tensor
 
 from metalearn import benchmarks
-from metalearn.algorithms import Algorithm, build_algorithm
+from metalearn.algorithms import ALGORITHMS, Algorithm, build_algorithm
+from metalearn.algorithms.base import detached
+from metalearn.algorithms.mtnet import TNet
 from metalearn.data import imagenet, omniglot
 from metalearn.data.images import IMAGENET, OMNIGLOT, OMNIGLOT_BINARY, preprocessing_for
+from metalearn.errors import BadInput
+from metalearn.heads import with_prototype_head
+from metalearn.tasks import Params, TaskBatch
 
 HEAD = ("model.head.weight", "model.head.bias")  # the output layer's entries in an algorithm's state
-HEAD_POLICIES = ("auto", "trained", "zero")
+HEAD_POLICIES = ("auto", "trained", "zero", "proto")
 QUERY_CHUNK = 500  # query images per forward pass (bounds memory on 84x84 inputs)
 COLOUR_TOLERANCE = 12  # channel spread (of 255) below which a pixel counts as gray (JPEG noise)
+MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # larger: refused unread (Pillow warns above it, and refuses twice it)
+MIN_SIDE = 8  # a side of fewer pixels: a warning (a few-shot drawing needs more to be told apart)
+# What Pillow's decoders raise on a damaged or foreign file (beyond UnidentifiedImageError, an OSError)
+UNREADABLE = (OSError, ValueError, EOFError, SyntaxError, struct.error, zlib.error)
 
 
 class AdaptError(ValueError):
@@ -82,13 +109,49 @@ def _is_colour(image: Image.Image) -> bool:
     return int((rgb.max(axis=2) - rgb.min(axis=2)).max()) > COLOUR_TOLERANCE
 
 
-def read_image(path: Path, preprocessing: dict) -> tuple[Tensor, bool]:
-    """(float image [C, size, size] in [0, 1], whether the file is in colour), read as training read."""
-    data = path.read_bytes()
+def _warn(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _claimed_size(data: bytes) -> str:
+    """'WxH' from an image's header, without Pillow's size check (nothing is decoded)."""
+    limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
     try:
-        with Image.open(io.BytesIO(data)) as image:
-            image.load()
-            colour = _is_colour(image)
+        with warnings.catch_warnings(), Image.open(io.BytesIO(data)) as image:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            return "x".join(map(str, image.size))
+    except Exception:  # noqa: BLE001 -- only for the message
+        return "too many"
+    finally:
+        Image.MAX_IMAGE_PIXELS = limit
+
+
+def read_image(path: Path, preprocessing: dict, warn=_warn) -> tuple[Tensor, bool]:
+    """(float image [C, size, size] in [0, 1], whether the file is in colour), read as training read.
+    An image too large to be a drawing (MAX_PIXELS: a decompression bomb, say) is refused from its
+    header, before it is decoded; one too small to carry a drawing (MIN_SIDE) is read, with `warn`."""
+    try:
+        data = path.read_bytes()
+        with warnings.catch_warnings():  # Pillow's bomb warning as an error: refused before decoding
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as image:
+                width, height = image.size
+                if width * height > MAX_PIXELS:
+                    raise Image.DecompressionBombError(f"{width}x{height} pixels")
+                image.load()
+                colour = _is_colour(image)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise AdaptError(f"{path}: {_claimed_size(data)} pixels, too large for a few-shot image (at most "
+                         f"{MAX_PIXELS} pixels are read: a decompression bomb, or a photo to scale down); "
+                         "scale it down or remove it") from None
+    except UNREADABLE as exc:
+        raise AdaptError(f"{path}: not a readable image ({exc})") from None
+    if preprocessing not in (OMNIGLOT, OMNIGLOT_BINARY, IMAGENET):
+        raise AdaptError(f"the model's preprocessing {preprocessing} is unknown to this version of metalearn")
+    if min(width, height) < MIN_SIDE:
+        warn(f"{path}: {width}x{height} pixels, too small to carry a drawing (the model reads "
+             f"{preprocessing.get('size', '?')}x{preprocessing.get('size', '?')}); its prediction means little")
+    try:
         if preprocessing in (OMNIGLOT, OMNIGLOT_BINARY):
             pixels = omniglot._load_image(data, preprocessing["resize"])  # uint8 [28, 28], inverted: strokes bright
             border = torch.cat([pixels[:2].flatten(), pixels[-2:].flatten(), pixels[:, :2].flatten(),
@@ -96,11 +159,9 @@ def read_image(path: Path, preprocessing: dict) -> tuple[Tensor, bool]:
             if border.float().mean() > 127:  # bright background after inversion: the file was light-on-dark
                 pixels = 255 - pixels
             pixels = pixels.unsqueeze(0)
-        elif preprocessing == IMAGENET:
-            pixels = imagenet._decode(data, str(path))  # uint8 [3, 84, 84]
         else:
-            raise AdaptError(f"the model's preprocessing {preprocessing} is unknown to this version of metalearn")
-    except (UnidentifiedImageError, OSError, imagenet.InvalidData) as exc:
+            pixels = imagenet._decode(data, str(path))  # uint8 [3, 84, 84]
+    except (*UNREADABLE, imagenet.InvalidData) as exc:
         raise AdaptError(f"{path}: not a readable image ({exc})") from None
     return pixels.float().div_(255.0), colour
 
@@ -166,9 +227,9 @@ def read_query(folder: Path, classes: list[str]) -> tuple[list[Path], Tensor | N
     return files, torch.tensor(labels)
 
 
-def read_images(files: list[Path], preprocessing: dict) -> tuple[Tensor, list[bool]]:
+def read_images(files: list[Path], preprocessing: dict, warn=_warn) -> tuple[Tensor, list[bool]]:
     """(the images as one float batch [N, C, H, W], whether each file is in colour)."""
-    images, colours = zip(*(read_image(f, preprocessing) for f in files))
+    images, colours = zip(*(read_image(f, preprocessing, warn) for f in files))
     return torch.stack(images), list(colours)
 
 
@@ -186,11 +247,17 @@ def check_kinds(files: list[Path], colours: list[bool], preprocessing: dict) -> 
 
 # -- the model -------------------------------------------------------------------------------------
 
+def is_uri(model: str | Path) -> bool:
+    """Whether --model names an MLflow artifact (``runs:/...``, ``models:/...``, ``scheme://...``)."""
+    text = str(model)
+    return "://" in text or text.startswith(("runs:/", "models:/"))
+
+
 def resolve_model(model: str | Path, download_dir: Path | None = None) -> Path:
     """A local model.pt from a path or an MLflow URI (``runs:/<run id>/model``, ``models:/name/1``, ...;
     the tracking store is MLFLOW_TRACKING_URI, else the project's default, as for training)."""
     text = str(model)
-    if "://" not in text and not text.startswith(("runs:/", "models:/")):
+    if not is_uri(text):
         path = Path(text)
         if path.is_dir():
             path = path / "model.pt"
@@ -215,6 +282,16 @@ def resolve_model(model: str | Path, download_dir: Path | None = None) -> Path:
     return local
 
 
+def _fetched(model: str | Path, path: Path, read) -> dict:
+    """read(path) for a model fetched from MLflow, its error naming the URI as well as the local copy."""
+    from metalearn.errors import BadFile
+
+    try:
+        return read(path)
+    except BadFile as exc:
+        raise BadFile(f"{model}: fetched from MLflow as {exc}") from None
+
+
 def adapted_algorithm(saved: dict, ways: int, head: str = "auto", device: str = "auto") -> tuple[Algorithm, str]:
     """The saved algorithm rebuilt for `ways` classes, with the head policy applied; (algorithm, policy used)."""
     from metalearn.train import pick_device
@@ -226,9 +303,18 @@ def adapted_algorithm(saved: dict, ways: int, head: str = "auto", device: str = 
     trained_ways = settings.get("ways")
     if trained_ways is None:
         raise AdaptError(f"{config['benchmark']} is not a classification benchmark: nothing to adapt to folders of images")
+    cls = ALGORITHMS.get(config["algorithm"], Algorithm)  # (an unknown name: build_algorithm says so below)
+    if getattr(cls, "head_from_support", False):  # protomaml: its own adaptation builds the head
+        if head in ("trained", "zero"):
+            raise AdaptError(f"{config['algorithm']} sets its head from the support set in every task: "
+                             f"--head {head} does not apply (use auto or proto)")
+        head = "proto"
     if head == "trained" and ways != trained_ways:
         raise AdaptError(f"the trained head has {trained_ways} outputs and the support has {ways} classes; "
-                         "use --head zero (or auto)")
+                         "use --head zero, proto (or auto)")
+    if head == "proto" and issubclass(cls, TNet):
+        raise AdaptError(f"{config['algorithm']} transforms the head's outputs (its T follows the head): "
+                         "a prototype head does not apply; use --head trained, zero (or auto)")
     policy = "trained" if head == "auto" and ways == trained_ways else ("zero" if head == "auto" else head)
     # The same construction as train.build, with the support's number of classes.
     torch.manual_seed(config["seed"])
@@ -236,7 +322,7 @@ def adapted_algorithm(saved: dict, ways: int, head: str = "auto", device: str = 
     algo = build_algorithm(config["algorithm"], objective.model, objective, config["hparams"])
     state = algo.state_dict()
     for key, value in saved["state_dict"].items():
-        if key in HEAD and policy == "zero":
+        if key in HEAD and policy in ("zero", "proto"):  # proto: set from the support in adapt_and_predict
             state[key] = torch.zeros_like(state[key])
         elif state[key].shape == value.shape:
             state[key] = value
@@ -248,17 +334,46 @@ def adapted_algorithm(saved: dict, ways: int, head: str = "auto", device: str = 
     return algo.to(pick_device(device)), policy
 
 
+def prototype_start(algo: Algorithm, support: tuple[Tensor, Tensor]) -> Params:
+    """The algorithm's starting parameters (theta) with the head set from the support set's prototypes
+    (metalearn/heads.py), as fresh leaves: where its adaptation steps start under the `proto` head."""
+    with torch.no_grad():
+        return detached(with_prototype_head(algo.predict, algo.initial_params(), *support))
+
+
 def adapt_and_predict(algo: Algorithm, support: tuple[Tensor, Tensor], query_x: Tensor,
-                      steps: int | None = None) -> Tensor:
-    """Class probabilities [N, ways] of the query images after the algorithm's own adaptation."""
+                      steps: int | None = None, head: str = "as_loaded") -> Tensor:
+    """Class probabilities [N, ways] of the query images after the algorithm's own adaptation.
+    `head`: "proto" sets the head from the support set first (`prototype_start`); anything else starts
+    from the algorithm's parameters as they are (its trained or zero head, as `adapted_algorithm` set it;
+    an algorithm with `head_from_support` builds its head itself either way)."""
     dev = next(algo.parameters()).device
     support = (support[0].to(dev), support[1].to(dev))
     with torch.enable_grad():
-        params = algo.adapt(support, steps)
+        if head == "proto" and not getattr(algo, "head_from_support", False):
+            params = algo.adapt(support, steps, params=prototype_start(algo, support))
+        else:
+            params = algo.adapt(support, steps)
     params = {name: p.detach() for name, p in params.items()}
     with torch.no_grad():
         logits = torch.cat([algo.predict(params, chunk.to(dev)) for chunk in query_x.split(QUERY_CHUNK)])
     return logits.softmax(-1).cpu()
+
+
+def evaluate_tasks(algo: Algorithm, tasks: TaskBatch, steps: int, head: str = "as_loaded") -> list[dict[str, float]]:
+    """Each task's query metrics after `steps` adaptation steps, the head as `adapt_and_predict` takes
+    it: "proto" sets it from the task's support set first (one task at a time); anything else is the
+    algorithm's own evaluation (`algo.evaluate_tasks`, with the trained or zero head that
+    `adapted_algorithm` loaded). For comparing the head policies on a benchmark's saved episodes."""
+    if head != "proto" or getattr(algo, "head_from_support", False):
+        return algo.evaluate_tasks(tasks, steps)
+    results = []
+    for task in tasks:
+        with torch.enable_grad():
+            adapted = algo.adapt(task.support, steps, params=prototype_start(algo, task.support))
+        with torch.no_grad():
+            results.append(algo.objective.metrics(algo.predict_query(adapted, task), task.query[1]))
+    return results
 
 
 # -- the command -----------------------------------------------------------------------------------
@@ -281,9 +396,11 @@ class Result:
         return sum(p == t for p, t in zip(self.predicted, self.labels)) / len(self.labels)
 
     def write_csv(self, path: Path) -> None:
+        """Written whole or not at all (a temporary file beside it, renamed)."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("w", newline="") as f:
+        part = path.with_name(path.name + ".part")
+        with part.open("w", newline="") as f:
             out = csv.writer(f)
             out.writerow(["file", "predicted", "probability"] + (["label", "correct"] if self.labels is not None else []))
             for i, name in enumerate(self.files):
@@ -291,24 +408,36 @@ class Result:
                 if self.labels is not None:
                     row += [self.classes[self.labels[i]], int(self.predicted[i] == self.labels[i])]
                 out.writerow(row)
+        os.replace(part, path)
 
 
 def adapt(model: str | Path, support_dir: Path, query_dir: Path, steps: int | None = None,
-          head: str = "auto", device: str = "auto") -> Result:
+          head: str = "auto", device: str = "auto", warn=_warn) -> Result:
     """Read the folders, adapt the model to the support set and classify the query images."""
+    from metalearn.train import read_model_file
+
     path = resolve_model(model)
-    saved = torch.load(path, map_location="cpu", weights_only=True)
+    # checked as a local model file is, wherever it came from (an MLflow artifact too): BadFile, named
+    saved = _fetched(model, path, read_model_file) if is_uri(model) else read_model_file(path)
     preprocessing = saved.get("preprocessing") or preprocessing_for(saved["config"]["settings"])
     if preprocessing is None:
         raise AdaptError(f"{path} was trained on {saved['config']['benchmark']}, which has no images")
+    if preprocessing not in (OMNIGLOT, OMNIGLOT_BINARY, IMAGENET):
+        raise AdaptError(f"{path}: the model's preprocessing {preprocessing} is unknown to this version of metalearn")
     classes, support_files, support_y = read_support(Path(support_dir))
     query_files, query_y = read_query(Path(query_dir), classes)
-    support_x, support_colour = read_images(support_files, preprocessing)
-    query_x, query_colour = read_images(query_files, preprocessing)
+    support_x, support_colour = read_images(support_files, preprocessing, warn)
+    query_x, query_colour = read_images(query_files, preprocessing, warn)
     check_kinds(support_files + query_files, support_colour + query_colour, preprocessing)
-    algo, policy = adapted_algorithm(saved, len(classes), head, device)
+    try:
+        algo, policy = adapted_algorithm(saved, len(classes), head, device)
+    except (KeyError, TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, (AdaptError, BadInput)):
+            raise
+        raise AdaptError(f"{path}: its settings or parameters do not make a {saved['config']['algorithm']} model "
+                         f"({type(exc).__name__}: {str(exc)[:300]}); train it again (`metalearn train`)") from None
     steps = algo.test_inner_steps if steps is None else steps
-    probabilities = adapt_and_predict(algo, (support_x, support_y), query_x, steps)
+    probabilities = adapt_and_predict(algo, (support_x, support_y), query_x, steps, head=policy)
     best, predicted = probabilities.max(-1)
     return Result(classes, [str(f.relative_to(query_dir)) for f in query_files], predicted.tolist(),
                   best.tolist(), None if query_y is None else query_y.tolist(), policy, steps,

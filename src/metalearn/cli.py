@@ -25,7 +25,9 @@ checkpoint is written, no model; the same command again resumes it (docs/cluster
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import re
 import sys
 import traceback
 from pathlib import Path
@@ -98,6 +100,55 @@ def check_writable(path: str | Path, flag: str, folder: bool = False) -> None:
         raise BadInput(f"{flag} {path}: cannot create it, {parent} is not writable; choose another {kind}")
 
 
+LOCK_NAME = ".training.lock"  # in a training's --out folder while it trains (training_lock)
+
+
+@contextlib.contextmanager
+def training_lock(folder: Path):
+    """Hold an exclusive lock on a training's output folder while it trains: a second training into
+    the same folder, started meanwhile, is refused (BadInput, exit 2) instead of both writing one
+    checkpoint and model. fcntl.flock on ``<folder>/.training.lock``, which holds the holder's process
+    id: the kernel releases the lock when the process ends, however it ends (a killed training's lock
+    file stays, unlocked, and the next training takes it); at a normal end the file is removed, and
+    the folders made for the training with it when nothing else was written to them."""
+    import fcntl
+
+    folder = Path(folder)
+    made = [p for p in [folder, *folder.parents] if not p.exists()]
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip()
+            os.close(fd)
+            raise BadInput(f"--out {folder}: another training is writing there"
+                           + (f" (process {holder})" if holder.isdigit() else "")
+                           + "; wait for it to end, or give another --out") from None
+        try:  # the file locked must still be the one at `path` (not one its holder removed meanwhile)
+            same = os.fstat(fd).st_ino == os.stat(path).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(path)  # while locked: a training waiting on it retries on the new file
+        os.close(fd)
+        for created in made:  # deepest first; a folder with anything in it stays
+            try:
+                created.rmdir()
+            except OSError:
+                break
+
+
 def duration(text: str) -> float:
     """Seconds of a duration: 90, 90s, 45m, 2h, 1d, or h:mm:ss / mm:ss as SLURM writes them."""
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -146,6 +197,36 @@ def _check_imagenet_files(params: dict, datasets: list[str]) -> None:
             imagenet.locate(params, dataset)
 
 
+def _check_data_writable(params: dict, *folders: Path) -> None:
+    """The data folders a command writes (prepared caches, saved episodes), checked before it computes
+    anything. (Downloads are not: they write only the archives that are missing, each atomically.)"""
+    for folder in folders:
+        check_writable(folder, f"data.root ({params['data']['root']}):", folder=True)
+
+
+def _check_prepared(params: dict, names: list[str]) -> None:
+    """The prepared image caches these benchmarks read, checked before any work: a missing or
+    unreadable one is a BadFile naming it and the command that writes it (the check loads the cache
+    memory-mapped: its index, not its images)."""
+    import torch
+
+    from metalearn.errors import BadFile
+
+    for dataset in sorted({params["benchmarks"][n]["dataset"] for n in names if "dataset" in params["benchmarks"][n]}):
+        path = benchmarks.prepared_path(params, dataset)
+        make = f"`metalearn prepare --dataset {dataset}`"
+        if not path.is_file():
+            raise BadFile(f"{path}: no prepared {dataset} images; run {make} first")
+        try:
+            cache = torch.load(path, mmap=True, weights_only=True)
+        except Exception as exc:  # noqa: BLE001 -- torch raises several types for truncated or foreign files
+            raise BadFile(f"{path}: not a readable prepared cache (truncated or foreign; torch.load: "
+                          f"{type(exc).__name__}); run {make} to write it again") from None
+        if not (isinstance(cache, dict)
+                and ({"images", "classes"} <= set(cache) or {"train", "val", "test"} <= set(cache))):
+            raise BadFile(f"{path}: not a prepared image cache; run {make} to write it again")
+
+
 def cmd_download(params: dict, args) -> None:
     from metalearn.data import imagenet, omniglot
 
@@ -165,6 +246,7 @@ def cmd_prepare(params: dict, args) -> None:
 
     datasets = _datasets(params, args.dataset)
     _check_imagenet_files(params, datasets)
+    _check_data_writable(params, *[benchmarks.prepared_path(params, d).parent for d in datasets[:1]])
     for dataset in datasets:
         if dataset in imagenet.DATASETS:
             manifest = imagenet.prepare(imagenet.download(params, dataset), benchmarks.prepared_path(params, dataset))
@@ -181,6 +263,8 @@ def cmd_split(params: dict, args) -> None:
     names = [args.benchmark] if args.benchmark else sorted(params["benchmarks"])
     for name in names:
         benchmark(params, name)  # an unknown name: ConfigError naming the benchmarks there are
+    _check_data_writable(params, *[benchmarks.episodes_path(params, name).parent for name in names[:1]])
+    _check_prepared(params, names)
     for name in names:  # saved episodes, test sequences, alphabets or RL test tasks (metalearn.families)
         path = families.step(params["benchmarks"][name], "make_episodes")(params, name)
         print(f"episodes of {name} -> {path}", file=sys.stderr)
@@ -192,17 +276,19 @@ def cmd_train(params: dict, args) -> None:
     out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
     run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError for an unknown -b / -a
     check_writable(out, "--out", folder=True)
+    _check_prepared(params, [args.benchmark])
     _slice(args)
     # the family's loop: episodes (metalearn.train), continual, alphabets, RL (TRPO); metalearn.families
     train = families.step(params["benchmarks"][args.benchmark], "train")
-    if not args.track:
-        path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
-    else:
-        from metalearn import tracking
+    with training_lock(out):  # every family's loop, one training per folder at a time
+        if not args.track:
+            path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
+        else:
+            from metalearn import tracking
 
-        with tracking.training_run(params, args.benchmark, args.algorithm, args.seed, args.device) as run:
-            path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device, tracker=run)
-            tracking.log_model(run, path)
+            with tracking.training_run(params, args.benchmark, args.algorithm, args.seed, args.device) as run:
+                path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device, tracker=run)
+                tracking.log_model(run, path)
     print(f"model -> {path}", file=sys.stderr)
 
 
@@ -229,9 +315,11 @@ def _slice(args) -> None:
 
 
 def cmd_evaluate(params: dict, args) -> None:
-    from metalearn.evaluate import evaluate, write_json
+    from metalearn.evaluate import check_inputs, evaluate, write_json
 
     check_writable(args.out, "--out")
+    saved = check_inputs(params, Path(args.model), args.steps)  # the model file, and its fit to the benchmark
+    _check_prepared(params, [saved["config"]["benchmark"]])
     result = evaluate(params, Path(args.model), split=args.split, device=args.device, steps=args.steps)
     result.update(evaluation_provenance(params, result["benchmark"], args.device))
     write_json(result, Path(args.out))
@@ -272,7 +360,7 @@ def cmd_study(params: dict, args) -> None:
     from metalearn.studies import run_study
 
     if not (params.get("studies") or {}).get(args.study):
-        raise ConfigError(f"studies.{args.study}: not configured in params.yaml (profile {params.get('profile')})")
+        raise ConfigError(f"studies.{args.study}: not configured in {args.params} (profile {params.get('profile')})")
     check_writable(args.out, "--out", folder=True)
     _slice(args)
     run_study(params, args.study, Path(args.out), device=args.device)
@@ -287,7 +375,7 @@ def cmd_adapt(params: dict | None, args) -> None:
         read_model_file(Path(text) / "model.pt" if Path(text).is_dir() else Path(text))  # BadFile, named
     check_writable(args.out, "--out")
     result = adapt(args.model, Path(args.support), Path(args.query), steps=args.steps, head=args.head,
-                   device=args.device)
+                   device=args.device)  # warnings (e.g. an image too small to carry a drawing) on stderr
     result.write_csv(Path(args.out))
     scored = "" if result.accuracy is None else f"; accuracy {100 * result.accuracy:.1f}%"
     print(f"{result.info['algorithm']} ({result.info['benchmark']}, {result.info['trained_ways']} ways), "
@@ -296,6 +384,8 @@ def cmd_adapt(params: dict | None, args) -> None:
 
 
 def cmd_runtimes(params: None, args) -> None:
+    import csv
+
     from metalearn.runtimes import format_runtimes, read_runtimes, write_runtimes
 
     folder = Path(args.dir)
@@ -303,7 +393,13 @@ def cmd_runtimes(params: None, args) -> None:
         raise BadInput(f"--dir {folder}: no such folder; it is written by the pipeline's jobs "
                        "(run `make reproduce` first)")
     check_writable(args.out, "--out")
-    rows = read_runtimes(folder)
+    try:
+        rows = read_runtimes(folder)
+    except (KeyError, ValueError, IndexError, UnicodeDecodeError, csv.Error) as exc:
+        raise BadInput(f"--dir {folder}: holds .tsv files that are not the pipeline's runtime files "
+                       f"(<step>/<benchmark>/<algorithm>/seed<S>.tsv or study/<name>.tsv, as Snakemake's "
+                       f"`benchmark:` writes them; {type(exc).__name__}: {exc}); give the folder the pipeline "
+                       "writes (results/runtimes)") from None
     write_runtimes(rows, Path(args.out))
     print(format_runtimes(rows), file=sys.stderr)
 
@@ -421,7 +517,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions.csv")
     p.add_argument("--steps", type=_nonnegative_int, default=None,
                    help="adaptation steps (default: the algorithm's test steps)")
-    p.add_argument("--head", default="auto", choices=["auto", "trained", "zero"],
+    p.add_argument("--head", default="auto", choices=["auto", "trained", "zero", "proto"],
                    help="output layer: trained head, or zero-initialised (auto: zero when the classes differ in number)")
     p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=cmd_adapt)
@@ -454,6 +550,24 @@ def parser() -> argparse.ArgumentParser:
     return top
 
 
+def as_given(message: str, args) -> str:
+    """A message in the terms of this command line: "params.yaml" is the settings file given with
+    --params (a message may come from any module, which knows the settings but not their file), and a
+    command it suggests for rebuilding data (`metalearn split -b B`, ...) takes the same --params and
+    --profile, so that it rebuilds the file this command reads."""
+    given = getattr(args, "params", None)
+    extra = ""
+    if given is not None and Path(given) != Path("params.yaml"):
+        message = re.sub(r"(?<![\w./-])params\.yaml(?![\w-])", lambda _: str(given), message)
+        extra += f" --params {given}"
+    if getattr(args, "profile", None):
+        extra += f" --profile {args.profile}"
+    if extra:
+        message = re.sub(r"`metalearn (download|prepare|split)((?: [^`]*)?)`",
+                         lambda m: f"`metalearn {m[1]}{m[2]}{extra}`", message)
+    return message
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one subcommand; the one place where expected failures become a message and an exit code
     (see the module's docstring). Only a bug shows a traceback."""
@@ -470,7 +584,7 @@ def main(argv: list[str] | None = None) -> int:
     from metalearn.train import SliceEnded, TrainingDiverged
 
     def error(message: str, code: int) -> int:
-        print(f"metalearn {args.command}: error: {message}", file=sys.stderr)
+        print(f"metalearn {args.command}: error: {as_given(message, args)}", file=sys.stderr)
         return code
 
     try:

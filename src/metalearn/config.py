@@ -74,7 +74,7 @@ def load_yaml(text: str, name: str = "<text>"):
     return yaml.load(stream, Loader=StrictLoader)  # noqa: S506 (a SafeLoader subclass)
 
 
-def read_yaml(path: str | os.PathLike, what: str = "params.yaml"):
+def read_yaml(path: str | os.PathLike, what: str = "a YAML settings file"):
     """A YAML file read strictly; every failure is a ConfigError naming the file."""
     path = Path(path)
     if not path.exists():
@@ -121,8 +121,9 @@ def _profiles(raw: dict) -> dict:
     return profiles
 
 
-def apply_profile(raw: dict, profile: str | None = None) -> dict:
-    """The configuration with profile `profile` (default: raw['profile']) merged in."""
+def apply_profile(raw: dict, profile: str | None = None, where: str = "params.yaml") -> dict:
+    """The configuration with profile `profile` (default: raw['profile']) merged in; `where`: the
+    settings file, named in the errors."""
     profiles = _profiles(raw)
     if not isinstance(raw.get("profile", ""), str) or not isinstance(profile or "", str):
         raise ConfigError(f"profile: expected a profile name, not {_kind(raw.get('profile'))}")
@@ -130,7 +131,7 @@ def apply_profile(raw: dict, profile: str | None = None) -> dict:
     # A file without `profiles:` is already merged (e.g. written by a test): its `profile` is a label.
     known = set(profiles) | {"default"} | (set() if profiles else {raw.get("profile")})
     if name not in known:
-        raise ConfigError(f"profile: unknown profile {name!r}; params.yaml defines "
+        raise ConfigError(f"profile: unknown profile {name!r}; {where} defines "
                           f"{sorted(map(str, known - {None}))}")
     merged = deep_merge({k: v for k, v in raw.items() if k != "profiles"}, profiles.get(name) or {})
     merged["profile"] = name
@@ -196,8 +197,8 @@ def validate_schema(params: dict, where: str = "params.yaml") -> None:
     raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(lines))
 
 
-def check_semantics(params: dict) -> None:
-    """Checks a JSON schema cannot express; each error names the key."""
+def check_semantics(params: dict, where: str = "params.yaml") -> None:
+    """Checks a JSON schema cannot express; each error names the key (and the file, `where`)."""
     from metalearn.data.omniglot import split_sizes  # local import: keeps config light
 
     problems = []
@@ -221,7 +222,7 @@ def check_semantics(params: dict) -> None:
     problems += _imagenet_source_problems(params["data"])
     problems += _study_problems(params)
     if problems:
-        raise ConfigError("params.yaml is invalid:\n  " + "\n  ".join(problems))
+        raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
 
 
 def _study_problems(params: dict) -> list[str]:
@@ -318,7 +319,7 @@ def _imagenet_source_problems(data: dict) -> list[str]:
 
 def validate(params: dict, where: str = "params.yaml") -> dict:
     validate_schema(params, where)
-    check_semantics(params)
+    check_semantics(params, where)
     return params
 
 
@@ -334,8 +335,8 @@ def resolve(raw: Any, profile: str | None = None, where: str = "params.yaml") ->
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a mapping at the top level")
     for name in _profiles(raw):
-        validate(apply_profile(raw, name), where=f"{where} (profile {name})")
-    params = apply_profile(raw, profile)
+        validate(apply_profile(raw, name, where), where=f"{where} (profile {name})")
+    params = apply_profile(raw, profile, where)
     return validate(params, where=f"{where} (profile {params['profile']})")
 
 

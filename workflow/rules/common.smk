@@ -9,6 +9,7 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 import pipeline  # noqa: E402
 from metalearn.config import read_yaml  # noqa: E402
+from metalearn.data.imagenet import MissingData  # noqa: E402
 
 configfile: pipeline.PARAMS_FILE
 
@@ -38,7 +39,15 @@ except pipeline.ConfigError as _error:  # a message naming the key, without Snak
 # params.yaml, and Snakemake's default-setting extension cannot read the schema's `false` subschemas.
 validate(PARAMS, "../schemas/params.schema.yaml", set_default=False)
 PROFILE = PARAMS["profile"]
-RUNS = pipeline.runs(PARAMS)
+# The default target's jobs: every benchmark whose data are present or downloadable. Those whose
+# user-supplied files (mini-/tiered-ImageNet) are missing are skipped, one line each on stderr saying
+# what to set; a job of theirs named as a target still fails with the files expected (rule prepare).
+try:
+    PLANNED = pipeline.planned(PARAMS)
+except MissingData as _error:  # every benchmark lacks its data: nothing could run
+    print(f"MissingData: {_error}", file=sys.stderr, flush=True)
+    sys.exit(1)  # as `metalearn prepare` on the same files
+RUNS = pipeline.runs(PLANNED)
 
 # Accelerator: one GPU per training/evaluation job where CUDA is available, else one CPU thread each:
 # Snakemake sets OMP_NUM_THREADS to the job's threads, which also caps the tasks a training runs

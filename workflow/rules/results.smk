@@ -22,7 +22,7 @@ rule aggregate:
         paper_md=pipeline.PAPER_MD,
         paper=report(pipeline.PAPER_CSV, caption="../report/paper.rst", category="Paper vs ours",
                      labels={"table": "paper.csv"}),
-        plots=[_report_plot(p) for p in pipeline.plot_files(PARAMS)],
+        plots=[_report_plot(p) for p in pipeline.plot_files(PLANNED)],
     shell: AGGREGATE_CMD
 
 

@@ -15,6 +15,7 @@ from metalearn.algorithms.maml import FOMAML, MAML
 from metalearn.algorithms.metasgd import MetaSGD
 from metalearn.algorithms.mtnet import MTNet, TNet
 from metalearn.algorithms.pretrained import Oracle, Pretrained
+from metalearn.algorithms.protomaml import FOProtoMAML, ProtoMAML
 from metalearn.algorithms.reptile import Reptile
 from metalearn.algorithms.warpgrad import WarpGrad, WarpLeap, WarpMAML
 
@@ -30,6 +31,8 @@ ALGORITHMS: dict[str, type[Algorithm]] = {
     "tnet": TNet,
     "mtnet": MTNet,
     "metasgd": MetaSGD,
+    "protomaml": ProtoMAML,  # MAML with the head set from each task's support set (Proto-MAML)
+    "foprotomaml": FOProtoMAML,
     "pretrained": Pretrained,  # baselines (MAML's regression study): no meta-learning
     "oracle": Oracle,
 }

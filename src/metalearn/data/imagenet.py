@@ -109,6 +109,27 @@ def _missing_message(params: dict, dataset: str, looked_in: list[Path], wanted: 
             f"with checksums. There is no official download; see docs/data.md, 'mini-ImageNet and tiered-ImageNet'.")
 
 
+def search_folders(params: dict, dataset: str) -> list[Path]:
+    """Where `locate` looks for the files: data.<dataset>.path; else the data mirror's <dataset>/
+    folder (when there is one), then <data.root>/raw/<dataset>/."""
+    config = params["data"].get(dataset) or {}
+    if config.get("path"):
+        return [Path(config["path"]).expanduser()]
+    candidates = [raw_dir(params, dataset)]
+    mirror = data_mirror(params)
+    if mirror and Path(mirror, dataset).is_dir():
+        candidates.insert(0, Path(mirror, dataset))
+    return candidates
+
+
+def not_found(params: dict, dataset: str) -> str:
+    """`locate`'s failure in one line, with the setting that fixes it (the pipeline's planning prints
+    it for each data set whose benchmarks it skips)."""
+    folders = " or ".join(str(folder) for folder in search_folders(params, dataset))
+    return (f"{NAMES[dataset]} files not found at {folders} (set data.{dataset}.path in params.yaml; "
+            "docs/data.md)")
+
+
 def locate(params: dict, dataset: str) -> Source | None:
     """The folder holding the data set's files, checked without downloading anything; None when they
     are to be downloaded from data.<dataset>.files. Raises MissingData naming the files expected."""
@@ -116,13 +137,7 @@ def locate(params: dict, dataset: str) -> Source | None:
     wanted = config.get("format")
     if config.get("files"):
         return None
-    if config.get("path"):
-        candidates = [Path(config["path"]).expanduser()]
-    else:
-        candidates = [raw_dir(params, dataset)]
-        mirror = data_mirror(params)
-        if mirror and Path(mirror, dataset).is_dir():
-            candidates.insert(0, Path(mirror, dataset))
+    candidates = search_folders(params, dataset)
     for folder in candidates:
         fmt = _complete_format(dataset, folder, wanted)
         if fmt is not None:

@@ -11,8 +11,8 @@ IMAGENET = {"channels": 3, "size": imagenet.IMAGE_SIZE, "invert": False, "resize
 
 def preprocessing_for(settings: dict) -> dict | None:
     """How a benchmark's images reach the network (saved with the model); None: not an image task."""
-    if settings["task"] == "omniglot":
+    if settings.get("task") == "omniglot":
         return dict(OMNIGLOT_BINARY if omniglot.resize_mode(settings.get("dataset", "omniglot")) == "binary" else OMNIGLOT)
-    if settings["task"] in imagenet.DATASETS:
+    if settings.get("task") in imagenet.DATASETS:
         return dict(IMAGENET)
     return None
