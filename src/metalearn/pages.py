@@ -173,7 +173,7 @@ def bench_page(folder: Path = BENCH_RESULTS) -> str:
                   f"Peers: {', '.join(PEERS)} (each the same meta-step, measured in the same run).", "",
                   *speed_ratios(Path(folder) / "speed.csv")]
     for path in sorted(Path(folder).glob("*.csv")):
-        lines += ["", f"## {path.stem} (`{path.as_posix()}`)", "", *_csv_table(path)]
+        lines += ["", f"## {path.stem} (`bench/results/{path.name}`)", "", *_csv_table(path)]
     return "\n".join(lines) + "\n"
 
 

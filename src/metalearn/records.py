@@ -351,8 +351,11 @@ def verify_record(path: Path, params_file: Path, log: Log = _stderr, device: str
             check.problems.append(f"test episodes rebuilt from their seeds have digest {rebuilt[key][:16]}…, "
                                   f"the record's were {record['episodes_digest'][:16]}…")
             return check
-        result = evaluate(scratch, model, device=device, steps=record["metric"]["test_steps"], log=lambda s: None)
+        # the algorithm's own test steps: the settings checked above are the record's
+        result = evaluate(scratch, model, device=device, log=lambda s: None)
     recorded = record["evaluation"]
+    if result.get("inner_steps") != recorded.get("inner_steps"):
+        check.problems.append(f"test steps: re-derived {result.get('inner_steps')}, recorded {recorded.get('inner_steps')}")
     for key in ("mean", "ci95"):
         if not _close(result[key], recorded[key]):
             check.problems.append(f"{key}: re-derived {result[key]!r}, recorded {recorded[key]!r}")
