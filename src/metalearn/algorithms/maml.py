@@ -227,12 +227,16 @@ class MAML(Algorithm):
         """The inner loop's step sizes at evaluation, broadcast over [tasks, *shape]."""
         return self.step_sizes()
 
+    def evaluation_start(self, tasks: TaskBatch) -> Params:
+        """Where a chunk's evaluation starts: one copy of theta per task, leaves without a meta-gradient."""
+        return {name: p.detach().expand(len(tasks), *p.shape).clone().requires_grad_()
+                for name, p in self.initial_params().items()}
+
     def evaluate_chunk(self, tasks: TaskBatch, steps: int, curve: bool, batches: list[Tensor]) -> list:
         """The query metrics of a chunk's tasks after `steps` inner steps (`curve`: after each of
         0..`steps`), every task's parameters adapted on its own support set; no meta-gradient kept."""
         rates = self.evaluation_step_sizes(tasks)
-        params = {name: p.detach().expand(len(tasks), *p.shape).clone().requires_grad_()
-                  for name, p in self.initial_params().items()}
+        params = self.evaluation_start(tasks)
 
         def support_loss(p: Params) -> Tensor:
             outputs = self.predict_tasks(p, tasks.support_x)

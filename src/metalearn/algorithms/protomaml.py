@@ -41,7 +41,7 @@ import torch
 from torch import Tensor
 
 from metalearn.algorithms.base import detached
-from metalearn.algorithms.maml import MAML, query_metrics
+from metalearn.algorithms.maml import MAML
 from metalearn.heads import HEAD_BIAS, HEAD_WEIGHT, with_prototype_head
 from metalearn.tasks import Params, Task, TaskBatch
 
@@ -90,25 +90,11 @@ class ProtoMAML(MAML):
                 curve.append(self.objective.metrics(self.predict_query(params, task), task.query[1]))
         return curve
 
-    def evaluate_chunk(self, tasks: TaskBatch, steps: int, curve: bool, batches: list[Tensor]) -> list:
-        """MAML's `evaluate_chunk` with every task's head set from its own support set first."""
-        rates = self.evaluation_step_sizes(tasks)
+    def evaluation_start(self, tasks: TaskBatch) -> Params:
+        """MAML's start of a chunk's evaluation with every task's head set from its own support set."""
         theta = {name: p.detach().expand(len(tasks), *p.shape).clone() for name, p in self.initial_params().items()}
         with torch.no_grad():
-            params = detached(self.with_support_head(theta, tasks.support_x, tasks.support_y, chunk=True))
-
-        def support_loss(p: Params) -> Tensor:
-            outputs = self.predict_tasks(p, tasks.support_x)
-            return self.support_loss(self.objective.task_losses(outputs, tasks.support_y), outputs).sum()
-        after_step = []  # [steps taken][tasks] metrics
-        for step in range(steps + 1):
-            if step:
-                with torch.enable_grad():
-                    params = detached(self.descend(support_loss, params, 1, False, rates))
-            if curve or step == steps:
-                after_step.append(query_metrics(self.predict_tasks, params, self.objective, tasks, batches))
-        per_task = [list(metrics) for metrics in zip(*after_step)]
-        return per_task if curve else [metrics[-1] for metrics in per_task]
+            return detached(self.with_support_head(theta, tasks.support_x, tasks.support_y, chunk=True))
 
     def chunk_meta_losses(self, tasks: TaskBatch, step_sizes=None) -> tuple[Tensor, list[dict[str, float]]]:
         """MAML's `chunk_meta_losses` with every task's head set from its own support set first (a
