@@ -242,7 +242,9 @@ def push(server: Server, project: Path) -> None:
 
 def fresh_clone(server: Server, project: Path, dest: Path, remote: Path | None = None) -> Path:
     sh(["git", "clone", "-q", str(project), str(dest)], dest.parent)
-    assert not (dest / "models").exists() and not (dest / "results").exists()
+    # a clone holds no pipeline output (results/recorded/, the committed records, is not one)
+    results = sorted(p.name for p in (dest / "results").iterdir()) if (dest / "results").exists() else []
+    assert not (dest / "models").exists() and results in ([], ["recorded"]), results
     configure_clone(server, dest, remote)
     return dest
 
