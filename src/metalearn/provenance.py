@@ -70,6 +70,14 @@ def collect(device: torch.device | str | None = None) -> dict:
             "process_cpu_seconds": round(time.process_time(), 3)}
 
 
+def stamp() -> dict:
+    """The commit (12 digits, -dirty with uncommitted edits), date and machine of a measurement's row
+    (bench/results/*.csv)."""
+    version = code_version()
+    return {"commit": (version["commit"] or "unknown")[:12] + ("-dirty" if version["dirty"] else ""),
+            "date": datetime.date.today().isoformat(), "machine": f"{cpu_model()} ({os.cpu_count()} cores)"}
+
+
 def _feed(digest, value: Any) -> None:
     if isinstance(value, torch.Tensor):
         tensor = value.detach().cpu().contiguous()

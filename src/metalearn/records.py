@@ -394,15 +394,10 @@ def verify(root: Path = RECORDED, params_file: Path = Path("params.yaml"), only:
 
 def write_timing(path: Path, count: int, seconds: float, only: list[str] | None) -> None:
     """verify's wall time as a one-row CSV with the commit, date and machine (bench/results/verify.csv)."""
-    import datetime
-
     from metalearn import provenance
 
-    version = provenance.code_version()
     row = {"records": count, "only": " ".join(only or []) or "all", "seconds": round(seconds, 1),
-           "threads": provenance.machine()["threads"],
-           "commit": (version["commit"] or "unknown")[:12] + ("-dirty" if version["dirty"] else ""),
-           "date": datetime.date.today().isoformat(), "machine": f"{provenance.cpu_model()} ({os.cpu_count()} cores)"}
+           "threads": provenance.machine()["threads"], **provenance.stamp()}
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(row))
