@@ -406,9 +406,11 @@ def cmd_runtimes(params: None, args) -> None:
 
 def cmd_record(params: dict, args) -> None:
     from metalearn.records import write_records
+    from metalearn.study_records import write_study_records
 
     check_writable(args.out, "--out", folder=True)
     written = write_records(params, Path(args.out), Path(args.models), Path(args.evals), Path(args.runtimes))
+    written += write_study_records(params, Path(args.studies), Path(args.out))
     print(f"{len(written)} records of profile {params.get('profile')} -> {args.out}; "
           "`metalearn pages` regenerates the results pages", file=sys.stderr)
 
@@ -420,12 +422,16 @@ class VerifyFailed(Exception):
 def cmd_verify(params: dict, args) -> None:
     import time
 
-    from metalearn.records import TOLERANCE, verify
+    from metalearn.records import TOLERANCE, record_files, verify
+    from metalearn.study_records import matching_study_records, verify_studies
 
     if args.timing:
         check_writable(args.timing, "--timing")
     start = time.perf_counter()
-    checks = verify(Path(args.records), Path(args.params), args.only, device=args.device)
+    root = Path(args.records)
+    checks = verify(root, Path(args.params), args.only, device=args.device) \
+        if record_files(root, args.only) or not matching_study_records(root, args.only) else []
+    checks += verify_studies(root, Path(args.params), args.only, device=args.device)
     if args.timing:
         from metalearn.records import write_timing
 
@@ -534,12 +540,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--models", default="models")
     p.add_argument("--evals", default="results/eval")
     p.add_argument("--runtimes", default="results/runtimes")
+    p.add_argument("--studies", default="results/studies", help="the studies' outputs (metalearn study --out)")
     p.set_defaults(func=cmd_record)
 
     p = sub.add_parser("verify", parents=[common], help="re-derive every recorded number from its model and seeds")
     p.add_argument("--records", default="results/recorded")
     p.add_argument("--only", nargs="*", default=None,
-                   help="patterns on <profile>/<benchmark>/<algorithm>/seed<S>, e.g. 'default/sinusoid/*'")
+                   help="patterns on <profile>/<benchmark>/<algorithm>/seed<S> or "
+                        "<profile>/studies/<study>/<run>/<algorithm>, e.g. 'default/sinusoid/*'")
     p.add_argument("--device", default="cpu", type=_device)
     p.add_argument("--timing", help="write how long it took to this CSV (bench/results/verify.csv: shown in "
                                     "docs/results/bench.md)")

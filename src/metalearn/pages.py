@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from metalearn import aggregate, paper, records
+from metalearn import aggregate, paper, records, study_records
 
 PAGES = Path("docs/results")
 README = Path("README.md")
@@ -101,10 +101,12 @@ def _in_progress(recs: list[dict]) -> list[str]:
     return lines + [""]
 
 
-def profile_page(profile: str, recs: list[dict], unfinished: list[dict] | None = None) -> str:
+def profile_page(profile: str, recs: list[dict], unfinished: list[dict] | None = None,
+                 study_rows: list[dict] | None = None) -> str:
     if not recs:
         return "\n".join([GENERATED.format(source=f"results/recorded/{profile}/"), "",
-                          f"# Results: the `{profile}` profile", "", *_in_progress(unfinished or [])]).rstrip() + "\n"
+                          f"# Results: the `{profile}` profile", "", *_in_progress(unfinished or []),
+                          *study_records.markdown(study_rows or [])]).rstrip() + "\n"
     results = records.results_of(recs)
     settings = {r["benchmark"]: r["benchmark_settings"] for r in recs}
     rows = aggregate.summarise(results)
@@ -124,6 +126,7 @@ def profile_page(profile: str, recs: list[dict], unfinished: list[dict] | None =
         lines.append("")
     if unfinished:
         lines += _in_progress(unfinished)
+    lines += study_records.markdown(study_rows or [])
     lines += ["## Training: budget and time", "",
               "`training s`: the loop's own seconds over all slices; `job`: Snakemake's measurement of the "
               "last training job (its wall-clock and CPU seconds, with start-up).", "", *_training_table(recs), "",
@@ -210,8 +213,11 @@ def generate(root: Path = records.RECORDED, pages: Path = PAGES, readme: Path = 
         unfinished.setdefault(record["profile"], []).append(record)
         by_profile.setdefault(record["profile"], [])
     files = {pages / "README.md": index_page(by_profile), pages / "bench.md": bench_page(bench)}
+    for profile in {path.relative_to(root).parts[0] for path in study_records.study_record_files(root)}:
+        by_profile.setdefault(profile, [])
     for profile, recs in by_profile.items():
-        files[pages / f"{profile}.md"] = profile_page(profile, recs, unfinished.get(profile, []))
+        files[pages / f"{profile}.md"] = profile_page(profile, recs, unfinished.get(profile, []),
+                                                      study_records.load_study_rows(root, profile))
     if readme.exists():
         files[readme] = with_headline(readme.read_text(), headline(by_profile.get(HEADLINE_PROFILE, [])))
     return files
