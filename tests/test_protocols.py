@@ -1,9 +1,13 @@
-"""Each paper's own protocol (issue #14): the points where the official code differs from the
-defaults are settings, whose defaults keep the defaults' results and whose values in params.yaml's
-paper profile are the official ones. Each test knows the answer the official code gives."""
+"""Each paper's own protocol: the points where the official code differs from the defaults are settings,
+whose defaults keep the defaults' results and whose values in params.yaml's paper profile are the official
+ones. Each behaviour test knows the answer the official code gives; the official values themselves, with
+their files and lines, are written once in src/metalearn/protocols.yaml and checked here against the
+resolved profiles."""
 from __future__ import annotations
 
 import copy
+import json
+import re
 import sys
 from pathlib import Path
 
@@ -14,7 +18,7 @@ import yaml
 from torch.func import functional_call
 
 from conftest import ROOT, quick_params
-from metalearn import benchmarks
+from metalearn import benchmarks, protocols
 from metalearn.algorithms import build_algorithm
 from metalearn.algorithms.maml import MAML
 from metalearn.config import load_params
@@ -359,17 +363,6 @@ def test_imaml_defaults_descend_the_proximal_objective_with_lam_at_test():
         _imaml(proximal="final_step", inner_solver="hf")
 
 
-# -- 8. Meta-SGD: one step --------------------------------------------------------------------------
-
-def test_paper_profile_metasgd_adapts_in_one_step_in_training_and_test():
-    params = load_params(ROOT / "params.yaml", "paper")
-    configured = {name: b["algorithms"]["metasgd"] for name, b in params["benchmarks"].items()
-                  if "metasgd" in b["algorithms"]}
-    assert {"omniglot-5w1s", "omniglot-20w1s", "miniimagenet-5w1s", "sinusoid"} <= set(configured)
-    for name, hp in configured.items():
-        assert hp["inner_steps"] == 1 and hp["test_inner_steps"] == 1, name
-
-
 # -- 9. meta-gradient clipping ------------------------------------------------------------------------
 
 def test_clip_meta_grad_clamps_each_entry_before_the_adam_step():
@@ -443,13 +436,6 @@ def test_mlp_maml_init_is_the_codes_truncated_normal_and_pytorchs_stays_the_defa
         MLP(init="xavier")
 
 
-def test_regression_profile_initialises_the_mlp_as_the_official_code():
-    params = load_params(ROOT / "params.yaml", "regression")
-    for name, table in SINUSOIDS.items():
-        for key, official, source in table:
-            assert params["benchmarks"][name].get(key, DEFAULTS[key]) == official, f"{name}.{key} ({source})"
-
-
 def test_meta_adam_eps_is_the_training_loops_adam_eps(tmp_path):
     """imaml's meta_adam_eps reaches the meta-optimizer; without it, torch's default 1e-8."""
     base = {"inner_lr": 0.01, "inner_steps": 1, "test_inner_steps": 1, "lam": 2.0, "cg_steps": 1}
@@ -461,123 +447,112 @@ def test_meta_adam_eps_is_the_training_loops_adam_eps(tmp_path):
         assert [group["eps"] for group in state["param_groups"]] == [eps]
 
 
-# -- the paper profile: every point at the official setting -------------------------------------------
+# -- the official settings, written once (src/metalearn/protocols.yaml) ----------------------------------
 
-# (benchmark-level key or algorithms.<a>.key, official value, where the official code says so)
-OMNIGLOT_MAML = [
-    ("inner_loss", "sum_over_shots", "cbfinn/maml utils.py xent (softmax cross-entropy / update_batch_size)"),
-    ("batch_norm", "maml", "cbfinn/maml utils.py normalize (tf.contrib.layers.batch_norm defaults)"),
-    ("head_init", "normal", "cbfinn/maml maml.py construct_conv_weights (w5 = tf.random_normal)"),
-    ("rotations", "per_task", "cbfinn/maml data_generator.py make_data_tensor (`# and FLAGS.train`)"),
-    ("dataset", "omniglot-binary", "cbfinn/maml data/omniglot_resized/resize_images.py (PIL: 1-bit PNGs, nearest)"),
-]
-IMAGENET_MAML = [
-    ("inner_loss", "sum_over_shots", "cbfinn/maml utils.py xent"),
-    ("batch_norm", "maml", "cbfinn/maml utils.py normalize"),
-    ("head_init", "xavier", "cbfinn/maml maml.py construct_conv_weights (w5: xavier_initializer, miniimagenet)"),
-]
-# cbfinn/maml maml.py clips at +-10 the gradient of its loss, the sum over the N*Q query images of xent =
-# cross-entropy / K (utils.py xent), averaged over the meta-batch; ours is the mean over the images, N*Q/K
-# times smaller (test_imagenet_clip_limit_is_the_maml_codes_on_our_loss_scale): the same clip is 10 K / (N Q)
-CLIP_SOURCE = ("cbfinn/maml maml.py construct_model (tf.clip_by_value(grad, -10, 10), miniimagenet) "
-               "on its loss scale: 10 K / (N Q) on ours")
-OFFICIAL = {
-    "omniglot-5w1s": OMNIGLOT_MAML,
-    "omniglot-20w1s": OMNIGLOT_MAML,
-    **{name: OMNIGLOT_MAML + [("queries", 5, "cbfinn/maml main.py (DataGenerator(update_batch_size * 2): K queries per class)")]
-       for name in ("omniglot-5w5s", "omniglot-20w5s")},
-    **{f"{data}-5w{shots}s": IMAGENET_MAML + [("train.clip_meta_grad", 10 * shots / (5 * 15), CLIP_SOURCE)]
-       for data in ("miniimagenet", "tieredimagenet") for shots in (1, 5)},
-}
-MAML_CODE_EVALUATION = [
-    ("eval_query_batch", "shots", "cbfinn/maml main.py (test: DataGenerator(update_batch_size * 2), K queries per class)"),
-]
-IMAML = [  # the iMAML code's protocol, on every benchmark of the paper profile it has (regression: none)
-    ("imaml.proximal", "final_step",
-     "aravindr93/imaml_dev examples/omniglot_implicit_maml.py (learn_task, then a step on regularization_loss)"),
-    ("imaml.test_lam", 0.0, "aravindr93/imaml_dev examples/README.md (measure_accuracy.py --lam 0.0)"),
-    ("imaml.meta_adam_eps", 0.001, "aravindr93/imaml_dev implicit_maml/learner_model.py (outer Adam, eps=1e-3)"),
-]
-for name in OFFICIAL:  # (on Omniglot, iMAML has benchmarks of its own code's protocol: IMAML_OMNIGLOT)
-    OFFICIAL[name] = OFFICIAL[name] + MAML_CODE_EVALUATION + (IMAML if "imagenet" in name else [])
-IMAML_CODE = "aravindr93/imaml_dev"
-IMAML_OMNIGLOT = IMAML + [  # the iMAML code's Omniglot protocol: its pixels, network, tasks and outer loop
-    ("model", "conv4-imaml", f"{IMAML_CODE} implicit_maml/learner_model.py make_conv_network (ZeroPad2d((0, 1, 0, 1)) "
-                             "before conv3, Flatten, fc1 on 2*2*64, xavier_uniform_(gain=1.73), biases uniform_(0, 0.05))"),
-    ("batch_norm", "affine", f"{IMAML_CODE} learner_model.py (nn.BatchNorm2d(64, track_running_stats=False); "
-                             "Learner: inner SGD on model.parameters(), the BatchNorm scale and offset too)"),
-    ("dataset", "omniglot", f"{IMAML_CODE} implicit_maml/dataset.py (convert('L'), resize((28, 28), LANCZOS))"),
-    ("stroke", "dark", f"{IMAML_CODE} implicit_maml/dataset.py (the PNGs' grey levels / 255, not inverted)"),
-    ("rotations", "per_task", f"{IMAML_CODE} implicit_maml/dataset.py (np.random.choice([0, 90, 180, 270]) per class, "
-                              "every task, meta-test too)"),
-    # not the code's split, a documented deviation (docs/protocols.md): it meta-trains on chars[:1200] of one shuffle
-    # (omniglot_implicit_maml.py, random.seed(123)) and tests on chars[1200:] of another (measure_accuracy.py,
-    # random.seed(12345)), so 310 of its 423 test characters were seen in meta-training; ours are disjoint
-    ("split", "maml", "the MAML split (disjoint characters), not the iMAML code's overlapping shuffles"),
-    ("imaml.inner_lr", 0.1, f"{IMAML_CODE} examples/README.md (--inner_lr 1e-1)"),
-    ("imaml.lam", 2.0, f"{IMAML_CODE} examples/README.md (--lam 2.0)"),
-    ("imaml.cg_steps", 5, f"{IMAML_CODE} examples/README.md (--cg_steps 5)"),
-    ("imaml.cg_damping", 1.0, f"{IMAML_CODE} examples/README.md (--cg_damping 1.0, matrix_evaluator's regu_coef)"),
-    ("imaml.lam_damping", 10.0, f"{IMAML_CODE} learner_model.py (matrix_evaluator lam_damping=10.0)"),
-    ("train.meta_lr", 0.001, f"{IMAML_CODE} examples/README.md (--outer_lr 1e-3)"),
-    ("imaml.eval_query_batch", "shots", f"{IMAML_CODE} examples/measure_accuracy.py (utils.measure_accuracy: "
-                                        "predict(task['x_val']), the N*K query images in one batch)"),
-]
-OFFICIAL.update({
-    "omniglot-5w1s-imaml": IMAML_OMNIGLOT + [
-        ("queries", 1, f"{IMAML_CODE} dataset.py OmniglotTask (num_inst support and num_inst query images per class)"),
-        ("imaml.inner_steps", 16, f"{IMAML_CODE} examples/README.md (--n_steps 16)"),
-        ("train.meta_batch", 32, f"{IMAML_CODE} examples/README.md (--task_mb_size 32)")],
-    "omniglot-20w1s-imaml": IMAML_OMNIGLOT + [("queries", 1, f"{IMAML_CODE} dataset.py OmniglotTask")],
-    **{name: IMAML_OMNIGLOT + [("queries", 5, f"{IMAML_CODE} dataset.py OmniglotTask (K = 5 query images per class)")]
-       for name in ("omniglot-5w5s-imaml", "omniglot-20w5s-imaml")},
-})
-MAML_MLP = ("mlp_init", "maml", "cbfinn/maml maml.py construct_fc_weights (tf.truncated_normal stddev 0.01, tf.zeros biases)")
-MTNET_MLP = ("mlp_init", "maml", "yoonholee/MT-net maml.py construct_fc_weights (the MAML code's)")
-SINUSOIDS = {  # the regression benchmarks of the paper and regression profiles
-    **{name: [MAML_MLP] for name in ("sinusoid", "sinusoid-k5", "sinusoid-k20")},
-    **{f"sinusoid-mtnet-k{k}": [MTNET_MLP] for k in (5, 10, 20)},
-}
-# the paper profile's MAML sinusoid also runs iMAML: the iMAML code's inner loop, test and outer Adam
-OFFICIAL.update({name: table + (IMAML if name == "sinusoid" else []) for name, table in SINUSOIDS.items()})
-EVERYWHERE = [  # every benchmark of the paper profile where the algorithm is configured
-    ("metasgd.inner_steps", 1, "Li et al. 2017 (Meta-SGD), Section 3: one adaptation step"),
-    ("metasgd.test_inner_steps", 1, "Li et al. 2017 (Meta-SGD): one step at meta-test too"),
-]
-DEFAULTS = {"dataset": None, "queries": None, "inner_loss": "mean", "eval_query_batch": "all", "batch_norm": "affine", "head_init": "xavier", "rotations": "classes",
-            "train.clip_meta_grad": None, "model": None, "stroke": "bright", "split": None, "mlp_init": "pytorch"}
+def _resolved() -> dict[str, dict]:
+    """The paper and regression profiles, resolved (YAML anchors unshared, so one value can be changed)."""
+    return {profile: json.loads(json.dumps(load_params(ROOT / "params.yaml", profile)))
+            for profile in ("paper", "regression")}
 
 
-def _setting(bench: dict, key: str):
-    if key.startswith("train."):
-        return bench["train"].get(key.split(".", 1)[1])
-    return bench.get(key, DEFAULTS[key])
-
-
-def test_paper_profile_uses_the_official_settings():
-    params = load_params(ROOT / "params.yaml", "paper")
-    wrong = []
-    for bench_name, table in OFFICIAL.items():
-        bench = params["benchmarks"][bench_name]
-        for key, official, source in table:
-            if key in ("inner_loss", "eval_query_batch"):  # MAML-family algorithm settings (regression: n/a)
-                for algo in MAML_FAMILY:
-                    if algo in bench["algorithms"]:
-                        value = bench["algorithms"][algo].get(key, DEFAULTS[key])
-                        if value != official:
-                            wrong.append(f"{bench_name}.{algo}.{key} = {value}, official {official} ({source})")
-            elif key.startswith("imaml."):
-                value = bench["algorithms"]["imaml"].get(key.split(".")[1])
-                if value != official:
-                    wrong.append(f"{bench_name}.{key} = {value}, official {official} ({source})")
-            elif _setting(bench, key) != official:
-                wrong.append(f"{bench_name}.{key} = {_setting(bench, key)}, official {official} ({source})")
-    for bench_name, bench in params["benchmarks"].items():
-        for key, official, source in EVERYWHERE:
-            algo, hp = key.split(".")
-            if algo in bench["algorithms"] and bench["algorithms"][algo][hp] != official:
-                wrong.append(f"{bench_name}.{key} = {bench['algorithms'][algo][hp]}, official {official} ({source})")
+def test_every_official_setting_is_what_the_profiles_run():
+    """Each entry of protocols.yaml (official value, file and line) against the resolved paper and
+    regression profiles: the official value, or for a documented deviation our value."""
+    data = protocols.load()
+    items = protocols.entries(data)
+    assert len(items) > 100 and {p for e in items for p in e["profiles"]} == {"paper", "regression"}
+    wrong = protocols.mismatches(items, _resolved())
     assert not wrong, "\n".join(wrong)
+
+
+def test_a_drifted_setting_is_named_with_its_official_source():
+    """params.yaml drifting from an entry fails the check, naming the key and the official line; an entry
+    for a benchmark or algorithm no profile configures fails too."""
+    resolved = _resolved()
+    items = protocols.entries(protocols.load())
+    resolved["paper"]["benchmarks"]["omniglot-20w1s"]["algorithms"]["maml"]["test_inner_steps"] = 5
+    del resolved["paper"]["benchmarks"]["omniglot-5w1s"]["batch_norm"]  # absent: the default, affine
+    resolved["regression"]["benchmarks"]["sinusoid"]["algorithms"]["maml"]["inner_lr"] = 0.001  # the code's, not ours
+    wrong = protocols.mismatches(items, resolved)
+    assert any(w.startswith("paper omniglot-20w1s.algorithms.maml.test_inner_steps = 5, expected 10")
+               and "cbfinn/maml main.py:223-230" in w for w in wrong), wrong
+    assert any(w.startswith("paper omniglot-5w1s.batch_norm = 'affine', expected 'maml'") for w in wrong), wrong
+    assert any(w.startswith("regression sinusoid.algorithms.maml.inner_lr = 0.001, expected 0.01 (ours:") for w in wrong)
+    assert len(wrong) == 3, wrong
+    entry = {"key": "inner_lr", "official": 0.1, "profiles": ["paper"], "benchmarks": ["omniglot-5w1s"],
+             "algorithms": ["protomaml"], "repo": "cbfinn/maml", "source": {"file": "main.py", "at": "1", "what": "x"}}
+    assert "not configured" in protocols.mismatches([entry], resolved)[0]
+
+
+@pytest.mark.parametrize("change, problem", [
+    (lambda e: e.pop("source"), "no source"),
+    (lambda e: e.update(source={}), "no source"),
+    (lambda e: e["source"].pop("at"), "source without `at`"),
+    (lambda e: e.update(repo="someone/else"), "is not one of `repositories`"),
+    (lambda e: e.update(source={"paper": "MAML"}), "without its place"),
+    (lambda e: e.update(ours=3), "without its one-line `why`"),
+    (lambda e: e.update(ours=3, why="w", note="docs/notes/no-such-note.md"), "does not exist"),
+    (lambda e: e.update(paper={"value": 3}), "`paper` needs"),
+    (lambda e: e.update(offical=3), "unknown field 'offical'"),
+])
+def test_an_entry_without_a_source_or_a_deviation_without_its_why_is_refused(tmp_path, change, problem):
+    from metalearn.errors import ConfigError
+
+    data = yaml.safe_load(protocols.PATH.read_text())
+    change(data["sections"][0]["entries"][0])
+    path = tmp_path / "protocols.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ConfigError, match=re.escape(problem)):
+        protocols.load(path, root=ROOT)
+
+
+def test_the_protocol_tables_are_generated_and_a_stale_page_is_caught(tmp_path):
+    """docs/protocols.md's block is markdown(protocols.yaml), written by `metalearn pages`; a changed
+    entry makes pages.stale name the page."""
+    from metalearn import pages
+
+    data = protocols.load()
+    page = (ROOT / "docs" / "protocols.md").read_text()
+    assert protocols.with_tables(page, protocols.markdown(data)) == page, "run `metalearn pages`"
+    block = protocols.markdown(data)
+    assert "| maml, fomaml: `test_inner_steps` (omniglot-5w1s, omniglot-5w5s) | `10` |" in block
+    assert "MAML Appendix A.1: 'evaluated using 3 gradient steps with the same step size'" in block
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n\n{pages.BEGIN}\n{pages.END}\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "protocols.md").write_text(page)
+    files = pages.generate(ROOT / "results" / "recorded", tmp_path / "docs" / "results", readme, ROOT / "bench" / "results")
+    pages.write(files, tmp_path / "docs" / "results")
+    assert pages.stale(files, tmp_path / "docs" / "results") == []
+    data["sections"][0]["entries"][0]["official"] = "omniglot"
+    changed = pages.generate(ROOT / "results" / "recorded", tmp_path / "docs" / "results", readme,
+                             ROOT / "bench" / "results", protocols_data=data)
+    assert pages.stale(changed, tmp_path / "docs" / "results") == [tmp_path / "docs" / "protocols.md"]
+
+
+def test_eval_curve_scores_a_classification_benchmark_after_every_step(prepared_small, tmp_path):
+    """eval_curve on Omniglot (the paper profile's MAML benchmarks): the evaluation scores after 0..steps
+    steps on every episode; the last is the score itself, each step's column is evaluate(steps=k)'s, and
+    the report draws the accuracy against the steps."""
+    from metalearn import report
+    from metalearn.evaluate import evaluate
+
+    params = copy.deepcopy(prepared_small)
+    bench = params["benchmarks"]["omniglot-5w1s"]
+    bench.update({"eval_curve": True, "train": {**bench["train"], "iterations": 2, "checkpoint_every": 2}})
+    bench["algorithms"] = {"maml": {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3,
+                                    "inner_loss": "sum_over_shots", "eval_query_batch": "shots"}}
+    model_path = train(params, "omniglot-5w1s", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    scored = evaluate(params, model_path, device="cpu", log=lambda s: None)
+    assert [c["steps"] for c in scored["curve"]] == [0, 1, 2, 3] and len(scored["per_episode_curve"]) == 4
+    assert scored["per_episode_curve"][3] == pytest.approx(scored["per_episode"])
+    assert scored["curve"][3]["mean"] == pytest.approx(scored["mean"])
+    for steps in (0, 1):
+        alone = evaluate(params, model_path, device="cpu", steps=steps, log=lambda s: None)
+        assert alone["per_episode"] == pytest.approx(scored["per_episode_curve"][steps])
+    assert "steps" in report.plot_kinds(bench)
+    path = report.plot_steps([scored], "omniglot-5w1s", tmp_path / "steps.png")
+    assert path.stat().st_size > 5_000
 
 
 @pytest.mark.parametrize("profile", ["default", "quick"])
@@ -902,7 +877,8 @@ def test_imaml_benchmarks_draw_the_maml_codes_characters_and_episodes():
         assert "imaml" not in maml["algorithms"] and set(imaml["algorithms"]) == {"imaml"}
         assert imaml["reproduces"] == name
         differ = {k for k in set(maml) | set(imaml) if maml.get(k) != imaml.get(k)}
-        assert differ <= {"model", "dataset", "stroke", "batch_norm", "head_init", "train", "algorithms", "reproduces"}, differ
+        assert differ <= {"model", "dataset", "stroke", "batch_norm", "head_init", "train", "algorithms", "reproduces",
+                          "eval_curve"}, differ
         splits = [omniglot.split_classes(names, b["dataset"], b["split"], b["split_seed"]) for b in (maml, imaml)]
         assert all(torch.equal(splits[0][s], splits[1][s]) for s in ("train", "val", "test"))
         assert len(splits[1]["test"]) == 423  # the iMAML code's meta-test characters: chars[1200:]

@@ -6,17 +6,19 @@
 
 Pages: docs/results/README.md (index), docs/results/<profile>.md (the profile's table, paper vs ours,
 paired comparisons, training budget and time, provenance), docs/results/bench.md (make bench's
-tables), and the block between README.md's `generated: headline` markers.
+tables), the block between README.md's `generated: headline` markers, and the protocol tables of
+docs/protocols.md (between its `generated: protocol tables` markers), from src/metalearn/protocols.yaml.
 """
 from __future__ import annotations
 
 import csv
 from pathlib import Path
 
-from metalearn import aggregate, paper, records, study_records
+from metalearn import aggregate, paper, protocols, records, study_records
 
 PAGES = Path("docs/results")
 README = Path("README.md")
+PROTOCOLS = Path("docs/protocols.md")
 BENCH_RESULTS = Path("bench/results")
 BEGIN = "<!-- BEGIN generated: headline (metalearn pages) -->"
 END = "<!-- END generated: headline (metalearn pages) -->"
@@ -203,8 +205,9 @@ def with_headline(readme: str, block: str) -> str:
 
 
 def generate(root: Path = records.RECORDED, pages: Path = PAGES, readme: Path = README,
-             bench: Path = BENCH_RESULTS) -> dict[Path, str]:
-    """Every generated file's path and contents."""
+             bench: Path = BENCH_RESULTS, protocols_data: dict | None = None) -> dict[Path, str]:
+    """Every generated file's path and contents (docs/protocols.md: the one beside `readme`, where it exists;
+    its tables from `protocols_data`, default protocols.yaml)."""
     by_profile: dict[str, list[dict]] = {}
     for record in records.load_records(root):
         by_profile.setdefault(record["profile"], []).append(record)
@@ -220,6 +223,10 @@ def generate(root: Path = records.RECORDED, pages: Path = PAGES, readme: Path = 
                                                       study_records.load_study_rows(root, profile))
     if readme.exists():
         files[readme] = with_headline(readme.read_text(), headline(by_profile.get(HEADLINE_PROFILE, [])))
+    protocols_page = Path(readme).parent / PROTOCOLS
+    if protocols_page.exists():
+        data = protocols.load() if protocols_data is None else protocols_data
+        files[protocols_page] = protocols.with_tables(protocols_page.read_text(), protocols.markdown(data))
     return files
 
 
