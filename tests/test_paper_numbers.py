@@ -129,3 +129,18 @@ def test_the_plain_data_unpickler_reads_the_official_format(tmp_path):
     path.write_bytes(pickle.dumps({"task_avg_returns": [["not a number"]]}, protocol=0))
     with pytest.raises(ValueError, match="lists of numbers"):
         paper_rl.load_returns(path)
+
+
+def test_ours_after_the_paper_texts_test_steps_is_read_from_the_runs_curve():
+    """MAML's Omniglot numbers: the run follows the code (10 test steps, the verdict's), and the paper's
+    text says 3 (protocols.yaml): ours after 3 steps is the same run's curve at step 3."""
+    curve = [[float(step * 10 + e) for e in range(4)] for step in range(11)]
+    run = {"benchmark": "omniglot-5w1s", "algorithm": "maml", "metric": "accuracy", "inner_steps": 10,
+           "per_episode": curve[10], "per_episode_curve": curve, "iterations": 60000}
+    settings = {"omniglot-5w1s": {"dataset": "omniglot-binary"}}
+    row = next(r for r in paper.paper_rows([run], settings) if r["algorithm"] == "maml")
+    assert (row["steps"], row["ours_mean"]) == (10, 101.5)
+    assert (row["text_steps"], row["ours_text_steps_mean"]) == (3, 31.5)
+    assert "31.5 ± " in paper.markdown([row]) and "(3 steps)" in paper.markdown([row])
+    sinusoid = {**run, "benchmark": "sinusoid-k5", "metric": "mse"}  # the text states no other steps there
+    assert all(r["text_steps"] == "" for r in paper.paper_rows([sinusoid], {}))

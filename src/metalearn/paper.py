@@ -22,12 +22,24 @@ from metalearn.stats import mean_ci95
 
 NUMBERS_PATH = Path(__file__).with_name("paper_numbers.yaml")
 COLUMNS = ["benchmark", "algorithm", "metric", "steps", "paper_mean", "paper_ci95", "source", "ours_mean",
-           "ours_ci95", "episodes", "iterations_ratio", "verdict"]
+           "ours_ci95", "episodes", "iterations_ratio", "verdict", "text_steps", "ours_text_steps_mean",
+           "ours_text_steps_ci95"]
 
 
 @functools.lru_cache(maxsize=4)
 def paper_numbers(path: Path = NUMBERS_PATH) -> list[dict]:
     return read_yaml(path, what="the papers' numbers") or []
+
+
+@functools.lru_cache(maxsize=1)
+def _text_steps() -> dict[tuple[str, str], int]:
+    """(benchmark, algorithm) -> the test steps the paper's text states where the official code, which the
+    paper profile follows, uses others (protocols.yaml: test_inner_steps entries with a `paper` value)."""
+    from metalearn import protocols
+
+    return {(bench, algorithm): entry["paper"]["value"] for entry in protocols.entries(protocols.load())
+            if entry["key"] == "test_inner_steps" and "paper" in entry
+            for bench in entry.get("benchmarks") or [] for algorithm in entry.get("algorithms") or []}
 
 
 def our_score(runs: list[dict], steps: int | None) -> tuple[float, float, int, int] | None:
@@ -85,6 +97,8 @@ def paper_rows(results: list[dict], settings: dict[str, dict] | None = None,
             if score is None:
                 continue
             mean, ci95, episodes, steps = score
+            text = _text_steps().get((paper["benchmark"], paper["algorithm"])) if "steps" not in paper else None
+            at_text = our_score(runs, text) if text is not None and text != steps else None
             iterations = [r.get("iterations") for r in runs]
             ratio = (sum(iterations) / len(iterations) / paper["iterations"]
                      if paper.get("iterations") and all(iterations) else None)
@@ -97,7 +111,10 @@ def paper_rows(results: list[dict], settings: dict[str, dict] | None = None,
                          "paper_ci95": "" if paper.get("ci95") is None else paper["ci95"], "source": paper["source"],
                          "ours_mean": round(mean, 4), "ours_ci95": round(ci95, 4), "episodes": episodes,
                          "iterations_ratio": "" if ratio is None else round(ratio, 3),
-                         "verdict": verdict(paper, mean, ci95, ratio, mismatch)})
+                         "verdict": verdict(paper, mean, ci95, ratio, mismatch),
+                         "text_steps": text if at_text else "",
+                         "ours_text_steps_mean": round(at_text[0], 4) if at_text else "",
+                         "ours_text_steps_ci95": round(at_text[1], 4) if at_text else ""})
     return rows
 
 
@@ -106,15 +123,20 @@ def markdown(rows: list[dict]) -> str:
              "Every published number (src/metalearn/paper_numbers.yaml, with its source) for which this run "
              "has a result: same benchmark protocol, algorithm and test steps. Accuracy in %, regression as "
              "MSE; ± is the 95% CI (ours: 1.96·std/√episodes over the saved test episodes, seeds pooled). "
-             "`iterations`: our meta-iterations ÷ the paper's.", "",
-             "| benchmark | algorithm | steps | paper | source | ours | iterations | verdict |",
-             "|---|---|---|---|---|---|---|---|"]
+             "`iterations`: our meta-iterations ÷ the paper's. `steps` follow the official code; where the "
+             "paper's text states other test steps, ours after those is the last column (the verdict is the "
+             "code's).", "",
+             "| benchmark | algorithm | steps | paper | source | ours | iterations | verdict | ours at the text's steps |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = f"{r['paper_mean']}" + (f" ± {r['paper_ci95']}" if r["paper_ci95"] != "" else "")
+        text = (f"{r['ours_text_steps_mean']:.4g} ± {r['ours_text_steps_ci95']:.2g} ({r['text_steps']} steps)"
+                if r.get("text_steps", "") != "" else "")
         lines.append(f"| {r['benchmark']} | {r['algorithm']} | {r['steps']} | {paper} | {r['source']} | "
-                     f"{r['ours_mean']:.4g} ± {r['ours_ci95']:.2g} | {r['iterations_ratio']} | {r['verdict']} |")
+                     f"{r['ours_mean']:.4g} ± {r['ours_ci95']:.2g} | {r['iterations_ratio']} | {r['verdict']} | "
+                     f"{text} |")
     if not rows:
-        lines.append("| (no result of this run has a published number) | | | | | | | |")
+        lines.append("| (no result of this run has a published number) | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
