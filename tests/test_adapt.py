@@ -16,6 +16,7 @@ from metalearn import adapt as ad
 from metalearn import benchmarks
 from metalearn.algorithms import ALGORITHMS
 from metalearn.cli import main
+from metalearn.config import Run
 from metalearn.data import imagenet, omniglot
 from metalearn.data.images import IMAGENET, OMNIGLOT, preprocessing_for
 from metalearn.train import build, run_config, train
@@ -50,7 +51,7 @@ def write_task(root: Path, pngs: dict[str, list[tuple[str, bytes]]], shots: int,
 
 def save_untrained(params: dict, bench: str, algorithm: str, path: Path) -> Path:
     """A model file as train.py writes it, from a freshly initialised algorithm (no training)."""
-    algo = build(params, bench, algorithm, 0, torch.device("cpu"))
+    algo = build(Run.of(params, bench, algorithm, 0), torch.device("cpu"))
     config = run_config(params, bench, algorithm, 0)
     torch.save({"format": 1, "config": config, "state_dict": algo.state_dict(), "train_seconds": 0.0,
                 "iterations": 0, "preprocessing": preprocessing_for(config["settings"])}, path)

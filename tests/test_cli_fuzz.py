@@ -210,6 +210,7 @@ def project(tmp_path_factory) -> Path:
     """The folder each generated command line starts from (copied afresh for each)."""
     from metalearn import benchmarks
     from metalearn.evaluate import evaluate, write_json
+    from metalearn.config import Run
     from metalearn.train import build, run_config, train
     from metalearn.data.images import preprocessing_for
 
@@ -232,7 +233,7 @@ def project(tmp_path_factory) -> Path:
     for name in ("model.pt", "checkpoint.pt", "history.json"):
         shutil.copy(root / "run" / name, files / name)
     shutil.copy(benchmarks.episodes_path(params, "sinusoid"), files / "episodes.pt")
-    omniglot = build(params, "omniglot-5w1s", "maml", 0, torch.device("cpu"))  # untrained, for adapt
+    omniglot = build(Run.of(params, "omniglot-5w1s", "maml", 0), torch.device("cpu"))  # untrained, for adapt
     config = run_config(params, "omniglot-5w1s", "maml", 0)
     torch.save({"format": 1, "config": config, "state_dict": omniglot.state_dict(), "train_seconds": 0.0,
                 "iterations": 0, "preprocessing": preprocessing_for(config["settings"])}, files / "omniglot.pt")

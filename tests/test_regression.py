@@ -10,7 +10,7 @@ import torch
 
 from metalearn import benchmarks, paper
 from metalearn.algorithms import build_algorithm
-from metalearn.config import load_params
+from metalearn.config import Run, load_params
 from metalearn.data import episodes as ep
 from metalearn.models import MLP
 from metalearn.tasks import Objective
@@ -104,9 +104,9 @@ def test_oracle_network_takes_the_task_parameters_as_inputs(tmp_path):
 
     params = regression_params(tmp_path)
     for name, inputs in (("sinusoid-k5", 3),):
-        algo = build(params, name, "oracle", 0, torch.device("cpu"))
+        algo = build(Run.of(params, name, "oracle", 0), torch.device("cpu"))
         assert algo.model.net[0].in_features == inputs
-        assert build(params, name, "pretrained", 0, torch.device("cpu")).model.net[0].in_features == 1
+        assert build(Run.of(params, name, "pretrained", 0), torch.device("cpu")).model.net[0].in_features == 1
 
 
 def test_pretrained_meta_gradient_is_the_gradient_of_the_mean_support_loss_without_adaptation():

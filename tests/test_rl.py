@@ -452,7 +452,7 @@ def test_cli_split_train_evaluate_tracked_give_returns_after_each_step(tmp_path,
         assert all(-8 * 1.5 <= v <= 0 for v in result["per_episode"])  # 8 steps, distance at most ~1.5
     assert main(["aggregate", "maml.json", "random.json", "--out", "summary.csv"]) == 0
     assert "navigation-2d,maml,,4,return" in (tmp_path / "summary.csv").read_text()
-    # test_rollouts is an evaluation setting (train.NOT_TRAINING_SETTINGS): the run's config (the pipeline's
+    # test_rollouts is an evaluation setting (config.NOT_TRAINING_SETTINGS): the run's config (the pipeline's
     # rerun trigger, the checkpoint's hash) does not change, and the model is evaluated with the current value
     from metalearn.train import run_config
     assert (run_config(tiny_params(tmp_path / "data", test_rollouts=6), "navigation-2d", "maml", 0)

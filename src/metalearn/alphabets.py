@@ -70,7 +70,7 @@ import torch
 from torch import Tensor, nn
 
 from metalearn.algorithms import build_algorithm
-from metalearn.config import benchmark
+from metalearn.config import Run
 from metalearn.errors import BadFile, BadInput
 from metalearn.models import OmniConv
 from metalearn.tasks import Objective, Task
@@ -319,20 +319,19 @@ def config_hash(config: dict) -> str:
 
 def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, device: str = "auto",
           tracker=None, log: Log = _stderr) -> Path:
-    """Meta-train `method` on the training alphabets (resumable, as train.train: every
+    """Meta-train `method` on the training alphabets (the loop of metalearn.train, resumable: every
     `checkpoint_every` meta-steps the network, the heads (ft), the optimiser and both random states
     are saved); `scratch` has nothing to learn and saves its seeded initialisation. Writes
     out_dir/model.pt and history.json."""
-    from metalearn.train import Checkpoint, Progress, TrainingDiverged, pick_device, run_config, write_model
+    from metalearn.train import Cadence, pick_device, run_loop
 
     dev = pick_device(device)
-    bench = benchmark(params, bench_name)
-    cfg, config = bench["train"], run_config(params, bench_name, method, seed)
-    hparams, digest = config["hparams"], config_hash(config)
+    run = Run.of(params, bench_name, method, seed)
+    bench, cfg, hparams = run.settings, run.train, run.hparams
     algo = build_learner(method, bench, hparams, seed).to(dev)
     images, split = load_split(params, bench)
     tasks = [_on(alphabet_task(images, chars, bench.get("background", 0)), dev) for _, chars in split.train]
-    iterations = 0 if method == "scratch" else hparams.get("iterations", cfg["iterations"])
+    iterations = 0 if method == "scratch" else run.iterations  # scratch: no checkpoint either
     heads = nn.ModuleList()
     shared_head = method == "ft" and hparams.get("head", "per_alphabet") == "shared"
     if shared_head:  # the official construction: the model's own head in every slot (model.py line 180)
@@ -349,22 +348,8 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
         # Warp-Leap's per_point updater steps its own SGD and leaves no gradient for this one
         optimizer = torch.optim.SGD(algo.parameters(), lr=hparams.get("meta_lr", 0.1))
     generator = torch.Generator().manual_seed(seed)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{bench_name}/{method}/seed{seed}"
-    # torch's generator, saved with the rest: mini-batches and augmentation draw from it
-    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, {"algorithm": algo, "heads": heads},
-                            optimizer, generator)
-    start, history, elapsed = checkpoint.resume(dev, log, name) if iterations else (0, [], 0.0)  # scratch: none
-    if tracker is not None and start == 0:
-        tracker.log_params({"benchmark": bench_name, "algorithm": method, "seed": seed, "device": str(dev),
-                            **{f"train.{k}": v for k, v in cfg.items()}, **{f"hp.{k}": v for k, v in hparams.items()}})
-    every = cfg.get("checkpoint_every", 50)
-    log(f"training {method} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-steps on "
-        f"{len(tasks)} training alphabets" + ("" if iterations else " (no meta-learning: the seeded initialisation)"))
-    progress = Progress(name, iterations, cfg.get("log_every", 10), history, log, tracker, unit="meta-step",
-                        speed=False, window=checkpoint.window)
-    for iteration in range(start + 1, iterations + 1):
-        tick = time.perf_counter()
+
+    def step(iteration: int) -> dict[str, float]:
         chosen = meta_batch(len(tasks), cfg["meta_batch"], generator)
         algo.objective.augment = True  # every meta-training image, each time it is drawn
         if method == "ft":
@@ -374,15 +359,23 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
             metrics = algo.meta_step([meta_training_task(method, tasks[i], algo.objective) for i in chosen])
             optimizer.step()
         algo.objective.augment = False
-        if not math.isfinite(metrics["loss"]) or not all(bool(torch.isfinite(p).all()) for p in algo.parameters()):
-            raise TrainingDiverged(f"{name}: the loss or the parameters became "
-                                   f"non-finite at meta-step {iteration}; lower meta_lr or inner_lr")
-        elapsed += time.perf_counter() - tick
-        progress.add(iteration, metrics, elapsed)
-        checkpoint.end_iteration(iteration, iterations, every, history, elapsed, progress)
-    if method == "ft" and not shared_head:  # the shared layers start every test task with a fresh head
-        algo.model.head.reset_parameters()  # (shared: the pretrained head, as FtWrapper.run_tasks keeps it)
-    return write_model(out_dir, config, digest, algo, elapsed, iterations, history, checkpoint)
+        return metrics
+
+    def finish() -> dict:
+        if method == "ft" and not shared_head:  # the shared layers start every test task with a fresh head
+            algo.model.head.reset_parameters()  # (shared: the pretrained head, as FtWrapper.run_tasks keeps it)
+        return {}
+
+    # torch's generator, saved with the rest (Checkpoint): mini-batches and augmentation draw from it
+    return run_loop(run, out_dir, dev, config_hash, modules={"algorithm": algo, "heads": heads}, optimizer=optimizer,
+                    generator=generator, iterations=iterations, step=step,
+                    finite=lambda metrics: math.isfinite(metrics["loss"]) and all(
+                        bool(torch.isfinite(p).all()) for p in algo.parameters()),
+                    diverged="the loss or the parameters", finish=finish, unit="meta-step", speed=False,
+                    cadence=Cadence(checkpoint_every=50, log_every=10),  # meta-steps of many tasks: long
+                    plan=f"{iterations} meta-steps on {len(tasks)} training alphabets"
+                    + ("" if iterations else " (no meta-learning: the seeded initialisation)"),
+                    tracker=tracker, log=log)
 
 
 def _on(task: Task, device) -> Task:

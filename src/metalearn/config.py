@@ -10,6 +10,7 @@ import copy
 import io
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -355,3 +356,54 @@ def algorithm_params(params: dict, bench_name: str, algorithm: str) -> dict[str,
         raise ConfigError(
             f"benchmarks.{bench_name}.algorithms.{algorithm}: not configured for this benchmark; "
             f"it has {sorted(bench['algorithms'])}") from None
+
+
+# Evaluation-only settings and the paper-row label (`reproduces`, read by results/paper.md): left out of a
+# run's config, so that changing them does not invalidate a trained model.
+NOT_TRAINING_SETTINGS = ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed", "eval_curve",
+                         "reproduces", "test_rollouts")
+
+
+@dataclass(frozen=True)
+class Run:
+    """The settings of one training run (benchmark, algorithm, seed), looked up in params once and
+    passed on: `settings` is the benchmark's (every key, as params.yaml has it), `hparams` the
+    algorithm's on it. `config()` is what determines the run (its hash guards checkpoints)."""
+
+    benchmark: str
+    algorithm: str
+    seed: int
+    settings: dict[str, Any]
+    hparams: dict[str, Any]
+
+    @classmethod
+    def of(cls, params: dict, bench_name: str, algorithm: str, seed: int) -> "Run":
+        """The run of params.yaml's benchmark `bench_name` (a ConfigError names an unknown one)."""
+        return cls(bench_name, algorithm, seed, benchmark(params, bench_name),
+                   algorithm_params(params, bench_name, algorithm))
+
+    @classmethod
+    def of_config(cls, config: dict) -> "Run":
+        """The run a model file's config (`config()`, its training settings) describes."""
+        return cls(config["benchmark"], config["algorithm"], config["seed"], config["settings"], config["hparams"])
+
+    @property
+    def name(self) -> str:
+        return f"{self.benchmark}/{self.algorithm}/seed{self.seed}"
+
+    @property
+    def train(self) -> dict[str, Any]:
+        """The benchmark's `train` settings."""
+        return self.settings["train"]
+
+    @property
+    def iterations(self) -> int:
+        """The meta-iterations: the algorithm's own budget on the benchmark if it has one (e.g.
+        equal-time comparisons), else the benchmark's."""
+        return self.hparams.get("iterations", self.train["iterations"])
+
+    def config(self) -> dict:
+        """Everything that determines the run, evaluation-only settings left out (NOT_TRAINING_SETTINGS)."""
+        settings = {k: v for k, v in self.settings.items() if k not in NOT_TRAINING_SETTINGS}
+        return {"benchmark": self.benchmark, "algorithm": self.algorithm, "seed": self.seed,
+                "settings": settings, "hparams": dict(self.hparams)}

@@ -61,7 +61,6 @@ from __future__ import annotations
 import inspect
 import math
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -73,7 +72,7 @@ from torch.func import functional_call
 
 from metalearn.algorithms.base import detached
 from metalearn.algorithms.warpgrad import WarpedNetwork, snapshot_steps, warp_layers
-from metalearn.config import benchmark
+from metalearn.config import Run
 from metalearn.errors import BadFile, BadInput
 from metalearn.data.episodes import SINUSOID, save_episodes
 from metalearn.models import MLP
@@ -322,48 +321,34 @@ def build_learner(bench: dict, method: str, hparams: dict, seed: int, device) ->
 
 def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, device: str = "auto",
           tracker=None, log: Log = _stderr) -> Path:
-    """Meta-train WarpGrad's warp layers (resumable, as train.train); `sgd` has nothing to learn and
-    saves its initialisation. Writes out_dir/model.pt and history.json."""
-    from metalearn.train import Checkpoint, Progress, TrainingDiverged, pick_device, run_config, write_model
+    """Meta-train WarpGrad's warp layers (the loop of metalearn.train, resumable); `sgd` has nothing to
+    learn and saves its initialisation. Writes out_dir/model.pt and history.json."""
+    from metalearn.train import pick_device, run_loop
 
     dev = pick_device(device)
-    bench = benchmark(params, bench_name)
-    cfg = bench["train"]
-    config = run_config(params, bench_name, method, seed)
-    hparams = config["hparams"]
-    digest = config_hash(config)
+    run = Run.of(params, bench_name, method, seed)
+    bench, cfg, hparams = run.settings, run.train, run.hparams
     learner = build_learner(bench, method, hparams, seed, dev)
     phi = learner.meta_parameters()
-    iterations = hparams.get("iterations", cfg["iterations"]) if phi else 0
     optimizer = torch.optim.Adam(phi, lr=cfg["meta_lr"]) if phi else None
     generator = torch.Generator().manual_seed(seed)
     sampler = SequenceSampler(bench, generator, dev)
     steps = bench["steps_per_subtask"]
     snapshots = hparams.get("snapshots", bench["subtasks"] * steps)  # default: every trajectory point
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{bench_name}/{method}/seed{seed}"
-    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, {"algorithm": learner}, optimizer, generator)
-    start, history, elapsed = checkpoint.resume(dev, log, name) if phi else (0, [], 0.0)  # sgd: none kept
-    if tracker is not None and start == 0:
-        tracker.log_params({"benchmark": bench_name, "algorithm": method, "seed": seed, "device": str(dev),
-                            **{f"train.{k}": v for k, v in cfg.items()}, **{f"hp.{k}": v for k, v in hparams.items()}})
-    every = cfg.get("checkpoint_every", 500)
-    log(f"training {method} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-iterations"
-        + ("" if phi else " (no meta-parameters: the fixed initialisation is the model)"))
-    progress = Progress(name, iterations, cfg.get("log_every", 100), history, log, tracker, speed=False,
-                        window=checkpoint.window)
-    for iteration in range(start + 1, iterations + 1):
-        tick = time.perf_counter()
+    iterations = run.iterations if phi else 0  # sgd: no checkpoint either
+
+    def step(iteration: int) -> dict[str, float]:
         optimizer.zero_grad(set_to_none=True)
-        metrics = meta_gradient(learner, sampler.sample(cfg["meta_batch"]), steps, snapshots)
-        if not math.isfinite(metrics["loss"]) or not all(bool(torch.isfinite(p.grad).all()) for p in phi):
-            raise TrainingDiverged(f"{name}: meta-loss or meta-gradient became "
-                                   f"{metrics['loss']} at iteration {iteration}. Lower meta_lr or inner_lr.")
-        optimizer.step()
-        elapsed += time.perf_counter() - tick
-        progress.add(iteration, metrics, elapsed)
-        checkpoint.end_iteration(iteration, iterations, every, history, elapsed, progress)
-    return write_model(out_dir, config, digest, learner, elapsed, iterations, history, checkpoint)
+        return meta_gradient(learner, sampler.sample(cfg["meta_batch"]), steps, snapshots)
+
+    return run_loop(run, out_dir, dev, config_hash, modules={"algorithm": learner}, optimizer=optimizer,
+                    generator=generator, iterations=iterations, step=step,
+                    finite=lambda metrics: math.isfinite(metrics["loss"]) and all(
+                        bool(torch.isfinite(p.grad).all()) for p in phi),
+                    update=lambda iteration, metrics: optimizer.step(), speed=False,
+                    plan=f"{iterations} meta-iterations"
+                    + ("" if phi else " (no meta-parameters: the fixed initialisation is the model)"),
+                    tracker=tracker, log=log)
 
 
 def load_learner(saved: dict, model_path: Path, device) -> Learner:

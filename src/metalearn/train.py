@@ -1,11 +1,12 @@
-"""The one meta-training loop every algorithm shares.
+"""The one meta-training loop every algorithm and every task family shares (`run_loop`), and the
+episodes family's use of it (`train`).
 
 Resumable: every `checkpoint_every` iterations the whole state (meta-parameters, optimizer,
 episode generator, history, elapsed time) is written atomically; a rerun continues from the last
 checkpoint and ends with exactly the parameters of an uninterrupted run (same device, same seed).
 A NaN/inf meta-loss or meta-gradient stops training with an error; the last good checkpoint stays.
-Its bookkeeping (Progress, Checkpoint, write_model) is also that of the other loops: metalearn.continual,
-metalearn.alphabets and metalearn.rl.train.
+The other families (metalearn.continual, metalearn.alphabets, metalearn.rl.train) give `run_loop`
+their own step; its bookkeeping (Progress, Checkpoint, write_model) is written once, here.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import math
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
@@ -22,7 +24,7 @@ import torch
 
 from metalearn import benchmarks
 from metalearn.algorithms import ALGORITHMS, build_algorithm
-from metalearn.config import algorithm_params, benchmark
+from metalearn.config import Run
 from metalearn.data.images import preprocessing_for
 from metalearn.errors import BadFile
 
@@ -92,18 +94,10 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
-NOT_TRAINING_SETTINGS = ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed", "eval_curve",
-                         "reproduces", "test_rollouts")
-
-
 def run_config(params: dict, bench_name: str, algorithm: str, seed: int) -> dict:
-    """Everything that determines a training run; its hash guards against resuming a stale checkpoint."""
-    bench = benchmark(params, bench_name)
-    # Evaluation-only settings and the paper-row label (`reproduces`, read by results/paper.md) are left
-    # out: changing them must not invalidate a trained model.
-    settings = {k: v for k, v in bench.items() if k not in NOT_TRAINING_SETTINGS}
-    return {"benchmark": bench_name, "algorithm": algorithm, "seed": seed, "settings": settings,
-            "hparams": algorithm_params(params, bench_name, algorithm)}
+    """Everything that determines a training run (config.Run.config); its hash guards against resuming
+    a stale checkpoint."""
+    return Run.of(params, bench_name, algorithm, seed).config()
 
 
 def settings_digest(config: dict, sources) -> str:
@@ -129,13 +123,13 @@ def _atomic_save(obj: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def build(params: dict, bench_name: str, algorithm: str, seed: int, device: torch.device):
-    """The algorithm (with a seeded initialisation) for a benchmark, on `device`."""
-    bench = benchmark(params, bench_name)
-    torch.manual_seed(seed)
-    informed = getattr(ALGORITHMS.get(algorithm), "sees_task_parameters", False)  # the oracle baseline
+def build(run: Run, device: torch.device):
+    """The run's algorithm (with the seeded initialisation) for its benchmark, on `device`."""
+    torch.manual_seed(run.seed)
+    informed = getattr(ALGORITHMS.get(run.algorithm), "sees_task_parameters", False)  # the oracle baseline
+    bench = run.settings
     objective = benchmarks.build_objective(bench, benchmarks.task_parameter_count(bench) if informed else 0)
-    algo = build_algorithm(algorithm, objective.model, objective, algorithm_params(params, bench_name, algorithm))
+    algo = build_algorithm(run.algorithm, objective.model, objective, dict(run.hparams))
     return algo.to(device)
 
 
@@ -271,60 +265,109 @@ def write_model(out_dir: Path, config: dict, digest: str, module: torch.nn.Modul
     return model_path
 
 
+# ----------------------------------------------------------------------------- every loop, written once
+@dataclass(frozen=True)
+class Cadence:
+    """How often a loop writes its checkpoint and reports its progress where the benchmark's `train`
+    settings do not say (`checkpoint_every`, `log_every`): one default for every loop; a family whose
+    iterations are long passes its own."""
+
+    checkpoint_every: int = 500
+    log_every: int = 100
+
+    def of(self, train: dict) -> "Cadence":
+        """The cadence of a benchmark's `train` settings, these defaults where they say nothing."""
+        return Cadence(train.get("checkpoint_every", self.checkpoint_every), train.get("log_every", self.log_every))
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def run_loop(run: Run, out_dir: Path, device: torch.device, config_hash: Callable[[dict], str], *,
+             modules: dict[str, torch.nn.Module], optimizer: torch.optim.Optimizer | None,
+             generator: torch.Generator, iterations: int, step: Callable[[int], dict[str, float]],
+             finite: Callable[[dict[str, float]], bool], update: Callable[[int, dict[str, float]], None] | None = None,
+             finish: Callable[[], dict[str, Any]] | None = None, cadence: Cadence = Cadence(),
+             diverged: str = "meta-loss or meta-gradient", plan: str | None = None, unit: str = "iter",
+             speed: bool = True, tracked: dict[str, Any] | None = None, tracker: Tracker | None = None,
+             log: Callable[[str], None] = _stderr, on_checkpoint: Callable[[int], None] | None = None) -> Path:
+    """Every task family's meta-training loop: the run's config and its hash (`config_hash`, the
+    family's), the checkpoint resumed (when there is something to train), the parameters logged to the
+    tracker, then per iteration `step(iteration)` (the family's work, returning its metrics), the
+    check `finite(metrics)` (TrainingDiverged, the last good checkpoint kept), `update(iteration,
+    metrics)` (what must not happen to a diverged iteration, e.g. the optimizer's step), the progress
+    window and the checkpoint (`on_checkpoint(iteration)` just before it is written); at the end
+    `finish()` (its entries join the model file) and ``out_dir/model.pt`` with ``history.json``.
+    `modules` are checkpointed under their keys; modules["algorithm"] is the model written."""
+    config = run.config()
+    digest = config_hash(config)
+    cadence = cadence.of(run.train)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, modules, optimizer, generator)
+    start, history, elapsed = checkpoint.resume(device, log, run.name) if iterations else (0, [], 0.0)
+    if tracker is not None and start == 0:
+        tracker.log_params({"benchmark": run.benchmark, "algorithm": run.algorithm, "seed": run.seed,
+                            "device": str(device), **{f"train.{k}": v for k, v in run.train.items()},
+                            **(tracked or {}), **{f"hp.{k}": v for k, v in run.hparams.items()}})
+    log(f"training {run.algorithm} on {run.benchmark} (seed {run.seed}) on {device}: "
+        + (f"{iterations} meta-iterations" if plan is None else plan))
+    progress = Progress(run.name, iterations, cadence.log_every, history, log, tracker, unit=unit, speed=speed,
+                        window=checkpoint.window)
+    for iteration in range(start + 1, iterations + 1):
+        tick = time.perf_counter()
+        metrics = step(iteration)
+        if not finite(metrics):
+            last = max((iteration - 1) // cadence.checkpoint_every * cadence.checkpoint_every, start)
+            kept = (f"the last good checkpoint (iteration {last}) is kept at {checkpoint.path}"
+                    if last and checkpoint.path.exists() else "no checkpoint was written yet")
+            shown = ", ".join(f"{k} {v}" for k, v in metrics.items())
+            raise TrainingDiverged(f"{run.name}: {diverged} became non-finite at iteration {iteration} "
+                                   f"({shown}); {kept}. Lower meta_lr or inner_lr.")
+        if update is not None:
+            update(iteration, metrics)
+        elapsed += time.perf_counter() - tick
+        progress.add(iteration, metrics, elapsed)
+        # on_checkpoint first: a run killed during it resumes before it and does it again
+        checkpoint.end_iteration(iteration, iterations, cadence.checkpoint_every, history, elapsed, progress,
+                                 None if on_checkpoint is None else lambda: on_checkpoint(iteration))
+    extra = {} if finish is None else finish()
+    return write_model(out_dir, config, digest, modules["algorithm"], elapsed, iterations, history, checkpoint, **extra)
+
+
+# ----------------------------------------------------------------------------- the episodes family's loop
 def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
-          device: str = "auto", tracker: Tracker | None = None,
-          log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True),
+          device: str = "auto", tracker: Tracker | None = None, log: Callable[[str], None] = _stderr,
           on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None) -> Path:
     """Meta-train and write ``out_dir/model.pt`` (+ ``history.json``); returns the model path.
     ``on_checkpoint(iteration, algorithm)`` runs just before each checkpoint is written (e.g. a validation,
     metalearn.studies); it must leave the algorithm and the random state as it found them."""
     dev = pick_device(device)
-    bench = benchmark(params, bench_name)
-    cfg = bench["train"]
-    config = run_config(params, bench_name, algorithm, seed)
-    digest = config_hash(config)
-    algo = build(params, bench_name, algorithm, seed, dev)
+    run = Run.of(params, bench_name, algorithm, seed)
+    cfg = run.train
+    algo = build(run, dev)
     # Adam's eps: torch's default, or the algorithm's own (`meta_adam_eps`: the iMAML code's outer Adam
     # uses 1e-3, aravindr93/imaml_dev implicit_maml/learner_model.py)
-    optimizer = torch.optim.Adam(algo.parameters(), lr=cfg["meta_lr"], eps=config["hparams"].get("meta_adam_eps", 1e-8))
+    optimizer = torch.optim.Adam(algo.parameters(), lr=cfg["meta_lr"], eps=run.hparams.get("meta_adam_eps", 1e-8))
     generator = torch.Generator().manual_seed(seed)
-    sampler = benchmarks.train_sampler(params, bench, generator, dev)
+    sampler = benchmarks.train_sampler(params, run.settings, generator, dev)
 
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{bench_name}/{algorithm}/seed{seed}"
-    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, {"algorithm": algo}, optimizer, generator)
-    start, history, elapsed = checkpoint.resume(dev, log, name)
-    if tracker is not None and start == 0:
-        tracker.log_params({"benchmark": bench_name, "algorithm": algorithm, "seed": seed,
-                            "device": str(dev), **{f"train.{k}": v for k, v in cfg.items()},
-                            **{f"hp.{k}": v for k, v in config["hparams"].items()}})
-    # An algorithm may have its own budget on a benchmark (e.g. equal-time comparisons).
-    iterations = config["hparams"].get("iterations", cfg["iterations"])
-    every = cfg.get("checkpoint_every", 500)
-    log(f"training {algorithm} on {bench_name} (seed {seed}) on {dev}: {iterations} meta-iterations")
-    progress = Progress(name, iterations, cfg.get("log_every", 100), history, log, tracker, window=checkpoint.window)
-    for iteration in range(start + 1, iterations + 1):
-        tick = time.perf_counter()
+    def step(iteration: int) -> dict[str, float]:
         tasks = sampler.sample(cfg["meta_batch"])
         optimizer.zero_grad(set_to_none=True)
-        metrics = algo.meta_step(tasks)
-        if not math.isfinite(metrics["loss"]) or not _all_finite(algo):
-            kept = (f"the last good checkpoint (iteration {(iteration - 1) // every * every}) is kept at "
-                    f"{checkpoint.path}" if checkpoint.path.exists() else "no checkpoint was written yet")
-            raise TrainingDiverged(
-                f"{name}: meta-loss or meta-gradient became "
-                f"{metrics['loss']} at iteration {iteration}; {kept}. Lower meta_lr or inner_lr.")
+        return algo.meta_step(tasks)
+
+    def update(iteration: int, metrics: dict[str, float]) -> None:
         clip_meta_grad(algo, cfg.get("clip_meta_grad"))
         optimizer.step()
-        elapsed += time.perf_counter() - tick
-        progress.add(iteration, metrics, elapsed)
-        # on_checkpoint first: a run killed during it resumes before it and does it again
-        checkpoint.end_iteration(iteration, iterations, every, history, elapsed, progress,
-                                 None if on_checkpoint is None else lambda: on_checkpoint(iteration, algo))
 
     # preprocessing: how images reach the network, for `metalearn adapt` on the user's own images
-    return write_model(out_dir, config, digest, algo, elapsed, iterations, history, checkpoint,
-                       preprocessing=preprocessing_for(config["settings"]))
+    return run_loop(run, out_dir, dev, config_hash, modules={"algorithm": algo}, optimizer=optimizer,
+                    generator=generator, iterations=run.iterations, step=step, update=update,
+                    finite=lambda metrics: math.isfinite(metrics["loss"]) and _all_finite(algo),
+                    finish=lambda: {"preprocessing": preprocessing_for(run.config()["settings"])},
+                    tracker=tracker, log=log,
+                    on_checkpoint=None if on_checkpoint is None else lambda iteration: on_checkpoint(iteration, algo))
 
 
 CHECKPOINT_KEYS = ("config_hash", "iteration", "algorithm", "optimizer", "generator", "torch_rng", "history",
@@ -402,10 +445,8 @@ def load_model(path: Path, device: str = "auto", saved: dict | None = None):
     dev = pick_device(device)
     saved = read_model_file(path) if saved is None else saved
     config = saved["config"]
-    params = {"benchmarks": {config["benchmark"]: {**config["settings"],
-                                                   "algorithms": {config["algorithm"]: config["hparams"]}}}}
     try:
-        algo = build({**params, "data": {}}, config["benchmark"], config["algorithm"], config["seed"], dev)
+        algo = build(Run.of_config(config), dev)
         algo.load_state_dict(saved["state_dict"])
     except (KeyError, TypeError, ValueError, RuntimeError) as exc:
         raise BadFile(f"{path}: its settings or parameters do not make a {config['algorithm']} model "

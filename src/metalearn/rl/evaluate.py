@@ -25,7 +25,7 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
     config = saved["config"]
     bench_name = config["benchmark"]
     learner = load_model(saved)
-    # rollouts per test step: an evaluation setting (train.NOT_TRAINING_SETTINGS), read from the current
+    # rollouts per test step: an evaluation setting (config.NOT_TRAINING_SETTINGS), read from the current
     # params, not from the model's record, so changing it re-evaluates without retraining
     learner.test_rollouts = int(params["benchmarks"][bench_name].get("test_rollouts", learner.rollouts))
     steps = learner.test_inner_steps if steps is None else steps

@@ -20,7 +20,6 @@ from __future__ import annotations
 import copy
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Callable
 
@@ -28,10 +27,10 @@ import torch
 
 from torch import nn
 
-from metalearn.config import benchmark
+from metalearn.config import Run
 from metalearn.rl.envs import sample_tasks
 from metalearn.rl.metarl import MetaRL
-from metalearn.train import Checkpoint, Progress, TrainingDiverged, Tracker, run_config, write_model
+from metalearn.train import Cadence, Tracker, run_loop
 
 TRPO_DEFAULTS = {"max_kl": 0.01, "cg_iters": 10, "damping": 1e-5, "backtrack_ratio": 0.8, "max_backtracks": 15}
 
@@ -82,57 +81,44 @@ def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Pat
     """Meta-train and write ``out_dir/model.pt`` (+ ``history.json``); returns the model path.
     `device` is accepted for the supervised loop's signature: RL runs on the CPU (environments and
     small policies; the cost is in sequential steps, not in arithmetic)."""
-    bench = benchmark(params, bench_name)
-    cfg = bench["train"]
-    config = run_config(params, bench_name, algorithm, seed)
-    digest = config_hash(config)
-    learner = build(config)
+    run = Run.of(params, bench_name, algorithm, seed)
+    bench, cfg = run.settings, run.train
+    learner = build(run.config())
     generator = torch.Generator().manual_seed(seed)
     trpo = trpo_settings(bench)
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    name = f"{bench_name}/{algorithm}/seed{seed}"
     # no optimizer for TRPO (it keeps no state between steps); the official Adam keeps its moments
     # (torch's Adam at TF's defaults, lr 1e-3: TF adds epsilon outside the bias correction, i.e. its
     # 1e-8 is torch's 1e-8 * sqrt(1 - beta2^t), a difference only for gradients near 1e-8)
     optimizer = torch.optim.Adam(learner.parameters(), lr=1e-3) if learner.optimizer == "adam" else None
     best = Best(learner) if cfg.get("keep_best", False) else None
     modules = {"algorithm": learner} if best is None else {"algorithm": learner, "best": best}
-    checkpoint = Checkpoint(out_dir / "checkpoint.pt", digest, config, modules, optimizer, generator)
-    start, history, elapsed = checkpoint.resume(torch.device("cpu"), log, name)
-    if tracker is not None and start == 0:
-        tracker.log_params({"benchmark": bench_name, "algorithm": algorithm, "seed": seed, "device": "cpu",
-                            **{f"train.{k}": v for k, v in cfg.items()},
-                            **{f"trpo.{k}": v for k, v in trpo.items()},
-                            **{f"hp.{k}": v for k, v in config["hparams"].items()}})
-    # the random-initialisation baseline is not trained
-    iterations = 0 if not learner.trains else config["hparams"].get("iterations", cfg["iterations"])
-    every = cfg.get("checkpoint_every", 50)
-    log(f"training {algorithm} on {bench_name} (seed {seed}): {iterations} meta-iterations")
-    progress = Progress(name, iterations, cfg.get("log_every", 10), history, log, tracker, window=checkpoint.window)
-    for iteration in range(start + 1, iterations + 1):
-        tick = time.perf_counter()
+    before: dict = {}  # the parameters that sample an iteration's rollouts, and so earn its return_after
+
+    def step(iteration: int) -> dict[str, float]:
         goals = sample_tasks(bench, cfg["meta_batch"], generator)
-        # the parameters that sample this iteration's rollouts, and so earn its return_after
-        before = None if best is None else {k: v.detach().clone() for k, v in learner.state_dict().items()}
-        metrics = learner.meta_step(goals, generator, trpo, optimizer)
-        if not all(math.isfinite(v) for v in metrics.values()) or not all(
-                bool(torch.isfinite(p).all()) for p in learner.parameters()):
-            raise TrainingDiverged(f"{name}: non-finite values at iteration "
-                                   f"{iteration} ({metrics}); the last checkpoint is kept at {checkpoint.path}")
+        before["state"] = None if best is None else {k: v.detach().clone() for k, v in learner.state_dict().items()}
+        return learner.meta_step(goals, generator, trpo, optimizer)
+
+    def update(iteration: int, metrics: dict[str, float]) -> None:
         if best is not None:
-            best.offer(iteration, metrics["return_after"], before)
-        elapsed += time.perf_counter() - tick
-        progress.add(iteration, metrics, elapsed)
-        checkpoint.end_iteration(iteration, iterations, every, history, elapsed, progress)
-    if best is None:
-        return write_model(out_dir, config, digest, learner, elapsed, iterations, history, checkpoint)
-    if int(best.iteration) > 0:
-        learner.load_state_dict(best.learner.state_dict())
-        log(f"{name}: keeping the parameters of iteration {int(best.iteration)} "
-            f"(best post-update training return {float(best.best_return):.4f})")
-    return write_model(out_dir, config, digest, learner, elapsed, iterations, history, checkpoint,
-                       best_iteration=int(best.iteration))
+            best.offer(iteration, metrics["return_after"], before["state"])
+
+    def finish() -> dict:
+        if best is None:
+            return {}
+        if int(best.iteration) > 0:
+            learner.load_state_dict(best.learner.state_dict())
+            log(f"{run.name}: keeping the parameters of iteration {int(best.iteration)} "
+                f"(best post-update training return {float(best.best_return):.4f})")
+        return {"best_iteration": int(best.iteration)}
+
+    return run_loop(run, out_dir, torch.device("cpu"), config_hash, modules=modules, optimizer=optimizer,
+                    generator=generator, iterations=run.iterations if learner.trains else 0,  # random: not trained
+                    step=step, update=update, finish=finish,
+                    finite=lambda metrics: all(math.isfinite(v) for v in metrics.values()) and all(
+                        bool(torch.isfinite(p).all()) for p in learner.parameters()),
+                    diverged="a metric or the parameters", cadence=Cadence(checkpoint_every=50, log_every=10),
+                    tracked={f"trpo.{k}": v for k, v in trpo.items()}, tracker=tracker, log=log)
 
 
 def load_model(saved: dict) -> MetaRL:
