@@ -36,12 +36,12 @@ def share_the_cores() -> None:
         torch.set_num_threads(max(1, torch.get_num_threads() // workers))
 
 
-# Tests that read the session's quick-profile run (the `quick_run` fixture, tests/quick_run.py) or
-# install Debian packages. `make test` runs the suite on every core with pytest-xdist (`-n auto --dist
-# loadgroup`), where a session fixture is made once per worker: one group keeps the quick run on a
-# single worker (made once, as without xdist), and apt-get (slurm, chromium) off two workers at once
-# (dpkg's lock). xdist starts the largest group first: the quick run, then the SLURM test beside it,
-# is the suite's longest chain, while the other workers take the remaining tests.
+# Tests that read the session's quick-profile run (the `quick_run` fixture, tests/quick_run.py).
+# `make test` runs the suite on every core with pytest-xdist (`-n auto --dist loadgroup`), where a
+# session fixture is made once per worker: one group keeps the quick run on a single worker (made once,
+# as without xdist). xdist starts the largest group first: the quick run, then the SLURM test beside
+# it, is the suite's longest chain, while the other workers take the remaining tests. Debian packages
+# are installed one apt-get at a time by a lock (tests/debian.py), not by this group.
 SERIAL_GROUP = "quick-run"
 
 
@@ -55,7 +55,7 @@ def pytest_collection_modifyitems(config, items):
 @pytest.hookimpl(trylast=True)
 def pytest_collection_finish(session):
     """xdist groups a test by a suffix on its id; where that fails silently (pytest-xdist#1386: pytest
-    9.2), the quick run would be made on every worker and two apt-gets could collide: stop instead."""
+    9.2), the quick run would be made on every worker: stop instead."""
     if not getattr(session.config.option, "loadgroup", False):  # set by xdist's workers
         return
     lost = [item.nodeid for item in session.items

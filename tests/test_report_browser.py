@@ -13,11 +13,12 @@ from __future__ import annotations
 import base64
 import io
 import os
-import subprocess
 import time
 from urllib.parse import unquote
 
 import pytest
+
+from debian import apt_install
 
 pytestmark = pytest.mark.slow
 
@@ -29,11 +30,8 @@ def _install_chromium() -> None:
         return
     if os.geteuid() != 0:
         pytest.fail("Chromium is missing: apt-get install chromium chromium-driver (CI installs them as root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "chromium", "chromium-driver"]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True)
-        subprocess.run(cmd, env=env, check=True, capture_output=True)
+    done = apt_install("chromium", "chromium-driver")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
 
 
 @pytest.fixture(scope="module")

@@ -42,13 +42,12 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, SERIAL_GROUP
+from conftest import ROOT
+from debian import apt_install
 from metalearn.config import read_yaml
 from test_workflow import BIN, SNAKEMAKE, copy_project, pipeline, plan, sh, workflow_env
 
-# apt-get (openssh-server) never beside another test's apt-get (dpkg's lock): the group of the other
-# tests that install Debian packages (tests/conftest.py).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group(SERIAL_GROUP)]
+pytestmark = pytest.mark.slow
 
 DVC = str(BIN / "dvc")
 SLOW_SFTP = ROOT / "tests" / "sharing" / "slow_sftp.py"
@@ -69,12 +68,8 @@ def install_sshd() -> str:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("sshd is missing and cannot be installed here (not root, or no apt-get): "
                     "apt-get install openssh-server (CI installs it as root)")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    cmd = ["apt-get", "install", "-y", "--no-install-recommends", "openssh-server"]
-    if subprocess.run(cmd, env=env, capture_output=True).returncode != 0:
-        subprocess.run(["apt-get", "update"], env=env, check=True, capture_output=True)
-        done = subprocess.run(cmd, env=env, capture_output=True, text=True)
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = apt_install("openssh-server")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     found = find_sshd()
     assert found, "openssh-server installed, yet no sshd"
     return found

@@ -17,8 +17,9 @@ install() {
   command -v slurmctld >/dev/null && command -v slurmd >/dev/null && command -v munged >/dev/null && return 0
   [ "$(id -u)" = 0 ] || die "slurm-wlm and munge are missing: apt-get install slurm-wlm munge (as root)"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null \
-    || { apt-get update >/dev/null && apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null; }
+  # one apt-get at a time across the test workers (tests/debian.py takes the same lock)
+  flock /tmp/metalearn-tests-apt.lock sh -c 'apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null \
+    || { apt-get update >/dev/null && apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null; }'
 }
 
 # Poll a condition for up to $1 seconds.

@@ -11,23 +11,24 @@ import pipeline  # noqa: E402
 from metalearn.config import read_yaml  # noqa: E402
 from metalearn.data.imagenet import MissingData  # noqa: E402
 
-configfile: pipeline.PARAMS_FILE
 
 
 def _effective_config(config):
     """params.yaml is the single configuration: the command line may only pick the profile, since
-    the jobs' commands read params.yaml themselves."""
-    # Read strictly (a duplicate key is an error, as in `metalearn`) and validated first, so that a
-    # bad value is reported by its key rather than as a difference from Snakemake's own reading.
+    the jobs' commands read params.yaml themselves. `config` holds only what --config/--configfile
+    gave: params.yaml is read here, strictly (a duplicate key is an error, as in `metalearn`), not by
+    a `configfile:` directive, whose second, non-strict YAML reading of it cost each Snakemake start
+    (every cluster job starts two) as much as the rest of the workflow's parse."""
     on_disk = read_yaml(pipeline.PARAMS_FILE) or {}
-    pipeline.load_config(on_disk, config.get("profile"))
-    changed = sorted(k for k in set(config) | set(on_disk)
-                     if k != "profile" and config.get(k) != on_disk.get(k))
+    pipeline.load_config(on_disk, config.get("profile"))  # a bad value named by its key first
+    changed = sorted(k for k in config if k != "profile" and config[k] != on_disk.get(k))
     if changed:
         raise pipeline.ConfigError(
             f"{', '.join(changed)}: set in --config/--configfile; edit {pipeline.PARAMS_FILE} instead "
             "(only `profile` may be given on the command line)")
-    return pipeline.load_config(config, config.get("profile"))
+    merged = {**on_disk, **config}
+    config.update(merged)  # Snakemake's `config` as the directive left it (the report shows it)
+    return pipeline.load_config(merged, config.get("profile"))
 
 
 try:
