@@ -1,9 +1,8 @@
-"""metalearn.families: every benchmark of params.yaml (every profile) has a family, and every family
-has every step with the documented signature, so `metalearn split/train/evaluate`, tracking and the
-workflow can dispatch without testing the task themselves."""
+"""metalearn.families: every benchmark of params.yaml (every profile) has a family, every family is a
+`Family` with every step's documented signature, and each step reaches its family's own function, so
+`metalearn split/train/evaluate`, tracking and the workflow can dispatch without testing the task themselves."""
 from __future__ import annotations
 
-import importlib
 import inspect
 
 import pytest
@@ -12,29 +11,24 @@ from conftest import ROOT
 from metalearn import families
 from metalearn.config import load_params
 
-# the documented signature of each step (metalearn/families.py), positional names
+# the documented signature of each step (metalearn/families.py, Family), positional names
 SIGNATURES = {
     "episode_settings": ["bench"],
     "make_episodes": ["params", "bench_name"],
-    "train": ["params", "bench_name", "algorithm", "seed", "out_dir", "device", "tracker"],
+    "train": ["params", "bench_name", "algorithm", "seed", "out_dir", "device", "tracker", "log"],
     "evaluate": ["params", "model_path", "saved", "split", "device", "steps", "log"],
     "source_files": ["algorithm"],
     "config_hash": ["config"],
 }
 
 
-# the same parameter under another name in some modules
-SYNONYMS = {"method": "algorithm", "name": "algorithm"}
-
-
 @pytest.mark.parametrize("name", sorted(families.FAMILIES))
 def test_every_family_has_every_step_with_the_documented_signature(name):
-    assert set(families.FAMILIES[name]) == set(families.STEPS) == set(SIGNATURES)
+    family = families.FAMILIES[name]
+    assert isinstance(family, families.Family) and family.name == name
     for step, expected in SIGNATURES.items():
-        module, function = families.FAMILIES[name][step].split(":")
-        parameters = inspect.signature(getattr(importlib.import_module(module), function)).parameters
-        positional = [SYNONYMS.get(p, p) for p in parameters][:len(expected)]
-        assert positional == expected, (name, step, list(parameters))
+        parameters = inspect.signature(getattr(family, step)).parameters
+        assert list(parameters)[:len(expected)] == expected, (name, step, list(parameters))
         # anything beyond the documented parameters has a default (callers pass only those)
         extra = list(parameters.values())[len(expected):]
         assert all(p.default is not inspect.Parameter.empty for p in extra), (name, step)
@@ -45,22 +39,55 @@ def test_the_configured_benchmarks_fall_into_the_expected_families():
     for profile in ("default", "quick", "regression", "paper", "metarl", "protocols"):
         params = load_params(ROOT / "params.yaml", profile=profile)
         for bench_name, settings in params["benchmarks"].items():
-            seen[bench_name] = families.family(settings)
+            seen[bench_name] = families.family(settings).name
     assert seen["sinusoid"] == seen["omniglot-5w1s"] == seen["miniimagenet-5w1s"] == "episodes"
     assert seen["continual-sinusoid"] == "continual"
     assert seen["omniglot-alphabets"] == "alphabets"
     assert {seen[b] for b in ("navigation-2d", "halfcheetah-vel", "halfcheetah-dir", "ant-vel", "ant-dir")} == {"rl"}
 
 
-def test_dispatch_reaches_each_familys_own_functions():
-    from metalearn import alphabets, benchmarks, continual, evaluate, train
-    from metalearn.rl import evaluate as rl_evaluate, tasks as rl_tasks, train as rl_train
+# the arguments each step is called with, positionally
+ARGS = {"episode_settings": ({"task": "x"},), "make_episodes": ({}, "b"),
+        "train": ({}, "b", "maml", 0, "out", "cpu", None, print),
+        "evaluate": ({}, "m", {}, "test", "cpu", None, print), "source_files": ("maml",), "config_hash": ({},)}
+# the function (module, name) each family's step reaches
+REACHES = {
+    "episodes": {"episode_settings": ("metalearn.benchmarks", "episode_settings"),
+                 "make_episodes": ("metalearn.benchmarks", "make_episodes"),
+                 "train": ("metalearn.train", "train"),
+                 "evaluate": ("metalearn.episodic", "evaluate_episodes"),
+                 "source_files": ("metalearn.algorithms", "source_files"),
+                 "config_hash": ("metalearn.train", "config_hash")},
+    "continual": {step: ("metalearn.continual", step) for step in SIGNATURES},
+    "alphabets": {step: ("metalearn.alphabets", step) for step in SIGNATURES},
+    "rl": {"episode_settings": ("metalearn.benchmarks", "episode_settings"),
+           "make_episodes": ("metalearn.rl.tasks", "make_test_tasks"),
+           "train": ("metalearn.rl.train", "train"),
+           "evaluate": ("metalearn.rl.evaluate", "evaluate"),
+           "source_files": ("metalearn.rl.train", "source_files"),
+           "config_hash": ("metalearn.rl.train", "config_hash")},
+}
+DISPATCH = [(name, step, *REACHES[name][step]) for name in sorted(REACHES) for step in SIGNATURES]
+SYNONYMS = {"method": "algorithm", "name": "algorithm"}  # the same parameter under other names
 
-    assert families.step({"task": "omniglot"}, "evaluate") is evaluate.evaluate_episodes
-    assert families.step({"task": "sinusoid"}, "train") is train.train
-    assert families.step({"task": "sinusoid"}, "make_episodes") is benchmarks.make_episodes
-    assert families.step({"task": "continual"}, "train") is continual.train
-    assert families.step({"task": "alphabets"}, "evaluate") is alphabets.evaluate
-    assert families.step({"task": "navigation"}, "make_episodes") is rl_tasks.make_test_tasks
-    assert families.step({"task": "ant-dir"}, "evaluate") is rl_evaluate.evaluate
-    assert families.step({"task": "halfcheetah-vel"}, "config_hash") is rl_train.config_hash
+
+@pytest.mark.parametrize("name, step, module, function", DISPATCH)
+def test_dispatch_reaches_each_familys_own_functions(monkeypatch, name, step, module, function):
+    """The step passes its arguments on, positionally, to its family's function, whose positional
+    parameters are the documented ones."""
+    import importlib
+
+    target = importlib.import_module(module)
+    parameters = list(inspect.signature(getattr(target, function)).parameters)
+    assert [SYNONYMS.get(p, p) for p in parameters[:len(ARGS[step])]] == SIGNATURES[step][:len(ARGS[step])]
+    calls = []
+    monkeypatch.setattr(target, function, lambda *a, **k: calls.append((a, k)) or "done")
+    assert getattr(families.FAMILIES[name], step)(*ARGS[step]) == "done"
+    assert calls == [(ARGS[step], {})]
+
+
+def test_a_benchmark_s_task_picks_its_family():
+    assert families.family({"task": "omniglot"}).name == families.family({"task": "sinusoid"}).name == "episodes"
+    assert families.family({"task": "continual"}).name == "continual"
+    assert families.family({"task": "alphabets"}).name == "alphabets"
+    assert {families.family({"task": t}).name for t in ("navigation", "ant-dir", "halfcheetah-vel")} == {"rl"}

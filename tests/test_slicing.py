@@ -59,7 +59,7 @@ def test_three_slices_equal_one_uninterrupted_run(prepared_small, tmp_path, monk
                                                "algorithms": {"warpgrad": {"inner_lr": 0.01, "snapshots": 3}}})
         overrides["benchmarks"][bench]["train"]["meta_lr"] = 0.003
     params = deep_merge(prepared_small, overrides)
-    run = families.step(params["benchmarks"][bench], "train")
+    run = families.family(params["benchmarks"][bench]).train
 
     whole = run(params, bench, algorithm, 0, tmp_path / "whole", device="cpu", log=lambda s: None)
     stopped = _stop_at_iterations(monkeypatch, {7, 16})

@@ -181,9 +181,9 @@ def train_sources(params: dict, bench: str, algorithm: str) -> list[str]:
     from metalearn import families
 
     settings = params["benchmarks"][bench]
-    if families.family(settings) == "episodes":
+    if families.family(settings).name == "episodes":
         return source_files(algorithm)  # with the error for an algorithm that is not implemented
-    return _in_repository(families.step(settings, "source_files")(algorithm))
+    return _in_repository(families.family(settings).source_files(algorithm))
 
 
 # ----------------------------------------------------------------------------- paths
@@ -278,7 +278,7 @@ def train_priority(params: dict, bench: str, algorithm: str | None = None) -> fl
     from metalearn import families
 
     settings = params["benchmarks"][bench]
-    long = "dataset" in settings or families.family(settings) == "rl"
+    long = "dataset" in settings or families.family(settings).name == "rl"
     adapts = algorithm is not None and "inner_steps" in (settings["algorithms"].get(algorithm) or {})
     tier = 2 * (2 if long else 1) + int(adapts)
     if not adapts:
@@ -326,7 +326,7 @@ def split_settings(params: dict, bench: str) -> dict:
     from metalearn import families
 
     settings = params["benchmarks"][bench]
-    return families.step(settings, "episode_settings")(settings)
+    return families.family(settings).episode_settings(settings)
 
 
 def train_settings(params: dict, bench: str, algorithm: str, seed) -> dict:

@@ -266,7 +266,7 @@ def cmd_split(params: dict, args) -> None:
     _check_data_writable(params, *[benchmarks.episodes_path(params, name).parent for name in names[:1]])
     _check_prepared(params, names)
     for name in names:  # saved episodes, test sequences, alphabets or RL test tasks (metalearn.families)
-        path = families.step(params["benchmarks"][name], "make_episodes")(params, name)
+        path = families.family(params["benchmarks"][name]).make_episodes(params, name)
         print(f"episodes of {name} -> {path}", file=sys.stderr)
 
 
@@ -279,7 +279,7 @@ def cmd_train(params: dict, args) -> None:
     _check_prepared(params, [args.benchmark])
     _slice(args)
     # the family's loop: episodes (metalearn.train), continual, alphabets, RL (TRPO); metalearn.families
-    train = families.step(params["benchmarks"][args.benchmark], "train")
+    train = families.family(params["benchmarks"][args.benchmark]).train
     with training_lock(out):  # every family's loop, one training per folder at a time
         if not args.track:
             path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)

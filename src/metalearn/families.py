@@ -1,63 +1,194 @@
-"""Task families: which module splits, trains, evaluates and hashes a benchmark of a given `task`.
+"""Task families: the object that splits, trains, evaluates and hashes a benchmark of a given `task`.
 
 Most benchmarks are *episodes*: a task is a support and a query set (sinusoid, polynomial, Omniglot,
 mini-/tiered-ImageNet), meta-trained by metalearn.train with an algorithm of metalearn.algorithms.
-Three families have their own protocol and loop, each in one module:
+Three families have their own protocol and step in the same loop (metalearn.train.run_loop):
   continual   WarpGrad's continual learning (metalearn.continual): sequences of sub-tasks
   alphabets   the Leap/WarpGrad multi-shot protocol (metalearn.alphabets): one alphabet per task
   rl          MAML's meta-reinforcement learning (metalearn.rl): tasks are MDPs, losses from rollouts
 
-The command line (`metalearn split/train/evaluate`), MLflow tracking and the workflow dispatch through
-`step(settings, name)` instead of testing the task themselves. Every family's functions share one
-signature per step:
-
-  episode_settings(bench) -> dict                     what its saved episodes depend on
-  make_episodes(params, bench_name) -> Path           `metalearn split`
-  train(params, bench_name, algorithm, seed, out_dir, device, tracker=None) -> Path   model.pt
-  evaluate(params, model_path, saved, split, device, steps, log) -> dict              one result
-  source_files(algorithm) -> list[Path]               the files whose edits change its results
-  config_hash(run_config) -> str                      the settings-and-sources digest in model.pt
-
-Functions are named "module:function" and imported when used: the workflow's parse imports only what
-its rules need.
+The command line (`metalearn split/train/evaluate`), MLflow tracking, records and the workflow ask
+`family(settings)` for the benchmark's family instead of testing the task themselves; every family is
+a `Family`. Each imports its modules inside its methods, when used: the workflow's parse imports
+only what its rules need, and this module sits below none of them.
 """
 from __future__ import annotations
 
-import importlib
-from typing import Callable
+import sys
+from pathlib import Path
+from typing import Any, Callable, Protocol, runtime_checkable
 
 from metalearn.rl import RL_TASKS
 
-STEPS = ("episode_settings", "make_episodes", "train", "evaluate", "source_files", "config_hash")
-
-FAMILIES: dict[str, dict[str, str]] = {
-    "episodes": {"episode_settings": "metalearn.benchmarks:episode_settings",
-                 "make_episodes": "metalearn.benchmarks:make_episodes",
-                 "train": "metalearn.train:train",
-                 "evaluate": "metalearn.evaluate:evaluate_episodes",
-                 "source_files": "metalearn.algorithms:source_files",
-                 "config_hash": "metalearn.train:config_hash"},
-    "continual": {step: f"metalearn.continual:{step}" for step in STEPS},
-    "alphabets": {step: f"metalearn.alphabets:{step}" for step in STEPS},
-    "rl": {"episode_settings": "metalearn.benchmarks:episode_settings",
-           "make_episodes": "metalearn.rl.tasks:make_test_tasks",
-           "train": "metalearn.rl.train:train",
-           "evaluate": "metalearn.rl.evaluate:evaluate",
-           "source_files": "metalearn.rl.train:source_files",
-           "config_hash": "metalearn.rl.train:config_hash"},
-}
+Log = Callable[[str], None]
 
 
-def family(bench: dict) -> str:
-    """The family of a benchmark's settings (its `task`)."""
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@runtime_checkable
+class Family(Protocol):
+    """What every task family does, one method per pipeline step."""
+
+    name: str
+
+    def episode_settings(self, bench: dict) -> dict:
+        """What a benchmark's saved episodes depend on (stored with them, checked on use)."""
+
+    def make_episodes(self, params: dict, bench_name: str) -> Path:
+        """`metalearn split`: the saved validation and test episodes (or sequences, alphabets, tasks)."""
+
+    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+              device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
+        """`metalearn train`: out_dir/model.pt (and history.json), resumable."""
+
+    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+                 steps: int | None = None, log: Log = _stderr) -> dict:
+        """`metalearn evaluate` of a checked model file (`saved`, its record): one evaluation record."""
+
+    def source_files(self, algorithm: str) -> list[Path]:
+        """The files whose edits change a run's results."""
+
+    def config_hash(self, config: dict) -> str:
+        """The settings-and-sources digest stored in model.pt and checkpoints (train.run_config's config)."""
+
+
+class Episodes:
+    """Support and query sets: metalearn.benchmarks (settings, episodes), metalearn.train (the loop),
+    metalearn.episodic (evaluation), the algorithm's files (metalearn.algorithms)."""
+
+    name = "episodes"
+
+    def episode_settings(self, bench: dict) -> dict:
+        from metalearn import benchmarks
+
+        return benchmarks.episode_settings(bench)
+
+    def make_episodes(self, params: dict, bench_name: str) -> Path:
+        from metalearn import benchmarks
+
+        return benchmarks.make_episodes(params, bench_name)
+
+    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+              device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
+        from metalearn import train
+
+        return train.train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
+
+    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+                 steps: int | None = None, log: Log = _stderr) -> dict:
+        from metalearn import episodic
+
+        return episodic.evaluate_episodes(params, model_path, saved, split, device, steps, log)
+
+    def source_files(self, algorithm: str) -> list[Path]:
+        from metalearn import algorithms
+
+        return algorithms.source_files(algorithm)
+
+    def config_hash(self, config: dict) -> str:
+        from metalearn import train
+
+        return train.config_hash(config)
+
+
+class _OneModule:
+    """A family whose six steps are the functions of the same names in one module (`module()`)."""
+
+    name: str
+
+    def module(self):
+        raise NotImplementedError
+
+    def episode_settings(self, bench: dict) -> dict:
+        return self.module().episode_settings(bench)
+
+    def make_episodes(self, params: dict, bench_name: str) -> Path:
+        return self.module().make_episodes(params, bench_name)
+
+    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+              device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
+        return self.module().train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
+
+    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+                 steps: int | None = None, log: Log = _stderr) -> dict:
+        return self.module().evaluate(params, model_path, saved, split, device, steps, log)
+
+    def source_files(self, algorithm: str) -> list[Path]:
+        return self.module().source_files(algorithm)
+
+    def config_hash(self, config: dict) -> str:
+        return self.module().config_hash(config)
+
+
+class Continual(_OneModule):
+    """WarpGrad's continual learning, all of it in metalearn.continual."""
+
+    name = "continual"
+
+    def module(self):
+        from metalearn import continual
+
+        return continual
+
+
+class Alphabets(_OneModule):
+    """The Leap/WarpGrad multi-shot Omniglot protocol, all of it in metalearn.alphabets."""
+
+    name = "alphabets"
+
+    def module(self):
+        from metalearn import alphabets
+
+        return alphabets
+
+
+class RL:
+    """Meta-reinforcement learning (metalearn.rl): its test tasks (rl.tasks), its loop (rl.train, TRPO)
+    and evaluation (rl.evaluate); the episode settings are the episodes family's keys that it has."""
+
+    name = "rl"
+
+    def episode_settings(self, bench: dict) -> dict:
+        from metalearn import benchmarks
+
+        return benchmarks.episode_settings(bench)
+
+    def make_episodes(self, params: dict, bench_name: str) -> Path:
+        from metalearn.rl import tasks
+
+        return tasks.make_test_tasks(params, bench_name)
+
+    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+              device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
+        from metalearn.rl import train
+
+        return train.train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
+
+    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+                 steps: int | None = None, log: Log = _stderr) -> dict:
+        from metalearn.rl import evaluate
+
+        return evaluate.evaluate(params, model_path, saved, split, device, steps, log)
+
+    def source_files(self, algorithm: str) -> list[Path]:
+        from metalearn.rl import train
+
+        return train.source_files(algorithm)
+
+    def config_hash(self, config: dict) -> str:
+        from metalearn.rl import train
+
+        return train.config_hash(config)
+
+
+FAMILIES: dict[str, Family] = {family.name: family for family in (Episodes(), Continual(), Alphabets(), RL())}
+
+
+def family(bench: dict) -> Family:
+    """The family of a benchmark's settings (by its `task`)."""
     task = bench.get("task")
     if task in ("continual", "alphabets"):
-        return task
-    return "rl" if task in RL_TASKS else "episodes"
-
-
-def step(bench: dict, name: str) -> Callable:
-    """The function that does step `name` for this benchmark's family, e.g.
-    `step(settings, "make_episodes")(params, bench_name)`."""
-    module, function = FAMILIES[family(bench)][name].split(":")
-    return getattr(importlib.import_module(module), function)
+        return FAMILIES[task]
+    return FAMILIES["rl" if task in RL_TASKS else "episodes"]

@@ -334,7 +334,7 @@ def verify_record(path: Path, params_file: Path, log: Log = _stderr, device: str
         return check
     if saved["config"] != record["settings"]:
         check.problems.append("model.pt was trained with other settings than the record's")
-    digest = families.step(params["benchmarks"][bench], "config_hash")(now)
+    digest = families.family(params["benchmarks"][bench]).config_hash(now)
     if digest != record.get("settings_digest"):
         check.notes.append("the algorithm's source changed since recording (numbers re-derived below)")
     rebuilt = {} if rebuilt is None else rebuilt
@@ -342,7 +342,7 @@ def verify_record(path: Path, params_file: Path, log: Log = _stderr, device: str
     with rebuild_root(params) as scratch:
         if key not in rebuilt:  # the test episodes from their seeds, once per profile and benchmark
             _prepare_data(params, bench, log)
-            episodes = families.step(params["benchmarks"][bench], "make_episodes")(scratch, bench)
+            episodes = families.family(params["benchmarks"][bench]).make_episodes(scratch, bench)
             rebuilt[key] = provenance.file_content_digest(episodes)
             rebuilt[key + ("file",)] = Path(episodes).read_bytes()
         else:

@@ -188,7 +188,7 @@ def training_run(params: dict, bench_name: str, algorithm: str, seed: int, devic
     from metalearn.train import pick_device, run_config
 
     bench = params["benchmarks"][bench_name]
-    config_hash = families.step(bench, "config_hash")  # e.g. RL runs hash metalearn/rl's sources
+    config_hash = families.family(bench).config_hash  # e.g. RL runs hash metalearn/rl's sources
     commit = git_commit()
     store = Store()
     run = store.start(f"{bench_name}/{algorithm}/seed{seed}", {
