@@ -96,3 +96,18 @@ def test_the_allocator_benchmark_compares_both_settings_in_separate_workers(tmp_
     assert [(r["algorithm"], r["threads"], r["malloc"]) for r in rows] == [("maml", "1", "default"), ("maml", "1", "tuned")]
     assert all(float(r["iters_per_s"]) > 0 and int(r["page_faults_per_iter"]) >= 0 for r in rows)
     assert "tuned" in capsys.readouterr().out
+
+
+def test_the_step_profile_puts_all_of_the_steps_time_in_categories(tmp_path):
+    from bench import step_profile
+
+    assert step_profile.category("aten::convolution_backward") == "convolution"
+    assert step_profile.category("aten::native_batch_norm_backward") == "batch norm"
+    assert step_profile.category("aten::add") == "elementwise" and step_profile.category("aten::copy_") == "copies"
+    out = tmp_path / "step_profile.csv"
+    step_profile.main(["--steps", "1", "--threads", "1", "--algorithms", "fomaml", "--out", str(out)])
+    with open(out) as f:
+        rows = list(csv.DictReader(f))
+    assert {r["category"] for r in rows} >= {"convolution", "elementwise"}
+    assert abs(sum(float(r["share"]) for r in rows) - 1) < 0.01
+    assert all(r["algorithm"] == "fomaml" and r["benchmark"] == "omniglot-5w1s" and r["commit"] for r in rows)
