@@ -59,6 +59,15 @@ def load_split_images(params: dict, bench: dict) -> dict[str, torch.Tensor]:
     return {name: images[index] for name, index in splits.items()}
 
 
+def load_split_alphabets(params: dict, bench: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Omniglot with `within_alphabet`: {split: (uint8 images [classes, 20, 28, 28], alphabet offsets)},
+    the classes of each split grouped by alphabet (omniglot.alphabet_offsets)."""
+    images, classes = omniglot.load(prepared_path(params, bench["dataset"]))
+    splits = omniglot.split_classes(classes, bench["dataset"], bench["split"], bench["split_seed"])
+    return {name: (images[index], omniglot.alphabet_offsets([classes[i] for i in index.tolist()])[1])
+            for name, index in splits.items()}
+
+
 def load_split_pools(params: dict, bench: dict) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     """mini-/tiered-ImageNet: {split: (uint8 images [N, 3, 84, 84] grouped by class, offsets)}, checked
     against the benchmark's ways and shots (the prepared data may be a subset of the standard splits)."""
@@ -80,6 +89,10 @@ def train_sampler(params: dict, bench: dict, generator: torch.Generator, device:
     # rotations (Omniglot): `classes` (default) adds every class turned by 90, 180 and 270 degrees as
     # new meta-training classes; `per_task` (cbfinn/maml data_generator.py) turns each class of each
     # task by a random multiple of 90 degrees, at meta-test too (saved with the episodes)
+    if bench.get("within_alphabet"):  # every task within one alphabet; a rotated alphabet is a new alphabet
+        images, offsets = ep.rotated_alphabets(*load_split_alphabets(params, bench)["train"])
+        return ep.AlphabetSampler(images.to(device), offsets, bench["ways"], bench["shots"], bench["queries"],
+                                  generator)
     pool = load_split_images(params, bench)["train"]
     per_task = bench.get("rotations", "classes") == "per_task"
     pool = (pool if per_task else ep.with_rotations(pool)).to(device)
@@ -91,7 +104,7 @@ class StaleEpisodes(RuntimeError):
 
 
 EPISODE_SETTINGS = ("task", "dataset", "split", "split_seed", "ways", "shots", "eval_queries",
-                    "episode_seed", "val_tasks", "test_tasks", "degree", "frequency", "rotations")
+                    "episode_seed", "val_tasks", "test_tasks", "degree", "frequency", "rotations", "within_alphabet")
 
 
 def episode_settings(bench: dict) -> dict:
@@ -109,10 +122,12 @@ def make_episodes(params: dict, bench_name: str) -> Path:
     if bench["task"] == "polynomial":
         ep.save_episodes({**ep.make_polynomial_eval_episodes(bench), "settings": episode_settings(bench)}, path)
         return path
-    counts = None
+    counts = offsets = None
     if bench["task"] != "sinusoid":
-        counts = omniglot.split_sizes(bench["dataset"], bench["split"])
-    ep.save_episodes({**ep.make_eval_episodes(bench, counts), "settings": episode_settings(bench)}, path)
+        counts = omniglot.split_sizes(bench["dataset"], bench["split"], bench["split_seed"])
+    if bench.get("within_alphabet"):  # the alphabets of each part: from the prepared class names
+        offsets = {split: alphabet_offsets for split, (_, alphabet_offsets) in load_split_alphabets(params, bench).items()}
+    ep.save_episodes({**ep.make_eval_episodes(bench, counts, offsets), "settings": episode_settings(bench)}, path)
     return path
 
 

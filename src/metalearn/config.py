@@ -200,13 +200,14 @@ def validate_schema(params: dict, where: str = "params.yaml") -> None:
 
 def check_semantics(params: dict, where: str = "params.yaml") -> None:
     """Checks a JSON schema cannot express; each error names the key (and the file, `where`)."""
-    from metalearn.data.omniglot import split_sizes  # local import: keeps config light
+    from metalearn.data.omniglot import split_sizes, within_alphabet_problems  # local import: keeps config light
 
     problems = []
     for name, bench in params["benchmarks"].items():
         key = f"benchmarks.{name}"
         if bench["task"] == "omniglot":
-            sizes = split_sizes(bench["dataset"], bench["split"])
+            sizes = split_sizes(bench["dataset"], bench["split"], bench["split_seed"])
+            problems += within_alphabet_problems(key, bench)
             smallest = min(sizes.values())
             if bench["ways"] > smallest:
                 problems.append(

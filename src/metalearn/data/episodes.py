@@ -89,6 +89,54 @@ class ClassificationSampler:
                             None if rotations is None else rotations.to(device))
 
 
+# -- classification within one alphabet (Omniglot, `within_alphabet: true`) ----------------------
+# A part's classes come grouped by alphabet: alphabet a holds classes offsets[a]:offsets[a + 1]. An
+# episode draws its alphabet uniformly among those holding at least `ways` classes, then `ways`
+# distinct classes of it uniformly, then the drawings as `draw_episodes`.
+
+
+def draw_alphabet_episodes(n_episodes: int, offsets: Tensor, n_drawings: int, ways: int, per_class: int,
+                           generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """Class indices [E, ways] (distinct, all of one alphabet per episode) and drawing indices
+    [E, ways, per_class]. Alphabets of fewer than `ways` classes are never drawn."""
+    sizes = offsets.diff()
+    eligible = (sizes >= ways).nonzero().flatten()
+    if len(eligible) == 0:
+        raise ValueError(f"{ways} classes within one alphabet requested, but the largest alphabet holds {int(sizes.max())}")
+    alphabet = eligible[torch.randint(len(eligible), (n_episodes,), generator=generator)]
+    keys = torch.rand(n_episodes, int(sizes.max()), generator=generator)
+    keys[torch.arange(int(sizes.max())) >= sizes[alphabet].unsqueeze(-1)] = 2.0  # past the alphabet's end: never drawn
+    classes = offsets[alphabet].unsqueeze(-1) + keys.argsort(dim=1)[:, :ways]
+    drawings = torch.rand(n_episodes, ways, n_drawings, generator=generator).argsort(dim=2)[..., :per_class]
+    return classes, drawings
+
+
+def rotated_alphabets(images: Tensor, offsets: Tensor) -> tuple[Tensor, Tensor]:
+    """Rotations as new alphabets: [C, D, H, W] -> [4C, ...], the whole part turned by 0, 90, 180, 270
+    degrees one after the other, and offsets for the 4 x alphabets (alphabet a turned k times: a new
+    alphabet of the same size). Within one alphabet, an episode's classes then share one rotation,
+    as the upright test alphabets' do."""
+    rotated = torch.cat([torch.rot90(images, k, dims=(-2, -1)) for k in range(4)])
+    count = images.shape[0]
+    starts = torch.cat([offsets[:-1] + k * count for k in range(4)])
+    return rotated, torch.cat([starts, torch.tensor([4 * count])])
+
+
+class AlphabetSampler:
+    """On-the-fly meta-training tasks whose classes all come from one alphabet (`draw_alphabet_episodes`)."""
+
+    def __init__(self, images: Tensor, offsets: Tensor, ways: int, shots: int, queries: int,
+                 generator: torch.Generator):
+        self.images, self.offsets, self.ways, self.shots, self.queries = images, offsets.cpu(), ways, shots, queries
+        self.generator = generator
+
+    def sample(self, batch: int) -> TaskBatch:
+        classes, drawings = draw_alphabet_episodes(batch, self.offsets, self.images.shape[1], self.ways,
+                                                   self.shots + self.queries, self.generator)
+        device = self.images.device
+        return gather_tasks(self.images, classes.to(device), drawings.to(device), self.shots)
+
+
 # -- classification over classes of different sizes (mini-/tiered-ImageNet) -----------------------
 # A pool is one uint8 array [N, channels, H, W] grouped by class, plus `offsets` [classes + 1]:
 # class c holds images[offsets[c]:offsets[c + 1]] (tiered-ImageNet's classes hold 732 to 1300 images).
@@ -232,14 +280,20 @@ def make_polynomial_eval_episodes(bench: dict) -> dict[str, dict[str, Tensor]]:
 # -- saved evaluation episodes --------------------------------------------------------------------
 
 
-def make_eval_episodes(bench: dict, split_class_counts: dict[str, int] | None) -> dict[str, dict[str, Tensor]]:
-    """{'val': ..., 'test': ...} index tensors for a benchmark's saved episodes (seeded, deterministic)."""
+def make_eval_episodes(bench: dict, split_class_counts: dict[str, int] | None,
+                       alphabet_offsets: dict[str, Tensor] | None = None) -> dict[str, dict[str, Tensor]]:
+    """{'val': ..., 'test': ...} index tensors for a benchmark's saved episodes (seeded, deterministic).
+    `alphabet_offsets` (within_alphabet): each part's alphabets as offsets into its classes."""
     generator = torch.Generator().manual_seed(bench["episode_seed"])
     episodes = {}
     for split, count in (("val", bench["val_tasks"]), ("test", bench["test_tasks"])):
         if bench["task"] == "sinusoid":
             episodes[split] = draw_sinusoids(count, bench["shots"] + bench["eval_queries"], generator,
                                              bench.get("frequency"))
+        elif bench.get("within_alphabet"):
+            classes, drawings = draw_alphabet_episodes(count, alphabet_offsets[split], 20, bench["ways"],
+                                                       bench["shots"] + bench["eval_queries"], generator)
+            episodes[split] = {"classes": classes, "drawings": drawings}
         else:
             classes, drawings = draw_episodes(count, split_class_counts[split], 20, bench["ways"],
                                               bench["shots"] + bench["eval_queries"], generator)

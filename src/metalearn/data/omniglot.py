@@ -24,6 +24,16 @@ rotated classes to meta-training, or with `rotations: per_task` turns each task'
   meta-training and validation, 20 of them for validation, 63 for meta-test; lake holds out the
   three alphabets only in small2 (Japanese_(katakana), Sanskrit, Tagalog: 106 characters) for
   meta-test, and 20 of the other 136 characters for validation.
+  background-alphabets
+        the 30 background alphabets only (images_background; the 20 evaluation alphabets are never
+        read, so they stay unseen), split by alphabet: every alphabet holding at least
+        EVAL_ALPHABET_MIN (20) characters may be drawn for meta-test or validation; they are shuffled
+        with `split_seed`, the first 6 are meta-test, the next 4 validation, and the other 16, with the
+        four alphabets of fewer than 20 characters (Blackfoot, Ojibwe, Inuktitut, Tagalog: too small for
+        a 20-way task within one alphabet), meta-training: 20 / 4 / 6 alphabets. On omniglot-small
+        (8 alphabets, all background) the same rule with 4 / 2 / 2 (Tagalog always meta-training).
+        For the benchmarks' within-alphabet tasks (`within_alphabet: true`: every episode's classes
+        from one alphabet, benchmarks.py); split_seed 1's partition: docs/adapt.md.
 """
 from __future__ import annotations
 
@@ -63,9 +73,96 @@ _SPLIT_SIZES = {  # (meta-train, validation, meta-test) class counts, before rot
 }
 
 
-def split_sizes(variant: str, split: str) -> dict[str, int]:
+# The background alphabets and their numbers of characters (images_background.zip; tests/test_alphabet_split.py
+# checks them against the archives). The small subsets hold 8 of them, whole.
+BACKGROUND_ALPHABETS = {
+    "Alphabet_of_the_Magi": 20, "Anglo-Saxon_Futhorc": 29, "Arcadian": 26, "Armenian": 41,
+    "Asomtavruli_(Georgian)": 40, "Balinese": 24, "Bengali": 46, "Blackfoot_(Canadian_Aboriginal_Syllabics)": 14,
+    "Braille": 26, "Burmese_(Myanmar)": 34, "Cyrillic": 33, "Early_Aramaic": 22, "Futurama": 26, "Grantha": 43,
+    "Greek": 24, "Gujarati": 48, "Hebrew": 22, "Inuktitut_(Canadian_Aboriginal_Syllabics)": 16,
+    "Japanese_(hiragana)": 52, "Japanese_(katakana)": 47, "Korean": 40, "Latin": 26, "Malay_(Jawi_-_Arabic)": 40,
+    "Mkhedruli_(Georgian)": 41, "N_Ko": 33, "Ojibwe_(Canadian_Aboriginal_Syllabics)": 14, "Sanskrit": 42,
+    "Syriac_(Estrangelo)": 23, "Tagalog": 17, "Tifinagh": 55,
+}
+SMALL_ALPHABETS = ("Balinese", "Early_Aramaic", "Greek", "Japanese_(katakana)", "Korean", "Latin", "Sanskrit", "Tagalog")
+EVAL_ALPHABET_MIN = 20  # characters an alphabet needs to be drawn for validation or meta-test (20-way tasks)
+ALPHABET_SPLIT = {"omniglot": {"val": 4, "test": 6}, "omniglot-small": {"val": 2, "test": 2}}  # alphabets
+
+
+def alphabet_of(name: str) -> str:
+    """'background/Greek/character01' -> 'Greek'."""
+    return name.split("/")[1]
+
+
+def background_alphabets(variant: str) -> dict[str, int]:
+    """The background alphabets a variant holds: {name: characters}."""
+    if characters(variant) == "omniglot":
+        return dict(BACKGROUND_ALPHABETS)
+    return {name: BACKGROUND_ALPHABETS[name] for name in SMALL_ALPHABETS}
+
+
+def partition_alphabets(variant: str, seed: int) -> dict[str, list[str]]:
+    """split background-alphabets: {'train', 'val', 'test'} -> sorted alphabet names (module docstring).
+    Depends on the variant and the seed only (no data read), deterministic."""
+    alphabets = background_alphabets(variant)
+    eligible = sorted(a for a, n in alphabets.items() if n >= EVAL_ALPHABET_MIN)
+    small = sorted(a for a, n in alphabets.items() if n < EVAL_ALPHABET_MIN)
+    counts = ALPHABET_SPLIT[characters(variant)]
+    order = torch.randperm(len(eligible), generator=torch.Generator().manual_seed(seed)).tolist()
+    shuffled = [eligible[i] for i in order]
+    n_test, n_val = counts["test"], counts["val"]
+    return {"train": sorted(shuffled[n_test + n_val:] + small), "val": sorted(shuffled[n_test:n_test + n_val]),
+            "test": sorted(shuffled[:n_test])}
+
+
+def split_sizes(variant: str, split: str, seed: int | None = None) -> dict[str, int]:
+    """Characters (classes before rotations) of each part; background-alphabets' depend on `seed`."""
+    if split == "background-alphabets":
+        if seed is None:
+            raise ValueError("split background-alphabets: the sizes depend on split_seed; pass it")
+        alphabets = background_alphabets(variant)
+        return {part: sum(alphabets[a] for a in names) for part, names in partition_alphabets(variant, seed).items()}
     train, val, test = _SPLIT_SIZES[(characters(variant), split)]
     return {"train": train, "val": val, "test": test}
+
+
+def alphabet_offsets(names: list[str]) -> tuple[list[str], torch.Tensor]:
+    """(alphabets, offsets [alphabets + 1]) of a part's classes, which come grouped by alphabet (sorted
+    names): alphabet i holds classes offsets[i]:offsets[i + 1]."""
+    alphabets, offsets = [], []
+    for i, name in enumerate(names):
+        alphabet = alphabet_of(name)
+        if not alphabets or alphabets[-1] != alphabet:
+            if alphabet in alphabets:
+                raise ValueError(f"the classes of alphabet {alphabet} are not together")
+            alphabets.append(alphabet)
+            offsets.append(i)
+    return alphabets, torch.tensor(offsets + [len(names)])
+
+
+def within_alphabet_problems(key: str, bench: dict) -> list[str]:
+    """params.yaml's checks of an Omniglot benchmark with `within_alphabet` (config.check_semantics)."""
+    if not bench.get("within_alphabet"):
+        return []
+    if bench["split"] != "background-alphabets":
+        return [f"{key}.within_alphabet: tasks within one alphabet need split background-alphabets (whole "
+                f"alphabets held out, none of images_evaluation), not {bench['split']!r}"]
+    problems = []
+    if bench.get("rotations") == "per_task":
+        problems.append(f"{key}.rotations: per_task turns each class of a task its own way; within one alphabet "
+                        "rotations are whole new alphabets (`classes`, the default)")
+    alphabets = background_alphabets(bench["dataset"])
+    parts = partition_alphabets(bench["dataset"], bench["split_seed"])
+    smallest = min((alphabets[a], a) for part in ("val", "test") for a in parts[part])
+    largest = max(alphabets[a] for a in parts["train"])
+    if bench["ways"] > smallest[0]:
+        problems.append(f"{key}.ways: {bench['ways']} ways within one alphabet, but validation/test alphabet "
+                        f"{smallest[1]} of split background-alphabets (split_seed {bench['split_seed']}) holds "
+                        f"{smallest[0]} characters; use at most {smallest[0]} ways")
+    elif bench["ways"] > largest:
+        problems.append(f"{key}.ways: {bench['ways']} ways within one alphabet, but no meta-training alphabet "
+                        f"holds more than {largest} characters")
+    return problems
 
 
 def download(variant: str, raw_dir: Path, mirror: str | None) -> list[Path]:
@@ -135,6 +232,8 @@ def load(path: Path) -> tuple[torch.Tensor, list[str]]:
 
 def split_classes(classes: list[str], variant: str, split: str, seed: int) -> dict[str, torch.Tensor]:
     """Class indices of the meta-train / validation / meta-test classes (see the module docstring)."""
+    if split == "background-alphabets":
+        return _split_background_alphabets(classes, variant, seed)
     n_train, n_val, n_test = _SPLIT_SIZES[(characters(variant), split)]
     if len(classes) != n_train + n_val + n_test:
         raise ValueError(f"{variant} should have {n_train + n_val + n_test} characters, the cache has {len(classes)}")
@@ -152,3 +251,23 @@ def split_classes(classes: list[str], variant: str, split: str, seed: int) -> di
     trainval = (~is_test).nonzero().flatten()
     trainval = trainval[torch.randperm(len(trainval), generator=generator)]
     return {"train": trainval[:n_train].sort().values, "val": trainval[n_train:].sort().values, "test": test}
+
+
+def _split_background_alphabets(classes: list[str], variant: str, seed: int) -> dict[str, torch.Tensor]:
+    """Class indices of each part of `partition_alphabets`, in name order (grouped by alphabet); the
+    evaluation alphabets' classes are in none."""
+    expected = background_alphabets(variant)
+    found: dict[str, int] = {}
+    for name in classes:
+        if name.startswith("background/"):
+            found[alphabet_of(name)] = found.get(alphabet_of(name), 0) + 1
+    if found != expected:
+        differ = sorted(a for a in set(found) | set(expected) if found.get(a) != expected.get(a))
+        raise ValueError(f"{variant}: the cache's background alphabets differ from images_background's at {differ[:5]} "
+                         "(characters per alphabet); prepare the data again (`metalearn prepare`)")
+    parts = partition_alphabets(variant, seed)
+    where = {alphabet: part for part, names in parts.items() for alphabet in names}
+    order = sorted(range(len(classes)), key=lambda i: classes[i])
+    return {part: torch.tensor([i for i in order if classes[i].startswith("background/")
+                                and where[alphabet_of(classes[i])] == part], dtype=torch.long)
+            for part in ("train", "val", "test")}
