@@ -111,3 +111,13 @@ def test_the_step_profile_puts_all_of_the_steps_time_in_categories(tmp_path):
     assert {r["category"] for r in rows} >= {"convolution", "elementwise"}
     assert abs(sum(float(r["share"]) for r in rows) - 1) < 0.01
     assert all(r["algorithm"] == "fomaml" and r["benchmark"] == "omniglot-5w1s" and r["commit"] for r in rows)
+
+
+def test_the_ci_timer_reads_pytests_summary():
+    from bench.test_time import summary
+
+    log = "....\n3 failed, 677 passed, 3 skipped, 1 warning in 768.96s (0:12:48)\nmake: *** Error 1\n"
+    assert summary(log) == {"tests_seconds": 768.96, "passed": 677, "failed": 3, "skipped": 0 + 3}
+    assert summary("690 passed in 512.3s (0:08:32)") == {"tests_seconds": 512.3, "passed": 690, "failed": 0,
+                                                          "skipped": 0}
+    assert summary("pip: error") == {"tests_seconds": "", "passed": 0, "failed": 0, "skipped": 0}
