@@ -1,4 +1,4 @@
-"""WarpGrad's continual-learning experiment (metalearn/continual.py): the meta-objective covers exactly
+"""WarpGrad's continual-learning experiment (metalearn/continual/): the meta-objective covers exactly
 the current and earlier sub-tasks, its warp gradient is the finite-difference one, the baseline is
 plain SGD, sampling and the saved test sequences are deterministic, and the benchmark runs through
 the CLI's split -> train -> evaluate -> aggregate with its forgetting figure."""
@@ -12,9 +12,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from metalearn import continual
 from metalearn.cli import main
 from metalearn.config import validate
+from metalearn.continual import train as ctrain
+from metalearn.continual.learner import Learner, learn_sequence
+from metalearn.continual.tasks import SequenceSampler, Sequences, episode_settings, make_episodes, subintervals
 from metalearn.errors import ConfigError
 
 TINY = {"task": "continual", "model": "mlp", "hidden": [3, 3], "subtasks": 3,
@@ -24,13 +26,13 @@ TINY = {"task": "continual", "model": "mlp", "hidden": [3, 3], "subtasks": 3,
         "algorithms": {"warpgrad": {"inner_lr": 0.05}, "sgd": {"inner_lr": 0.05}}}
 
 
-def tiny_sequences(count=2, seed=0, dtype=torch.float64) -> continual.Sequences:
-    seqs = continual.SequenceSampler(TINY, torch.Generator().manual_seed(seed), torch.device("cpu")).sample(count)
-    return continual.Sequences(*(t.to(dtype) for t in (seqs.support_x, seqs.support_y, seqs.query_x, seqs.query_y)))
+def tiny_sequences(count=2, seed=0, dtype=torch.float64) -> Sequences:
+    seqs = SequenceSampler(TINY, torch.Generator().manual_seed(seed), torch.device("cpu")).sample(count)
+    return Sequences(*(t.to(dtype) for t in (seqs.support_x, seqs.support_y, seqs.query_x, seqs.query_y)))
 
 
-def tiny_learner(method="warpgrad", dtype=torch.float64, scramble=True, first_order=False) -> continual.Learner:
-    learner = continual.Learner(method, TINY, {"inner_lr": 0.05, "first_order": first_order}, seed=0).to(dtype)
+def tiny_learner(method="warpgrad", dtype=torch.float64, scramble=True, first_order=False) -> Learner:
+    learner = Learner(method, TINY, {"inner_lr": 0.05, "first_order": first_order}, seed=0).to(dtype)
     if scramble and learner.warp is not None:  # warps away from the identity, so they matter
         generator = torch.Generator().manual_seed(1)
         with torch.no_grad():
@@ -47,16 +49,16 @@ def test_meta_objective_covers_exactly_the_current_and_earlier_subtasks(monkeypa
     learner, seqs = tiny_learner(), tiny_sequences()
     theta = learner.initial()
     calls = []
-    original = continual.Learner.loss
+    original = Learner.loss
 
     def spy(self, params, data):
         calls.append(data)
         return original(self, params, data)
 
-    monkeypatch.setattr(continual.Learner, "loss", spy)
+    monkeypatch.setattr(Learner, "loss", spy)
     for t in range(seqs.subtasks):
         calls.clear()
-        value = continual.meta_objective(learner, theta, seqs, 1, t)
+        value = ctrain.meta_objective(learner, theta, seqs, 1, t)
         assert len(calls) == 2
         (step_x, step_y), (scored_x, scored_y) = calls
         assert torch.equal(step_x, seqs.support_x[1, t]) and torch.equal(step_y, seqs.support_y[1, t])
@@ -71,11 +73,11 @@ def test_meta_objective_ignores_later_subtasks_and_reads_every_earlier_one():
     learner, seqs = tiny_learner(), tiny_sequences()
     theta = learner.initial()
     t = 1
-    base = continual.meta_objective(learner, theta, seqs, 0, t).item()
+    base = ctrain.meta_objective(learner, theta, seqs, 0, t).item()
     for s in range(seqs.subtasks):
         changed = copy.deepcopy(seqs)
         changed.query_y[0, s] += 1.0
-        value = continual.meta_objective(learner, theta, changed, 0, t).item()
+        value = ctrain.meta_objective(learner, theta, changed, 0, t).item()
         assert (value == base) == (s > t), f"sub-task {s} while learning sub-task {t}"
 
 
@@ -85,14 +87,14 @@ def test_meta_gradient_buffers_each_point_with_the_subtask_being_learned(monkeyp
     learner, seqs = tiny_learner(), tiny_sequences()
     steps = TINY["steps_per_subtask"]
     seen = []
-    original = continual.meta_objective
+    original = ctrain.meta_objective
 
     def spy(learner_, theta, seqs_, i, t):
         seen.append((i, t))
         return original(learner_, theta, seqs_, i, t)
 
-    monkeypatch.setattr(continual, "meta_objective", spy)
-    continual.meta_gradient(learner, seqs, steps, snapshots=seqs.subtasks * steps)
+    monkeypatch.setattr(ctrain, "meta_objective", spy)
+    ctrain.meta_gradient(learner, seqs, steps, snapshots=seqs.subtasks * steps)
     assert seen == [(i, k // steps) for i in range(len(seqs)) for k in range(seqs.subtasks * steps)]
     got = [p.grad.clone() for p in learner.meta_parameters()]
     # by hand: replay each sequence with phi fixed, average the per-point gradients
@@ -120,7 +122,7 @@ def test_warp_meta_gradient_matches_finite_differences(first_order):
         theta = learner.step(theta, seqs.support(0, 0) if _ < 2 else seqs.support(0, 1))
     theta = {k: v.detach() for k, v in theta.items()}
     phi = learner.meta_parameters()
-    analytic = torch.autograd.grad(continual.meta_objective(learner, theta, seqs, 0, 1), phi)
+    analytic = torch.autograd.grad(ctrain.meta_objective(learner, theta, seqs, 0, 1), phi)
     eps = 1e-6
     for p, g in zip(phi, analytic):
         numeric = torch.zeros_like(p)
@@ -129,7 +131,7 @@ def test_warp_meta_gradient_matches_finite_differences(first_order):
             for shift in (eps, -2 * eps, eps):  # up, down, back
                 with torch.no_grad():
                     p.view(-1)[index] += shift
-                values.append(continual.meta_objective(learner, theta, seqs, 0, 1).item())
+                values.append(ctrain.meta_objective(learner, theta, seqs, 0, 1).item())
             numeric.view(-1)[index] = (values[0] - values[1]) / (2 * eps)
         torch.testing.assert_close(g, numeric, rtol=1e-6, atol=1e-8)
     assert max(g.abs().max().item() for g in analytic) > 1e-3  # the warps do matter here
@@ -141,8 +143,8 @@ def test_sgd_baseline_is_plain_sgd_and_untrained_warps_change_nothing():
     with its warps at their start (the identity) takes the very same steps."""
     seqs = tiny_sequences(dtype=torch.float32)
     steps = TINY["steps_per_subtask"]
-    sgd = continual.Learner("sgd", TINY, {"inner_lr": 0.05}, seed=0)
-    warped = continual.Learner("warpgrad", TINY, {"inner_lr": 0.05}, seed=0)
+    sgd = Learner("sgd", TINY, {"inner_lr": 0.05}, seed=0)
+    warped = Learner("warpgrad", TINY, {"inner_lr": 0.05}, seed=0)
     network = copy.deepcopy(sgd.model).requires_grad_(True)
     optimizer = torch.optim.SGD(network.parameters(), lr=0.05)
     for t in range(seqs.subtasks):
@@ -151,8 +153,8 @@ def test_sgd_baseline_is_plain_sgd_and_untrained_warps_change_nothing():
             x, y = seqs.support(0, t)
             F.mse_loss(network(x), y).backward()
             optimizer.step()
-    ours = continual.learn_sequence(sgd, seqs, 0, steps)
-    identity = continual.learn_sequence(warped, seqs, 0, steps)
+    ours = learn_sequence(sgd, seqs, 0, steps)
+    identity = learn_sequence(warped, seqs, 0, steps)
     for name, p in network.named_parameters():
         torch.testing.assert_close(ours[name], p.detach(), rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(identity[name], p.detach(), rtol=1e-6, atol=1e-7)
@@ -165,10 +167,10 @@ def test_sampling_is_deterministic_given_the_seed_and_points_lie_in_their_subint
     for name in ("support_x", "support_y", "query_x", "query_y"):
         assert torch.equal(getattr(a, name), getattr(b, name))
         assert not torch.equal(getattr(a, name), getattr(c, name))
-    for t, (low, high) in enumerate(continual.subintervals(TINY)):
+    for t, (low, high) in enumerate(subintervals(TINY)):
         for x in (a.support_x[:, t], a.query_x[:, t]):
             assert bool((x >= low).all()) and bool((x < high).all())
-    assert continual.subintervals(TINY)[0][0] == -5.0 and continual.subintervals(TINY)[-1][1] == 5.0
+    assert subintervals(TINY)[0][0] == -5.0 and subintervals(TINY)[-1][1] == 5.0
 
 
 def tiny_params(tmp_path, **bench) -> dict:
@@ -177,9 +179,9 @@ def tiny_params(tmp_path, **bench) -> dict:
 
 
 def test_saved_test_sequences_are_identical_across_reruns(tmp_path):
-    paths = [continual.make_episodes(tiny_params(tmp_path / str(n)), "continual-tiny") for n in range(2)]
+    paths = [make_episodes(tiny_params(tmp_path / str(n)), "continual-tiny") for n in range(2)]
     first, second = (torch.load(p, weights_only=True) for p in paths)
-    assert first["settings"] == second["settings"] == continual.episode_settings(TINY)
+    assert first["settings"] == second["settings"] == episode_settings(TINY)
     for split in ("val", "test"):
         assert first[split].keys() == second[split].keys()
         for key in first[split]:
@@ -253,8 +255,8 @@ def test_an_interrupted_meta_training_resumes_to_the_same_warps(tmp_path, monkey
     """Killed after its checkpoint at iteration 2, a rerun resumes there and ends with the warps of an
     uninterrupted run (sampler and optimiser state restored)."""
     params, quiet = tiny_params(tmp_path), (lambda message: None)
-    whole = continual.train(params, "continual-tiny", "warpgrad", 0, tmp_path / "whole", "cpu", log=quiet)
-    original, calls = continual.meta_gradient, []
+    whole = ctrain.train(params, "continual-tiny", "warpgrad", 0, tmp_path / "whole", "cpu", log=quiet)
+    original, calls = ctrain.meta_gradient, []
 
     def killed_at_the_third(*args, **kwargs):
         calls.append(1)
@@ -262,12 +264,12 @@ def test_an_interrupted_meta_training_resumes_to_the_same_warps(tmp_path, monkey
             raise KeyboardInterrupt
         return original(*args, **kwargs)
 
-    monkeypatch.setattr(continual, "meta_gradient", killed_at_the_third)
+    monkeypatch.setattr(ctrain, "meta_gradient", killed_at_the_third)
     with pytest.raises(KeyboardInterrupt):
-        continual.train(params, "continual-tiny", "warpgrad", 0, tmp_path / "resumed", "cpu", log=quiet)
-    monkeypatch.setattr(continual, "meta_gradient", original)
-    resumed = continual.train(params, "continual-tiny", "warpgrad", 0, tmp_path / "resumed", "cpu", log=quiet)
+        ctrain.train(params, "continual-tiny", "warpgrad", 0, tmp_path / "resumed", "cpu", log=quiet)
+    monkeypatch.setattr(ctrain, "meta_gradient", original)
+    resumed = ctrain.train(params, "continual-tiny", "warpgrad", 0, tmp_path / "resumed", "cpu", log=quiet)
     a, b = (torch.load(p, weights_only=True)["state_dict"] for p in (whole, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
-    assert not all(torch.equal(a[k], continual.Learner("warpgrad", TINY, {"inner_lr": 0.05}, 0).state_dict()[k])
+    assert not all(torch.equal(a[k], Learner("warpgrad", TINY, {"inner_lr": 0.05}, 0).state_dict()[k])
                    for k in a)  # the warps did move

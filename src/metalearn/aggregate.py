@@ -201,7 +201,7 @@ def aggregate(inputs: list[Path], out_csv: Path, histories: list[Path] | None = 
                                   {a: h for (b, a), h in curves.items() if b == bench}, plots_dir,
                                   bench_results)
             if all("continual" in r for r in bench_results):  # continual learning: forgetting curves
-                from metalearn.continual import plot_forgetting  # it draws with report's helpers
+                from metalearn.continual.plot import plot_forgetting  # it draws with report's helpers
 
                 plot_forgetting(bench_results, bench, report.plot_paths(plots_dir, bench, ("continual",))[0])
     return table

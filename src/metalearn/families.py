@@ -3,7 +3,7 @@
 Most benchmarks are *episodes*: a task is a support and a query set (sinusoid, polynomial, Omniglot,
 mini-/tiered-ImageNet), meta-trained by metalearn.train with an algorithm of metalearn.algorithms.
 Three families have their own protocol and step in the same loop (metalearn.train.run_loop):
-  continual   WarpGrad's continual learning (metalearn.continual): sequences of sub-tasks
+  continual   WarpGrad's continual learning (metalearn.continual/): sequences of sub-tasks
   alphabets   the Leap/WarpGrad multi-shot protocol (metalearn.alphabets): one alphabet per task
   rl          MAML's meta-reinforcement learning (metalearn.rl): tasks are MDPs, losses from rollouts
 
@@ -122,15 +122,43 @@ class _OneModule:
         return self.module().config_hash(config)
 
 
-class Continual(_OneModule):
-    """WarpGrad's continual learning, all of it in metalearn.continual."""
+class Continual:
+    """WarpGrad's continual learning (metalearn.continual): its task sequences (continual.tasks), its
+    loop (continual.train) and forgetting curves (continual.evaluate)."""
 
     name = "continual"
 
-    def module(self):
-        from metalearn import continual
+    def episode_settings(self, bench: dict) -> dict:
+        from metalearn.continual import tasks
 
-        return continual
+        return tasks.episode_settings(bench)
+
+    def make_episodes(self, params: dict, bench_name: str) -> Path:
+        from metalearn.continual import tasks
+
+        return tasks.make_episodes(params, bench_name)
+
+    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+              device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
+        from metalearn.continual import train
+
+        return train.train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
+
+    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+                 steps: int | None = None, log: Log = _stderr) -> dict:
+        from metalearn.continual import evaluate
+
+        return evaluate.evaluate(params, model_path, saved, split, device, steps, log)
+
+    def source_files(self, algorithm: str) -> list[Path]:
+        from metalearn.continual import train
+
+        return train.source_files(algorithm)
+
+    def config_hash(self, config: dict) -> str:
+        from metalearn.continual import train
+
+        return train.config_hash(config)
 
 
 class Alphabets(_OneModule):

@@ -10,7 +10,7 @@ and, for benchmarks evaluated after every number of test steps (`eval_curve`):
                           algorithm with its 95% CI band (MAML's Figure 2, right)
   <benchmark>-fits.png    sinusoids: a few test tasks, their support points and the functions the
                           algorithms fit after 0, 1 and all test steps (MAML's Figure 2, left)
-and, for continual-learning benchmarks (metalearn.continual.plot_forgetting, called by metalearn.aggregate):
+and, for continual-learning benchmarks (metalearn.continual.plot, called by metalearn.aggregate):
   <benchmark>-continual.png  the loss on each sub-task as the sub-tasks are learned in order
                           (forgetting curves), one panel per method
 """
@@ -30,7 +30,7 @@ KINDS = ("curves", "scores", "paired")
 
 def plot_kinds(bench: dict) -> tuple[str, ...]:
     """The figures of a benchmark, from its params.yaml settings."""
-    if bench["task"] == "continual":  # forgetting curves (metalearn.continual.plot_forgetting)
+    if bench["task"] == "continual":  # forgetting curves (metalearn.continual.plot)
         return KINDS + ("continual",)
     if not bench.get("eval_curve") and bench["task"] not in RL_TASKS:  # RL: always the return vs steps
         return KINDS
