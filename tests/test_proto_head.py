@@ -5,6 +5,7 @@ meta-loss written out with its inner gradient in closed form (finite differences
 on generated images."""
 from __future__ import annotations
 
+import copy
 import csv
 
 import pytest
@@ -331,3 +332,58 @@ def test_protomaml_models_use_their_own_head_at_any_number_of_classes(tmp_path):
                       weights_only=True)
     with pytest.raises(ad.AdaptError, match="T follows the head"):
         ad.adapted_algorithm(tnet, 5, "proto", "cpu")
+
+
+# -- `metalearn evaluate --head` ------------------------------------------------------------------
+
+@pytest.mark.parametrize("algorithm", ["maml", "mtnet", "protomaml"])
+def test_evaluate_trained_and_auto_heads_are_todays_evaluation_bit_for_bit(prepared_small, tmp_path, algorithm):
+    """The saved test episodes scored as before --head existed (load_model, the algorithm's own
+    evaluate_tasks over benchmarks.eval_batches) and with --head trained / auto / none: the same
+    per-episode values, bit for bit; the record says which head."""
+    from metalearn import benchmarks
+    from metalearn.evaluate import evaluate
+    from metalearn.train import load_model
+
+    params = copy.deepcopy(prepared_small)
+    if algorithm == "protomaml":
+        params["benchmarks"]["omniglot-5w1s"]["algorithms"]["protomaml"] = {"inner_lr": 0.4, "inner_steps": 1,
+                                                                            "test_inner_steps": 1}
+    model = save_untrained(params, "omniglot-5w1s", algorithm, tmp_path / "model.pt")
+    algo, _ = load_model(model, "cpu")
+    today = [100.0 * m["accuracy"] for batch in benchmarks.eval_batches(params, "omniglot-5w1s", "test", torch.device("cpu"))
+             for m in algo.evaluate_tasks(batch, algo.test_inner_steps)]
+    expected_head = "proto" if algorithm == "protomaml" else "trained"
+    for head in ([None, "auto", "proto"] if algorithm == "protomaml" else [None, "auto", "trained"]):
+        result = evaluate(params, model, device="cpu", head=head, log=lambda s: None)
+        assert result["per_episode"] == today and result["head"] == expected_head
+
+
+def test_evaluate_proto_head_at_zero_steps_classifies_support_as_query_episodes_perfectly(prepared_small, tmp_path):
+    """Episodes whose query images are copies of their support images (one shot): under the proto
+    head with no step each image is its own class's prototype, so every query is right (an untrained
+    conv4: distinct images have distinct features); the zero head scores all classes alike, so argmax
+    says class 0 for every image: exactly 1/ways."""
+    from metalearn import benchmarks
+    from metalearn.data import episodes as ep
+    from metalearn.evaluate import evaluate
+
+    params = copy.deepcopy(prepared_small)
+    source = benchmarks.prepared_path(params, "omniglot-small")
+    params["data"]["root"] = str(tmp_path / "data")
+    target = benchmarks.prepared_path(params, "omniglot-small")
+    target.parent.mkdir(parents=True)
+    for suffix in (".pt", ".json"):
+        target.with_suffix(suffix).write_bytes(source.with_suffix(suffix).read_bytes())
+    path = benchmarks.make_episodes(params, "omniglot-5w1s")
+    saved = ep.load_episodes(path)
+    drawings = saved["test"]["drawings"]
+    saved["test"]["drawings"] = drawings[..., :1].expand_as(drawings).clone()  # every query = the support image
+    ep.save_episodes(saved, path)
+    model = save_untrained(params, "omniglot-5w1s", "maml", tmp_path / "model.pt")
+    proto = evaluate(params, model, device="cpu", steps=0, head="proto", log=lambda s: None)
+    assert proto["head"] == "proto" and proto["per_episode"] == [100.0] * proto["episodes"]
+    zero = evaluate(params, model, device="cpu", steps=0, head="zero", log=lambda s: None)
+    assert zero["head"] == "zero" and zero["per_episode"] == pytest.approx([100.0 / 5] * zero["episodes"])
+    trained = evaluate(params, model, device="cpu", steps=0, head="trained", log=lambda s: None)
+    assert trained["mean"] < 100.0  # the untrained head itself does not know the classes

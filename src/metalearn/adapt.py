@@ -75,28 +75,20 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from metalearn import benchmarks
-from metalearn.algorithms import ALGORITHMS, Algorithm, build_algorithm
-from metalearn.algorithms.base import detached
-from metalearn.algorithms.mtnet import TNet
+from metalearn.algorithms import Algorithm
 from metalearn.data import imagenet, omniglot
 from metalearn.data.images import IMAGENET, OMNIGLOT, OMNIGLOT_BINARY, preprocessing_for
 from metalearn.errors import BadInput
-from metalearn.heads import with_prototype_head
-from metalearn.tasks import Params, TaskBatch
+# The head policies live a layer down (metalearn evaluate --head uses them too); re-exported here
+from metalearn.head_policies import (HEAD, HEAD_POLICIES, AdaptError, adapted_algorithm,  # noqa: F401
+                                     evaluate_tasks, head_policy, prototype_start)
 
-HEAD = ("model.head.weight", "model.head.bias")  # the output layer's entries in an algorithm's state
-HEAD_POLICIES = ("auto", "trained", "zero", "proto")
 QUERY_CHUNK = 500  # query images per forward pass (bounds memory on 84x84 inputs)
 COLOUR_TOLERANCE = 12  # channel spread (of 255) below which a pixel counts as gray (JPEG noise)
 MAX_PIXELS = Image.MAX_IMAGE_PIXELS  # larger: refused unread (Pillow warns above it, and refuses twice it)
 MIN_SIDE = 8  # a side of fewer pixels: a warning (a few-shot drawing needs more to be told apart)
 # What Pillow's decoders raise on a damaged or foreign file (beyond UnidentifiedImageError, an OSError)
 UNREADABLE = (OSError, ValueError, EOFError, SyntaxError, struct.error, zlib.error)
-
-
-class AdaptError(ValueError):
-    """Input the adaptation cannot use (folders, images, model), with what to change."""
 
 
 # -- reading images --------------------------------------------------------------------------------
@@ -292,55 +284,6 @@ def _fetched(model: str | Path, path: Path, read) -> dict:
         raise BadFile(f"{model}: fetched from MLflow as {exc}") from None
 
 
-def adapted_algorithm(saved: dict, ways: int, head: str = "auto", device: str = "auto") -> tuple[Algorithm, str]:
-    """The saved algorithm rebuilt for `ways` classes, with the head policy applied; (algorithm, policy used)."""
-    from metalearn.train import pick_device
-
-    if head not in HEAD_POLICIES:
-        raise AdaptError(f"head policy must be one of {HEAD_POLICIES}, not {head!r}")
-    config = saved["config"]
-    settings = config["settings"]
-    trained_ways = settings.get("ways")
-    if trained_ways is None:
-        raise AdaptError(f"{config['benchmark']} is not a classification benchmark: nothing to adapt to folders of images")
-    cls = ALGORITHMS.get(config["algorithm"], Algorithm)  # (an unknown name: build_algorithm says so below)
-    if getattr(cls, "head_from_support", False):  # protomaml: its own adaptation builds the head
-        if head in ("trained", "zero"):
-            raise AdaptError(f"{config['algorithm']} sets its head from the support set in every task: "
-                             f"--head {head} does not apply (use auto or proto)")
-        head = "proto"
-    if head == "trained" and ways != trained_ways:
-        raise AdaptError(f"the trained head has {trained_ways} outputs and the support has {ways} classes; "
-                         "use --head zero, proto (or auto)")
-    if head == "proto" and issubclass(cls, TNet):
-        raise AdaptError(f"{config['algorithm']} transforms the head's outputs (its T follows the head): "
-                         "a prototype head does not apply; use --head trained, zero (or auto)")
-    policy = "trained" if head == "auto" and ways == trained_ways else ("zero" if head == "auto" else head)
-    # The same construction as train.build, with the support's number of classes.
-    torch.manual_seed(config["seed"])
-    objective = benchmarks.build_objective({**settings, "ways": ways})
-    algo = build_algorithm(config["algorithm"], objective.model, objective, config["hparams"])
-    state = algo.state_dict()
-    for key, value in saved["state_dict"].items():
-        if key in HEAD and policy in ("zero", "proto"):  # proto: set from the support in adapt_and_predict
-            state[key] = torch.zeros_like(state[key])
-        elif state[key].shape == value.shape:
-            state[key] = value
-        else:
-            shaped = [k for k, v in saved["state_dict"].items() if k not in HEAD and v.shape != state[k].shape]
-            raise AdaptError(f"{config['algorithm']} meta-learned {shaped} for {trained_ways} classes; it cannot "
-                             f"adapt to {ways}: give the support {trained_ways} classes")
-    algo.load_state_dict(state)
-    return algo.to(pick_device(device)), policy
-
-
-def prototype_start(algo: Algorithm, support: tuple[Tensor, Tensor]) -> Params:
-    """The algorithm's starting parameters (theta) with the head set from the support set's prototypes
-    (metalearn/heads.py), as fresh leaves: where its adaptation steps start under the `proto` head."""
-    with torch.no_grad():
-        return detached(with_prototype_head(algo.predict, algo.initial_params(), *support))
-
-
 def adapt_and_predict(algo: Algorithm, support: tuple[Tensor, Tensor], query_x: Tensor,
                       steps: int | None = None, head: str = "as_loaded") -> Tensor:
     """Class probabilities [N, ways] of the query images after the algorithm's own adaptation.
@@ -358,22 +301,6 @@ def adapt_and_predict(algo: Algorithm, support: tuple[Tensor, Tensor], query_x: 
     with torch.no_grad():
         logits = torch.cat([algo.predict(params, chunk.to(dev)) for chunk in query_x.split(QUERY_CHUNK)])
     return logits.softmax(-1).cpu()
-
-
-def evaluate_tasks(algo: Algorithm, tasks: TaskBatch, steps: int, head: str = "as_loaded") -> list[dict[str, float]]:
-    """Each task's query metrics after `steps` adaptation steps, the head as `adapt_and_predict` takes
-    it: "proto" sets it from the task's support set first (one task at a time); anything else is the
-    algorithm's own evaluation (`algo.evaluate_tasks`, with the trained or zero head that
-    `adapted_algorithm` loaded). For comparing the head policies on a benchmark's saved episodes."""
-    if head != "proto" or getattr(algo, "head_from_support", False):
-        return algo.evaluate_tasks(tasks, steps)
-    results = []
-    for task in tasks:
-        with torch.enable_grad():
-            adapted = algo.adapt(task.support, steps, params=prototype_start(algo, task.support))
-        with torch.no_grad():
-            results.append(algo.objective.metrics(algo.predict_query(adapted, task), task.query[1]))
-    return results
 
 
 # -- the command -----------------------------------------------------------------------------------

@@ -4,7 +4,7 @@
   metalearn prepare   [--dataset D]          archives -> compact uint8 cache + manifest
   metalearn split     [--benchmark B]        save the validation/test episodes
   metalearn train     -b B -a A [--seed S]   meta-train (resumes from its checkpoint)
-  metalearn evaluate  --model M --out J      score a model on the saved test episodes
+  metalearn evaluate  --model M --out J      score a model on the saved test episodes (--head, --benchmark)
   metalearn aggregate EVAL.json... --out CSV results table (+ Markdown beside it)
   metalearn study mtnet --out DIR            MT-net study: adapted units vs degree, MSE vs inner lr
   metalearn study protocols --out DIR        protocol study: validation accuracy per iteration and CPU-second
@@ -318,9 +318,11 @@ def cmd_evaluate(params: dict, args) -> None:
     from metalearn.evaluate import check_inputs, evaluate, write_json
 
     check_writable(args.out, "--out")
-    saved = check_inputs(params, Path(args.model), args.steps)  # the model file, and its fit to the benchmark
-    _check_prepared(params, [saved["config"]["benchmark"]])
-    result = evaluate(params, Path(args.model), split=args.split, device=args.device, steps=args.steps)
+    # the model file, and its fit to the benchmark (its own, or --benchmark's)
+    saved = check_inputs(params, Path(args.model), args.steps, args.head, args.benchmark)
+    _check_prepared(params, [args.benchmark or saved["config"]["benchmark"]])
+    result = evaluate(params, Path(args.model), split=args.split, device=args.device, steps=args.steps,
+                      head=args.head, benchmark=args.benchmark)
     result.update(evaluation_provenance(params, result["benchmark"], args.device))
     write_json(result, Path(args.out))
     if args.track:
@@ -499,6 +501,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--steps", type=_nonnegative_int, default=None,
                    help="adaptation steps (default: the algorithm's test steps)")
+    p.add_argument("--head", default=None, choices=["auto", "trained", "zero", "proto"],
+                   help="classification: where the output layer starts before the steps (docs/adapt.md): the "
+                        "trained head, zero, or set from the support features (proto); default auto: trained at "
+                        "the training's number of classes, else as metalearn adapt picks")
+    p.add_argument("--benchmark", "-b", default=None,
+                   help="score on this benchmark's saved episodes instead of the model's own (classification; "
+                        "only ways and within_alphabet may differ; the head is then zero or proto)")
     p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=cmd_evaluate)
 

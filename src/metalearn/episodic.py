@@ -12,18 +12,31 @@ from pathlib import Path
 import torch
 
 from metalearn import benchmarks
+from metalearn.head_policies import adapted_algorithm, evaluate_tasks, head_policy
 from metalearn.stats import mean_ci95
 from metalearn.train import load_model
 
 
 def evaluate_episodes(params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
-                      steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+                      steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True),
+                      head: str | None = None, benchmark: str | None = None) -> dict:
     """A model adapted to each saved episode of `split` (support set, `steps` inner steps) and scored
-    on its query set: mean and 95% CI over the episodes, per-episode values."""
+    on its query set: mean and 95% CI over the episodes, per-episode values.
+
+    Classification: `head` is where the output layer starts before the steps, metalearn.head_policies'
+    policies (`adapted_algorithm`): `trained` the meta-learned head (the evaluation as it always was),
+    `zero` one output per class at zero, `proto` set from the episode's support features (heads.py),
+    `auto` (default) the trained head at the training's number of classes, else as `metalearn adapt`
+    decides. `benchmark`: another benchmark's saved episodes (other ways; evaluate.check_model_fits);
+    the record says which head, and on which benchmark the model was trained."""
     algo, saved = load_model(model_path, device, saved)
     config = saved["config"]
-    bench_name = config["benchmark"]
+    bench_name = benchmark or config["benchmark"]
     bench = params["benchmarks"][bench_name]
+    policy = None
+    if bench.get("ways") is not None:  # classification: the head policy (the default: auto)
+        algo, policy = _with_head(algo, saved, bench["ways"], head or "auto", device)
+    proto = policy == "proto" and not getattr(algo, "head_from_support", False)  # set here, not by the algorithm
     metric = benchmarks.metric_name(bench)
     steps = algo.test_inner_steps if steps is None else steps
     dev = next(algo.parameters()).device
@@ -35,13 +48,16 @@ def evaluate_episodes(params: dict, model_path: Path, saved: dict, split: str = 
     examples: dict | None = None
     for batch in benchmarks.eval_batches(params, bench_name, split, dev):
         if curve:
-            for result in algo.evaluate_tasks(batch, steps, curve=True):
+            results = (evaluate_tasks(algo, batch, steps, head="proto", curve=True) if proto
+                       else algo.evaluate_tasks(batch, steps, curve=True))
+            for result in results:
                 curves.append([score(m) for m in result])
                 values.append(curves[-1][-1])
             if examples is None and bench["task"] == "sinusoid":
                 examples = fitted_examples(algo, batch, steps)
         else:
-            values.extend(score(result) for result in algo.evaluate_tasks(batch, steps))
+            results = evaluate_tasks(algo, batch, steps, head="proto") if proto else algo.evaluate_tasks(batch, steps)
+            values.extend(score(result) for result in results)
         if len(values) % 200 < len(batch):  # progress every ~200 episodes
             log(f"[evaluate {bench_name}/{config['algorithm']}/seed{config['seed']}] {len(values)} episodes")
     mean, ci95 = mean_ci95(values)
@@ -53,11 +69,26 @@ def evaluate_episodes(params: dict, model_path: Path, saved: dict, split: str = 
         extra["per_episode_curve"] = per_step  # [steps + 1][episodes]
         if examples is not None:
             extra["examples"] = examples
+    if policy is not None:
+        extra["head"] = policy
+    if bench_name != config["benchmark"]:
+        extra["model_benchmark"] = config["benchmark"]
+        extra["model_ways"] = config["settings"].get("ways")
     return {"benchmark": bench_name, "algorithm": config["algorithm"], "seed": config["seed"],
             "split": split, "ways": bench.get("ways"), "shots": bench["shots"], "metric": metric,
             "mean": mean, "ci95": ci95, "episodes": len(values), "inner_steps": steps,
             "iterations": saved.get("iterations"), **extra,
             "train_seconds": saved["train_seconds"], "per_episode": values}
+
+
+def _with_head(algo, saved: dict, ways: int, head: str, device: str):
+    """(algorithm, head policy) for episodes of `ways` classes: the loaded model itself under the
+    `trained` policy (and for algorithms that build their head from the support set), else the model
+    rebuilt by head_policies.adapted_algorithm (its head zeroed: `zero`, or set per episode: `proto`)."""
+    policy = head_policy(saved, ways, head)
+    if policy == "trained" or getattr(algo, "head_from_support", False):
+        return algo, policy  # nothing rebuilt: the evaluation exactly as without --head
+    return adapted_algorithm(saved, ways, policy, device)
 
 
 def fitted_examples(algo, batch, steps: int, count: int = 3, points: int = 200) -> dict:

@@ -12,45 +12,80 @@ from metalearn.errors import BadInput, ConfigError
 
 # The settings a model is tied to: its network's shape and what it learned from. Evaluation-only
 # settings (eval_queries, test_tasks, episode_seed, ...) may differ; queries only shape training batches.
-MODEL_SETTINGS = ("task", "model", "dataset", "split", "split_seed", "ways", "shots", "degree", "frequency")
+MODEL_SETTINGS = ("task", "model", "dataset", "split", "split_seed", "ways", "shots", "degree", "frequency",
+                  "within_alphabet")
+# What may differ when a model is scored on another benchmark's episodes (--benchmark): the number of
+# classes (its head is then zero or proto, --head) and whether the classes share an alphabet.
+OTHER_BENCHMARK_MAY_DIFFER = ("ways", "within_alphabet")
+HEADS = ("auto", "trained", "zero", "proto")  # --head: metalearn.adapt's head policies
 
 
 def evaluate(params: dict, model_path: Path, split: str = "test", device: str = "auto",
-             steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
+             steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True),
+             head: str | None = None, benchmark: str | None = None) -> dict:
     """`metalearn evaluate`: the model file is checked against params.yaml, then scored by its
-    benchmark's task family (metalearn.families)."""
-    saved = check_inputs(params, model_path, steps)
-    family = families.family(params["benchmarks"][saved["config"]["benchmark"]])
-    return family.evaluate(params, model_path, saved, split, device, steps, log)
+    benchmark's task family (metalearn.families). `head` (classification episodes only; default auto:
+    the trained head) and `benchmark` (another benchmark's saved episodes, of other ways) go to the
+    episodes family's evaluation (metalearn.episodic)."""
+    saved = check_inputs(params, model_path, steps, head, benchmark)
+    name = benchmark or saved["config"]["benchmark"]
+    family = families.family(params["benchmarks"][name])
+    if head is None and benchmark is None:
+        return family.evaluate(params, model_path, saved, split, device, steps, log)
+    from metalearn import episodic  # the episodes family's evaluation, with its head and benchmark options
+
+    return episodic.evaluate_episodes(params, model_path, saved, split, device, steps, log, head=head,
+                                      benchmark=benchmark)
 
 
-def check_model_fits(params: dict, saved: dict, model_path: Path) -> None:
-    """The model's settings against the benchmark it is evaluated on (params.yaml's, by name): a
-    model of other ways, shots, task, ... would fail, or be scored and labelled wrongly."""
+def check_model_fits(params: dict, saved: dict, model_path: Path, benchmark: str | None = None) -> None:
+    """The model's settings against the benchmark it is evaluated on (params.yaml's, by name; the
+    model's own, or `benchmark`): a model of other ways, shots, task, ... would fail, or be scored and
+    labelled wrongly. On another benchmark (--benchmark) only OTHER_BENCHMARK_MAY_DIFFER may differ."""
     config = saved["config"]
     name, settings = config["benchmark"], config["settings"]
     where = f"params.yaml (profile {params.get('profile', 'default')})"
+    if benchmark is not None and benchmark not in params["benchmarks"]:
+        raise BadInput(f"--benchmark {benchmark}: {where} does not configure it (it has {sorted(params['benchmarks'])})")
     if name not in params["benchmarks"]:
         raise ConfigError(f"benchmarks.{name}: {model_path} was trained on {name}, which {where} does not "
                           f"configure (it has {sorted(params['benchmarks'])}); pass the profile it was trained with")
-    bench = params["benchmarks"][name]
-    differ = [f"benchmarks.{name}.{key}: the model {model_path} was trained with {key} {settings.get(key)!r}, "
+    target = benchmark or name
+    bench = params["benchmarks"][target]
+    keys = MODEL_SETTINGS if target == name else [k for k in MODEL_SETTINGS if k not in OTHER_BENCHMARK_MAY_DIFFER]
+    differ = [f"benchmarks.{target}.{key}: the model {model_path} was trained with {key} {settings.get(key)!r}, "
               f"{where} has {bench.get(key)!r}"
-              for key in MODEL_SETTINGS if settings.get(key) != bench.get(key)]
+              for key in keys if _setting(settings, key) != _setting(bench, key)]
     if differ:
         raise BadInput("\n  ".join(differ) + "\n  evaluate the model with the settings it was trained with "
-                       "(--profile), or train it again with these")
+                       "(--profile), or train it again with these"
+                       + ("" if target == name else f" (on another benchmark only {', '.join(OTHER_BENCHMARK_MAY_DIFFER)} "
+                                                    "may differ)"))
 
 
-def check_inputs(params: dict, model_path: Path, steps: int | None) -> dict:
-    """Before any work: the steps, the model file and its fit to the benchmark; returns the model's
-    record (the episode file is checked where it is read, benchmarks.read_episodes)."""
+def _setting(settings: dict, key: str):
+    """A model setting's value; within_alphabet unset is false."""
+    return bool(settings.get(key)) if key == "within_alphabet" else settings.get(key)
+
+
+def check_inputs(params: dict, model_path: Path, steps: int | None, head: str | None = None,
+                 benchmark: str | None = None) -> dict:
+    """Before any work: the steps, the head, the model file and its fit to the benchmark; returns the
+    model's record (the episode file is checked where it is read, benchmarks.read_episodes)."""
     from metalearn.train import read_model_file
 
     if steps is not None and (not isinstance(steps, int) or steps < 0):
         raise BadInput(f"--steps: {steps!r} adaptation steps; give 0 or more")
+    if head is not None and head not in HEADS:
+        raise BadInput(f"--head: {head!r}; give one of {', '.join(HEADS)}")
     saved = read_model_file(Path(model_path))
-    check_model_fits(params, saved, Path(model_path))
+    check_model_fits(params, saved, Path(model_path), benchmark)
+    if head is not None or benchmark is not None:
+        bench = params["benchmarks"][benchmark or saved["config"]["benchmark"]]
+        if families.family(bench).name != "episodes" or bench.get("ways") is None:
+            flag = "--head" if head is not None else "--benchmark"
+            raise BadInput(f"{flag}: for benchmarks of classification episodes only; "
+                           f"{benchmark or saved['config']['benchmark']} (task {bench['task']}) has no output head per class")
     return saved
 
 
