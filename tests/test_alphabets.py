@@ -15,8 +15,9 @@ import yaml
 from torch import nn
 from torch.func import functional_call
 
-from metalearn import alphabets as al
 from metalearn.algorithms.maml import MAML
+from metalearn.alphabets import evaluate as al_evaluate, settings as al_settings, tasks as al_tasks
+from metalearn.alphabets import train as al_train
 from metalearn.cli import main
 from metalearn.config import load_params, validate
 from metalearn.errors import ConfigError
@@ -58,7 +59,7 @@ def tiny_params(tmp_path, **bench) -> dict:
 
 def test_a_task_is_one_alphabet_and_test_alphabets_are_never_meta_trained():
     images, classes = fake_cache()
-    split = al.split_alphabets(classes, WAYS, 2, 2, seed=3)
+    split = al_tasks.split_alphabets(classes, WAYS, 2, 2, seed=3)
     eligible = {a for a, n in SIZES.items() if n >= WAYS}
     names = [a for part in (split.train, split.test, split.val) for a, _ in part]
     assert sorted(names) == sorted(eligible)  # each eligible alphabet in exactly one split
@@ -66,15 +67,15 @@ def test_a_task_is_one_alphabet_and_test_alphabets_are_never_meta_trained():
     assert not {a for a, _ in split.train} & {a for a, _ in split.test}
     for alphabet, chars in split.train + split.test + split.val:
         assert len(chars) == WAYS == len(set(chars.tolist()))
-        assert all(al.alphabet_of(classes[c]) == alphabet for c in chars)  # the classes: its characters
-    again = al.split_alphabets(classes, WAYS, 2, 2, seed=3)
+        assert all(al_tasks.alphabet_of(classes[c]) == alphabet for c in chars)  # the classes: its characters
+    again = al_tasks.split_alphabets(classes, WAYS, 2, 2, seed=3)
     assert [(a, c.tolist()) for a, c in again.train + again.test] == [(a, c.tolist()) for a, c in split.train + split.test]
 
 
 def test_task_has_15_training_and_5_held_out_drawings_per_character():
     images, _ = fake_cache()
     chars = torch.tensor([4, 0, 7])
-    task = al.alphabet_task(images, chars)
+    task = al_tasks.alphabet_task(images, chars)
     (x, y), (xq, yq) = task.support, task.query
     assert x.shape == (45, 1, 28, 28) and xq.shape == (15, 1, 28, 28)
     for label, c in enumerate(chars.tolist()):
@@ -83,11 +84,11 @@ def test_task_has_15_training_and_5_held_out_drawings_per_character():
 
 
 def test_augmentation_is_the_official_random_affine_and_changes_each_image():
-    assert al.AFFINE == {"degrees": (0, 360), "translate": (0.2, 0.2), "scale": (0.8, 1.2)}  # data.py
+    assert al_tasks.AFFINE == {"degrees": (0, 360), "translate": (0.2, 0.2), "scale": (0.8, 1.2)}  # data.py
     images, _ = fake_cache()
     x = images[0, :4].float().div(255).unsqueeze(1)
     torch.manual_seed(0)
-    out = al.augment(x)
+    out = al_tasks.augment(x)
     assert out.shape == x.shape and all(not torch.equal(a, b) for a, b in zip(out, x))
 
 
@@ -95,10 +96,10 @@ def test_every_meta_training_image_is_augmented_and_no_test_image_is(tmp_path, m
     """augment is replaced by a marker (+10): the network's first layer then sees only marked inputs
     while meta-training (every method, through the pipeline's train), and only unmarked ones at test."""
     params = tiny_params(tmp_path)
-    al.make_episodes(params, "omniglot-tiny")
-    monkeypatch.setattr(al, "augment", lambda x: x + 10.0)
+    al_tasks.make_episodes(params, "omniglot-tiny")
+    monkeypatch.setattr(al_tasks, "augment", lambda x: x + 10.0)
     seen = []
-    original_build = al.build_learner
+    original_build = al_train.build_learner
 
     def build(*args, **kwargs):
         algo = original_build(*args, **kwargs)
@@ -107,12 +108,12 @@ def test_every_meta_training_image_is_augmented_and_no_test_image_is(tmp_path, m
                                                         inputs[0].max().item(), len(inputs[0]))))
         return algo
 
-    monkeypatch.setattr(al, "build_learner", build)
+    monkeypatch.setattr(al_train, "build_learner", build)
     batch = TINY["batch_size"]
     for method in ("leap", "reptile", "warpleap", "ft", "maml", "fomaml"):
         seen.clear()
-        model = al.train(params, "omniglot-tiny", method, 0, tmp_path / method, "cpu", log=QUIET)
-        al.evaluate(params, model, torch.load(model, weights_only=True), log=QUIET)
+        model = al_train.train(params, "omniglot-tiny", method, 0, tmp_path / method, "cpu", log=QUIET)
+        al_evaluate.evaluate(params, model, torch.load(model, weights_only=True), log=QUIET)
         training = [s for s in seen if s[0]]
         testing = [s for s in seen if not s[0]]
         assert training and testing, method
@@ -120,7 +121,7 @@ def test_every_meta_training_image_is_augmented_and_no_test_image_is(tmp_path, m
         assert all(lo >= 10 for _, lo, _, n in training if n <= batch), method
         assert all(hi <= 1 for _, _, hi, _ in testing), method  # test images: never transformed
         if method == "maml":  # its meta-objective: the 5 held-out drawings per character, marked too
-            assert any(n == WAYS * al.HOLD_OUT and lo >= 10 for _, lo, _, n in training)
+            assert any(n == WAYS * al_tasks.HOLD_OUT and lo >= 10 for _, lo, _, n in training)
         if method != "ft":  # the meta-learners' own passes on whole training sets happen only for metrics
             assert any(n <= batch for _, _, _, n in training)
 
@@ -136,9 +137,9 @@ def test_omniconv_is_the_official_network():
 
 def test_test_time_uses_running_batchnorm_statistics_in_eval_mode():
     images, classes = fake_cache()
-    split = al.split_alphabets(classes, WAYS, 2, 2, seed=3)
-    task = al.alphabet_task(images, split.test[0][1])
-    algo = al.build_learner("reptile", TINY, {"inner_lr": 0.1}, seed=0)
+    split = al_tasks.split_alphabets(classes, WAYS, 2, 2, seed=3)
+    task = al_tasks.alphabet_task(images, split.test[0][1])
+    algo = al_train.build_learner("reptile", TINY, {"inner_lr": 0.1}, seed=0)
     model = algo.objective.model
     modes = []
     for m in model.modules():
@@ -149,7 +150,7 @@ def test_test_time_uses_running_batchnorm_statistics_in_eval_mode():
             if isinstance(m, nn.BatchNorm2d):
                 m.running_mean.fill_(100.0)
     torch.manual_seed(1)
-    accuracy = al.evaluate_alphabet(algo, task, steps=3)
+    accuracy = al_evaluate.evaluate_alphabet(algo, task, steps=3)
     assert modes[-4:] == [False] * 4 and all(modes[:-4])  # adaptation in train mode, the test in eval mode
     bn = model.features[0][2]
     assert bn.num_batches_tracked.item() == 3 and bn.running_mean.abs().max() < 50  # reset, then 3 steps
@@ -173,7 +174,7 @@ def _linear_problem(batch_size: int):
     torch.manual_seed(0)
     model = nn.Linear(4, 3)
     x, y = torch.randn(10, 4), torch.arange(10) % 3
-    return model, (x, y), Objective(model, "classification"), al.MiniBatchObjective(model, batch_size)
+    return model, (x, y), Objective(model, "classification"), al_tasks.MiniBatchObjective(model, batch_size)
 
 
 def test_maml_with_a_batch_holding_the_whole_support_set_is_plain_maml():
@@ -219,15 +220,15 @@ def test_fomaml_meta_gradient_is_the_official_last_mini_batch_gradient():
     last mini-batch's loss at the point before the last step. Ours (steps - 1 inner steps, the query
     one more mini-batch, meta_training_task) gives that gradient: replayed by hand from the same seed."""
     images, classes = fake_cache()
-    split = al.split_alphabets(classes, WAYS, 2, 2, seed=3)
-    task = al.alphabet_task(images, split.train[0][1])
+    split = al_tasks.split_alphabets(classes, WAYS, 2, 2, seed=3)
+    task = al_tasks.alphabet_task(images, split.train[0][1])
     bench = {**TINY, "steps": 3}
-    algo = al.build_learner("fomaml", bench, TINY["algorithms"]["fomaml"], seed=0)
+    algo = al_train.build_learner("fomaml", bench, TINY["algorithms"]["fomaml"], seed=0)
     assert algo.first_order and algo.inner_steps == 2 and algo.test_inner_steps == 3
     model = algo.objective.model
     start = {k: v.detach().clone() for k, v in model.named_parameters()}
     torch.manual_seed(5)
-    algo.meta_step([al.meta_training_task("fomaml", task, algo.objective)])
+    algo.meta_step([al_tasks.meta_training_task("fomaml", task, algo.objective)])
     got = {k: p.grad.clone() for k, p in model.named_parameters()}
     torch.manual_seed(5)
     (x, y) = task.support
@@ -246,29 +247,29 @@ def test_fomaml_meta_gradient_is_the_official_last_mini_batch_gradient():
 
 def test_maml_meta_objective_is_the_held_out_drawings_augmented(monkeypatch):
     images, classes = fake_cache()
-    split = al.split_alphabets(classes, WAYS, 2, 2, seed=3)
-    task = al.alphabet_task(images, split.train[0][1])
-    monkeypatch.setattr(al, "augment", lambda x: x + 10.0)
-    meta = al.meta_training_task("maml", task, al.MiniBatchObjective(OmniConv(1, WAYS, 4), 8))
+    split = al_tasks.split_alphabets(classes, WAYS, 2, 2, seed=3)
+    task = al_tasks.alphabet_task(images, split.train[0][1])
+    monkeypatch.setattr(al_tasks, "augment", lambda x: x + 10.0)
+    meta = al_tasks.meta_training_task("maml", task, al_tasks.MiniBatchObjective(OmniConv(1, WAYS, 4), 8))
     torch.testing.assert_close(meta.query[0], task.query[0] + 10.0)
     assert torch.equal(meta.query[1], task.query[1]) and meta.support is task.support
-    assert al.meta_training_task("leap", task, None).query is task.support  # the others: training drawings
+    assert al_tasks.meta_training_task("leap", task, None).query is task.support  # the others: training drawings
 
 
 # -- the pipeline's benchmark -----------------------------------------------------------------------
 
 def test_the_paper_profile_runs_the_official_settings_and_the_schema_names_bad_keys(tmp_path):
     paper = load_params(ROOT / "params.yaml", "paper")["benchmarks"]
-    assert paper["omniglot-alphabets"] == al.PAPER  # params.yaml and alphabets.PAPER cannot drift apart
-    assert set(al.PAPER["algorithms"]) == set(al.METHODS)
+    assert paper["omniglot-alphabets"] == al_settings.PAPER  # params.yaml and alphabets.PAPER cannot drift apart
+    assert set(al_settings.PAPER["algorithms"]) == set(al_train.METHODS)
     assert "omniglot-20w-multishot" in paper  # the approximate variant stays, documented
     # Warp-Leap's meta-objective steps as the official utils.py `step` does: phi's gradient not through
     # the inner gradient; Leap's and Warp-Leap's paths end before the last step, as the official loop
     # (tests/test_warpgrad.py, test_leap.py check the values); the settings reach the algorithms
-    small = {**al.PAPER, "filters": 4}
-    warpleap = al.build_learner("warpleap", small, al.PAPER["algorithms"]["warpleap"], 0)
+    small = {**al_settings.PAPER, "filters": 4}
+    warpleap = al_train.build_learner("warpleap", small, al_settings.PAPER["algorithms"]["warpleap"], 0)
     assert warpleap.inner_grad == "detached" and warpleap.meta_update == "per_point" and not warpleap.final_point
-    assert not al.build_learner("leap", small, al.PAPER["algorithms"]["leap"], 0).final_point
+    assert not al_train.build_learner("leap", small, al_settings.PAPER["algorithms"]["leap"], 0).final_point
     for mutate, key in [({"algorithms": {"maml": {"inner_lr": 0.1, "meta_lr": -1}}},
                          "omniglot-tiny.algorithms.maml.meta_lr"),
                         ({"steps": 0}, "omniglot-tiny.steps"), ({"dataset": "omniglot-small"}, "omniglot-tiny.dataset"),
@@ -284,7 +285,7 @@ def test_ft_shared_head_is_the_official_one_head_kept_at_test(tmp_path, monkeypa
     FtWrapper.run_tasks (wrapper.py lines 560-583) never calls init_adaptation, so a test task starts
     from the pretrained head. `per_alphabet` (the default): distinct heads, and a fresh one at test."""
     params = tiny_params(tmp_path)
-    seen, original = {}, al.multihead_step
+    seen, original = {}, al_train.multihead_step
 
     def spy(algo, heads, *args):
         metrics = original(algo, heads, *args)
@@ -292,13 +293,13 @@ def test_ft_shared_head_is_the_official_one_head_kept_at_test(tmp_path, monkeypa
                     final=[{k: v.clone() for k, v in h.state_dict().items()} for h in heads])
         return metrics
 
-    monkeypatch.setattr(al, "multihead_step", spy)
-    start = al.build_learner("ft", TINY, TINY["algorithms"]["ft"], 0).model.head.state_dict()
+    monkeypatch.setattr(al_train, "multihead_step", spy)
+    start = al_train.build_learner("ft", TINY, TINY["algorithms"]["ft"], 0).model.head.state_dict()
     for head in ("shared", "per_alphabet"):
         params["benchmarks"]["omniglot-tiny"]["algorithms"]["ft"] = {"inner_lr": 0.1, "head": head}
-        path = al.train(params, "omniglot-tiny", "ft", 0, tmp_path / head, "cpu", log=QUIET)
+        path = al_train.train(params, "omniglot-tiny", "ft", 0, tmp_path / head, "cpu", log=QUIET)
         saved = torch.load(path, weights_only=True)
-        tested = al.load_learner(saved, path, "cpu").model.head.state_dict()  # what evaluate adapts from
+        tested = al_train.load_learner(saved, path, "cpu").model.head.state_dict()  # what evaluate adapts from
         assert len(seen["heads"]) == 2  # a slot per training alphabet
         if head == "shared":
             assert all(h is seen["model_head"] for h in seen["heads"])  # one head object in every slot
@@ -337,21 +338,21 @@ def test_the_paper_pixels_are_the_official_pipelines(mirror):
         pngs = sorted(n for n in archive.namelist() if n.endswith(".png"))
         folders = sorted({n.rsplit("/", 1)[0] for n in pngs})[:2]
         names = [[n for n in pngs if n.rsplit("/", 1)[0] == f] for f in folders]
-        assert [len(n) for n in names] == [al.DRAWINGS] * 2
+        assert [len(n) for n in names] == [al_tasks.DRAWINGS] * 2
         cache = torch.stack([torch.stack([omniglot._load_image(archive.read(n), "binary") for n in character])
                              for character in names])  # the omniglot-binary cache's layout: [2, 20, 28, 28]
         theirs = torch.stack([torch.stack([official(archive.read(n)) for n in character]) for character in names])
-    task = al.alphabet_task(cache, torch.tensor([0, 1]), background=1)
-    assert torch.equal(task.query[0], theirs[:, :al.HOLD_OUT].flatten(0, 1))  # data.py: the first 5 held out
-    assert torch.equal(task.support[0], theirs[:, al.HOLD_OUT:].flatten(0, 1))
+    task = al_tasks.alphabet_task(cache, torch.tensor([0, 1]), background=1)
+    assert torch.equal(task.query[0], theirs[:, :al_tasks.HOLD_OUT].flatten(0, 1))  # data.py: the first 5 held out
+    assert torch.equal(task.support[0], theirs[:, al_tasks.HOLD_OUT:].flatten(0, 1))
     assert set(task.support[0].unique().tolist()) == {0.0, 1.0} and task.support[0].mean() > 0.5  # white ground
-    default = al.alphabet_task(cache, torch.tensor([0, 1]))  # background 0: the cache's strokes 1 on 0
+    default = al_tasks.alphabet_task(cache, torch.tensor([0, 1]))  # background 0: the cache's strokes 1 on 0
     assert torch.equal(default.support[0], 1 - task.support[0])
     blank = torch.ones(1, 1, 28, 28)  # a background-only image: the fill shows where the frame is uncovered
     torch.manual_seed(0)
-    ours = al.augment(blank)[0]
+    ours = al_tasks.augment(blank)[0]
     torch.manual_seed(0)  # the same draw of the official transform on the PIL image (data.py: before ToTensor)
-    pil = transforms.ToTensor()(transforms.RandomAffine(**al.AFFINE)(Image.new("L", (28, 28), 255)))
+    pil = transforms.ToTensor()(transforms.RandomAffine(**al_tasks.AFFINE)(Image.new("L", (28, 28), 255)))
     assert (ours == 0).any() and (pil == 0).any()  # stroke-coloured wedges, on both
     assert torch.equal(ours, pil)  # the same draw and map: pixel for pixel, here
 
@@ -362,8 +363,8 @@ def test_an_interrupted_meta_training_resumes_to_the_same_parameters(tmp_path, m
     (ft) the heads restored."""
     params = tiny_params(tmp_path, train={"meta_batch": 2, "iterations": 3, "checkpoint_every": 1})
     for method in ("fomaml", "ft"):
-        whole = al.train(params, "omniglot-tiny", method, 0, tmp_path / method / "whole", "cpu", log=QUIET)
-        original, calls = al.meta_batch, []
+        whole = al_train.train(params, "omniglot-tiny", method, 0, tmp_path / method / "whole", "cpu", log=QUIET)
+        original, calls = al_train.meta_batch, []
 
         def killed_at_the_third(*args, **kwargs):
             calls.append(1)
@@ -371,16 +372,16 @@ def test_an_interrupted_meta_training_resumes_to_the_same_parameters(tmp_path, m
                 raise KeyboardInterrupt
             return original(*args, **kwargs)
 
-        monkeypatch.setattr(al, "meta_batch", killed_at_the_third)
+        monkeypatch.setattr(al_train, "meta_batch", killed_at_the_third)
         with pytest.raises(KeyboardInterrupt):
-            al.train(params, "omniglot-tiny", method, 0, tmp_path / method / "resumed", "cpu", log=QUIET)
-        monkeypatch.setattr(al, "meta_batch", original)
+            al_train.train(params, "omniglot-tiny", method, 0, tmp_path / method / "resumed", "cpu", log=QUIET)
+        monkeypatch.setattr(al_train, "meta_batch", original)
         logged = []
-        resumed = al.train(params, "omniglot-tiny", method, 0, tmp_path / method / "resumed", "cpu", log=logged.append)
+        resumed = al_train.train(params, "omniglot-tiny", method, 0, tmp_path / method / "resumed", "cpu", log=logged.append)
         assert any("from iteration 2" in line for line in logged), method
         a, b = (torch.load(p, weights_only=True)["state_dict"] for p in (whole, resumed))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), method
-        start = al.build_learner(method, TINY, TINY["algorithms"][method], 0).state_dict()
+        start = al_train.build_learner(method, TINY, TINY["algorithms"][method], 0).state_dict()
         assert not all(torch.equal(a[k], start[k]) for k in a if k.startswith("model.features"))  # it did learn
 
 
@@ -390,10 +391,10 @@ def test_split_train_evaluate_aggregate_through_the_cli(tmp_path, monkeypatch):
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     assert main(["split", "-b", "omniglot-tiny"]) == 0
     saved = torch.load(tmp_path / "data/episodes/omniglot-tiny.pt", weights_only=True)
-    assert saved["settings"] == al.episode_settings(TINY) and len(saved["test"]["alphabets"]) == 2
+    assert saved["settings"] == al_tasks.episode_settings(TINY) and len(saved["test"]["alphabets"]) == 2
     assert not set(saved["test"]["alphabets"]) & set(saved["train"]["alphabets"])
     evals = []
-    for method in al.METHODS:
+    for method in al_train.METHODS:
         assert main(["train", "-b", "omniglot-tiny", "-a", method, "--out", f"models/{method}"]) == 0
         evals.append(f"eval/{method}.json")
         assert main(["evaluate", "--model", f"models/{method}/model.pt", "--out", evals[-1]]) == 0
@@ -408,7 +409,7 @@ def test_split_train_evaluate_aggregate_through_the_cli(tmp_path, monkeypatch):
     assert main(["aggregate", *evals, "--out", "results/summary.csv", "--plots", "results/plots"]) == 0
     rows = list(csv.DictReader((tmp_path / "results/summary.csv").open()))
     assert {(r["benchmark"], r["algorithm"], r["metric"], r["episodes"]) for r in rows} == {
-        ("omniglot-tiny", m, "accuracy", "2") for m in al.METHODS}
+        ("omniglot-tiny", m, "accuracy", "2") for m in al_train.METHODS}
     assert main(["evaluate", "--model", "models/maml/model.pt", "--out", "steps.json", "--steps", "1"]) == 0
     assert json.loads((tmp_path / "steps.json").read_text())["inner_steps"] == 1
 
@@ -416,7 +417,7 @@ def test_split_train_evaluate_aggregate_through_the_cli(tmp_path, monkeypatch):
 def test_the_paper_profile_plans_the_protocol_as_pipeline_jobs():
     """workflow/pipeline.py (the jobs of both Snakemake and DVC): the paper profile's omniglot-alphabets
     has a split job reading the prepared full Omniglot (binary pixels), a training and an evaluation job per method,
-    each training depending on alphabets.py and its method's algorithm files (`snakemake -n
+    each training depending on alphabets/'s files and its method's algorithm files (`snakemake -n
     --profile profiles/paper` plans the same 17 jobs;
     docs/protocols.md#multi-shot-omniglot-the-leapwarpgrad-protocol)."""
     import sys
@@ -431,10 +432,10 @@ def test_the_paper_profile_plans_the_protocol_as_pipeline_jobs():
     stages = pipeline.dvc_stages(raw)["stages"]
     assert stages["split-omniglot-alphabets"]["deps"] == ["data/prepared/omniglot-binary.pt",
                                                           "data/prepared/omniglot-binary.json"]
-    for method in al.METHODS:
+    for method in al_train.METHODS:
         train = stages[f"train-omniglot-alphabets-{method}-seed0"]
         assert train["cmd"].startswith(f"metalearn train --profile paper -b omniglot-alphabets -a {method} ")
-        assert "src/metalearn/alphabets.py" in train["deps"]
+        assert "src/metalearn/alphabets/train.py" in train["deps"]
         assert f"evaluate-omniglot-alphabets-{method}-seed0" in stages
     assert "src/metalearn/algorithms/warpgrad.py" in stages["train-omniglot-alphabets-warpleap-seed0"]["deps"]
     assert "src/metalearn/algorithms/maml.py" in stages["train-omniglot-alphabets-fomaml-seed0"]["deps"]

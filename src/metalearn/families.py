@@ -4,7 +4,7 @@ Most benchmarks are *episodes*: a task is a support and a query set (sinusoid, p
 mini-/tiered-ImageNet), meta-trained by metalearn.train with an algorithm of metalearn.algorithms.
 Three families have their own protocol and step in the same loop (metalearn.train.run_loop):
   continual   WarpGrad's continual learning (metalearn.continual/): sequences of sub-tasks
-  alphabets   the Leap/WarpGrad multi-shot protocol (metalearn.alphabets): one alphabet per task
+  alphabets   the Leap/WarpGrad multi-shot protocol (metalearn.alphabets/): one alphabet per task
   rl          MAML's meta-reinforcement learning (metalearn.rl): tasks are MDPs, losses from rollouts
 
 The command line (`metalearn split/train/evaluate`), MLflow tracking, records and the workflow ask
@@ -93,35 +93,6 @@ class Episodes:
         return train.config_hash(config)
 
 
-class _OneModule:
-    """A family whose six steps are the functions of the same names in one module (`module()`)."""
-
-    name: str
-
-    def module(self):
-        raise NotImplementedError
-
-    def episode_settings(self, bench: dict) -> dict:
-        return self.module().episode_settings(bench)
-
-    def make_episodes(self, params: dict, bench_name: str) -> Path:
-        return self.module().make_episodes(params, bench_name)
-
-    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
-              device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
-        return self.module().train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
-
-    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
-                 steps: int | None = None, log: Log = _stderr) -> dict:
-        return self.module().evaluate(params, model_path, saved, split, device, steps, log)
-
-    def source_files(self, algorithm: str) -> list[Path]:
-        return self.module().source_files(algorithm)
-
-    def config_hash(self, config: dict) -> str:
-        return self.module().config_hash(config)
-
-
 class Continual:
     """WarpGrad's continual learning (metalearn.continual): its task sequences (continual.tasks), its
     loop (continual.train) and forgetting curves (continual.evaluate)."""
@@ -161,15 +132,43 @@ class Continual:
         return train.config_hash(config)
 
 
-class Alphabets(_OneModule):
-    """The Leap/WarpGrad multi-shot Omniglot protocol, all of it in metalearn.alphabets."""
+class Alphabets:
+    """The Leap/WarpGrad multi-shot Omniglot protocol (metalearn.alphabets): its alphabet split
+    (alphabets.tasks), its loop (alphabets.train) and evaluation (alphabets.evaluate)."""
 
     name = "alphabets"
 
-    def module(self):
-        from metalearn import alphabets
+    def episode_settings(self, bench: dict) -> dict:
+        from metalearn.alphabets import tasks
 
-        return alphabets
+        return tasks.episode_settings(bench)
+
+    def make_episodes(self, params: dict, bench_name: str) -> Path:
+        from metalearn.alphabets import tasks
+
+        return tasks.make_episodes(params, bench_name)
+
+    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+              device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
+        from metalearn.alphabets import train
+
+        return train.train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
+
+    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+                 steps: int | None = None, log: Log = _stderr) -> dict:
+        from metalearn.alphabets import evaluate
+
+        return evaluate.evaluate(params, model_path, saved, split, device, steps, log)
+
+    def source_files(self, algorithm: str) -> list[Path]:
+        from metalearn.alphabets import train
+
+        return train.source_files(algorithm)
+
+    def config_hash(self, config: dict) -> str:
+        from metalearn.alphabets import train
+
+        return train.config_hash(config)
 
 
 class RL:

@@ -293,7 +293,7 @@ class OmniConv(nn.Module):
     official code: they follow the adaptation in train mode and are what eval mode uses at test
     (`reset_running_stats` before each task, as its init_adaptation). Used through functional_call
     like the others, the running statistics are the module's own buffers, so tasks using them run
-    one at a time (alphabets.py). PyTorch's default initialisation, as the official code."""
+    one at a time (metalearn/alphabets/). PyTorch's default initialisation, as the official code."""
 
     def __init__(self, in_channels: int = 1, ways: int = 20, filters: int = 64):
         super().__init__()

@@ -5,7 +5,7 @@ Resumable: every `checkpoint_every` iterations the whole state (meta-parameters,
 episode generator, history, elapsed time) is written atomically; a rerun continues from the last
 checkpoint and ends with exactly the parameters of an uninterrupted run (same device, same seed).
 A NaN/inf meta-loss or meta-gradient stops training with an error; the last good checkpoint stays.
-The other families (metalearn.continual.train, metalearn.alphabets, metalearn.rl.train) give `run_loop`
+The other families (metalearn.continual.train, metalearn.alphabets.train, metalearn.rl.train) give `run_loop`
 their own step; its bookkeeping (Progress, Checkpoint, write_model) is written once, here.
 """
 from __future__ import annotations
