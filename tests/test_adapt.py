@@ -176,7 +176,7 @@ def test_every_algorithm_adapts_through_the_interface(tmp_path, algorithm):
         from metalearn.config import load_params
 
         configured = load_params(ROOT / "params.yaml", "paper")["benchmarks"]["omniglot-5w1s"]["algorithms"]
-        # the pretrained baseline runs on sinusoids only in params.yaml (Reptile: in alphabets.py's
+        # the pretrained baseline runs on sinusoids only in params.yaml (Reptile: in metalearn/alphabets/'s
         # protocol): MAML's steps here
         takes_steps = algorithm == "reptile" or getattr(ALGORITHMS[algorithm], "head_from_support", False)
         fallback = {"inner_lr": 0.4, "test_inner_steps": 3, **({"inner_steps": 1} if takes_steps else {})}

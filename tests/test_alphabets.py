@@ -260,7 +260,7 @@ def test_maml_meta_objective_is_the_held_out_drawings_augmented(monkeypatch):
 
 def test_the_paper_profile_runs_the_official_settings_and_the_schema_names_bad_keys(tmp_path):
     paper = load_params(ROOT / "params.yaml", "paper")["benchmarks"]
-    assert paper["omniglot-alphabets"] == al_settings.PAPER  # params.yaml and alphabets.PAPER cannot drift apart
+    assert paper["omniglot-alphabets"] == al_settings.PAPER  # params.yaml and alphabets.settings.PAPER cannot drift apart
     assert set(al_settings.PAPER["algorithms"]) == set(al_train.METHODS)
     assert "omniglot-20w-multishot" in paper  # the approximate variant stays, documented
     # Warp-Leap's meta-objective steps as the official utils.py `step` does: phi's gradient not through

@@ -463,7 +463,7 @@ def test_every_algorithm_of_the_paper_profile_takes_a_meta_step_on_the_84x84_con
     from metalearn.tasks import TaskBatch
 
     paper = load_params(ROOT / "params.yaml", "paper")["benchmarks"]
-    # (Reptile: a baseline of the Leap/WarpGrad multi-shot protocol, alphabets.py, not of these tables)
+    # (Reptile: a baseline of the Leap/WarpGrad multi-shot protocol, metalearn/alphabets/, not of these tables)
     # (Proto-MAML: Meta-Dataset's, not a row of these tables)
     meta_learners = ({name for name, cls in ALGORITHMS.items() if not getattr(cls, "baseline", False)}
                      - {"reptile", "protomaml", "foprotomaml"})

@@ -1,5 +1,5 @@
 """The bookkeeping every training loop shares (metalearn.train: Progress, Checkpoint), used by
-train.py, continual/train.py, alphabets.py and rl/train.py: known windows' means, exact state round trips."""
+train.py, continual/train.py, alphabets/train.py and rl/train.py: known windows' means, exact state round trips."""
 from __future__ import annotations
 
 import torch
