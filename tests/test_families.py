@@ -101,3 +101,23 @@ def test_a_benchmark_s_task_picks_its_family():
     assert families.family({"task": "continual"}).name == "continual"
     assert families.family({"task": "alphabets"}).name == "alphabets"
     assert {families.family({"task": t}).name for t in ("navigation", "ant-dir", "halfcheetah-vel")} == {"rl"}
+
+
+def test_a_comment_or_docstring_edit_keeps_the_digest_and_a_code_edit_changes_it(tmp_path):
+    """Checkpoints resume across sessions while the code around them is edited: the settings digest
+    reads each source file's code (syntax tree), not its bytes."""
+    from metalearn.train import settings_digest
+
+    source = tmp_path / "algo.py"
+    source.write_text('"""An algorithm."""\n\n\ndef step(x):\n    """One step."""\n    return x * 2  # doubled\n')
+    config = {"benchmark": "b", "algorithm": "a"}
+    before = settings_digest(config, [source])
+    source.write_text('"""An algorithm, documented again."""\n\ndef step(x):\n    """One step, said\n    otherwise."""\n\n'
+                      '    # a new comment\n    return x * 2\n')
+    assert settings_digest(config, [source]) == before
+    source.write_text('"""An algorithm."""\n\n\ndef step(x):\n    """One step."""\n    return x * 3  # doubled\n')
+    assert settings_digest(config, [source]) != before
+    changed = settings_digest(config, [source])
+    source.write_text('"""An algorithm."""\n\n\ndef step(x):\n    x = "One step."\n    return x * 3\n')
+    assert settings_digest(config, [source]) != changed  # a string that is code is code
+    assert settings_digest({**config, "seed": 1}, [source]) != settings_digest(config, [source])

@@ -10,6 +10,7 @@ their own step; its bookkeeping (Progress, Checkpoint, write_model) is written o
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import json
 import math
@@ -101,11 +102,25 @@ def run_config(params: dict, bench_name: str, algorithm: str, seed: int) -> dict
 
 
 def settings_digest(config: dict, sources) -> str:
-    """16 hex digits of a run's settings and its source files' bytes (every task family's config hash)."""
+    """16 hex digits of a run's settings and its source files' code (every task family's config hash)."""
     digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
     for source in sorted(Path(source) for source in sources):
-        digest.update(source.read_bytes())
+        digest.update(source_code(source))
     return digest.hexdigest()[:16]
+
+
+def source_code(path: Path) -> bytes:
+    """A source file as the interpreter runs it: its syntax tree without comments, docstrings, blank
+    lines or line numbers. An edited comment cannot change a result, so it must not make a long run's
+    checkpoint stale (a run resumes across working sessions while the code around it is edited)."""
+    tree = ast.parse(Path(path).read_text(), str(path))
+    for node in ast.walk(tree):
+        body = getattr(node, "body", None)
+        if (isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and body
+                and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant)
+                and isinstance(body[0].value.value, str)):
+            node.body = body[1:] or [ast.Pass()]
+    return ast.dump(tree).encode()
 
 
 def config_hash(config: dict) -> str:

@@ -151,7 +151,7 @@ class MAML(Algorithm):
 
         def loss(p: Params) -> Tensor:
             # each step's examples: the whole support set, or a fresh mini-batch of it where the
-            # objective draws one per step (tasks.Objective.draw; the Leap/WarpGrad protocol, alphabets.py)
+            # objective draws one per step (tasks.Objective.draw; the Leap/WarpGrad protocol, metalearn/alphabets/)
             inputs, targets = self.objective.draw(support)
             outputs = self.predict(p, inputs)
             return self.support_loss(self.objective.criterion(outputs, targets), outputs)

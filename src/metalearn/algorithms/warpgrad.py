@@ -75,7 +75,7 @@ loop's meta-gradient, to float rounding (tests/test_warpgrad_chunks.py). Chunked
 meta_update batch (the default), every init, first_order or not, and evaluation (`evaluate_tasks`,
 with MAML's `eval_query_batch`). One task at a time: mode online (not chunked yet: its gradient at every
 point as the trajectory is produced), meta_update per_point (SGD steps on phi one buffered point after
-another, each at the previous one's phi), OmniConv (running statistics, alphabets.py) and
+another, each at the previous one's phi), OmniConv (running statistics, metalearn/alphabets/) and
 objectives that draw mini-batches (alphabets.MiniBatchObjective), and `batched_tasks = False`.
 
 Names: `warpgrad` (init from hparams, default none), `warpmaml` (init maml), `warpleap` (init leap).
@@ -182,7 +182,7 @@ class WarpedNetwork(nn.Module):
                     h = layer(h)
                 h = warp.forward_tasks(h, tasks)
             return self.task.head_tasks(theta, h, tasks)
-        if not isinstance(self.task, MLP):  # OmniConv: running statistics, one task at a time (alphabets.py)
+        if not isinstance(self.task, MLP):  # OmniConv: running statistics, one task at a time (metalearn/alphabets/)
             raise TypeError(f"{type(self.task).__name__} runs one task at a time")
         warps = iter(self.warp)
         for i, layer in enumerate(self.task.net):
@@ -362,7 +362,7 @@ class WarpGrad(Algorithm):
     def takes_chunks(self) -> bool:
         """Whether evaluation (and, with mode offline and meta_update batch, meta-training) runs
         chunks of tasks: the task network is Conv4 or the MLP (not OmniConv) and the objective feeds
-        whole support sets (not alphabets.py's mini-batches)."""
+        whole support sets (not metalearn/alphabets/ mini-batches)."""
         return self.batched_tasks and self.objective.batches_tasks and isinstance(self.model, (Conv4, MLP))
 
     def chunk_losses(self, theta: Params, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
