@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import MIRROR
-from metalearn import pages, records
+from metalearn import pages, records, study_records
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,6 +139,9 @@ def ci_part(root: Path) -> list[str]:
             continue
         profile, bench, algorithm, seed = path.parent.relative_to(root).parts
         chosen.setdefault((profile, bench), f"{profile}/{bench}/{algorithm}/{seed}")
+    for path in study_records.study_record_files(root):  # and one run of each profile's study
+        profile, _, study, run, algorithm = path.parent.relative_to(root).parts
+        chosen.setdefault((profile, f"studies/{study}"), f"{profile}/studies/{study}/{run}/{algorithm}")
     return sorted(chosen.values())
 
 
