@@ -121,3 +121,19 @@ def test_the_ci_timer_reads_pytests_summary():
     assert summary("690 passed in 512.3s (0:08:32)") == {"tests_seconds": 512.3, "passed": 690, "failed": 0,
                                                           "skipped": 0}
     assert summary("pip: error") == {"tests_seconds": "", "passed": 0, "failed": 0, "skipped": 0}
+
+
+def test_the_readmes_test_time_is_the_last_measurement_in_the_csv(tmp_path):
+    from metalearn import pages
+
+    columns = "seconds,tests_seconds,passed,failed,skipped,exit_code,cores,commit,date,machine\n"
+    (tmp_path / "test_time.csv").write_text(
+        columns + "900.0,780.0,600,0,3,0,2,aaa,2026-01-01,X (2 cores)\n"
+        "650.4,530.0,700,0,3,0,2,bbb,2026-02-02,X (2 cores)\n640.2,520.5,700,0,3,0,2,bbb,2026-02-02,X (2 cores)\n"
+        "300.0,200.0,10,5,0,2,2,bbb,2026-02-02,X (2 cores)\n")  # a failed run is no measurement of CI
+    sentence = pages.test_time(tmp_path)
+    assert "took 10.8 min and 10.7 min (the tests alone 8.8 min and 8.7 min; 700 passed)" in sentence
+    assert "at bbb on 2026-02-02" in sentence and "15.0 min" not in sentence
+    readme = f"a\n{pages.TEST_TIME_BEGIN}\nold\n{pages.TEST_TIME_END}\nb\n"
+    assert pages.with_block(readme, pages.TEST_TIME_BEGIN, pages.TEST_TIME_END, sentence) == (
+        f"a\n{pages.TEST_TIME_BEGIN}\n{sentence}{pages.TEST_TIME_END}\nb\n")

@@ -196,6 +196,38 @@ def index_page(by_profile: dict[str, list[dict]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+TEST_TIME_BEGIN = "<!-- BEGIN generated: test time (metalearn pages) -->"
+TEST_TIME_END = "<!-- END generated: test time (metalearn pages) -->"
+
+
+def test_time(bench: Path = BENCH_RESULTS) -> str:
+    """The README's sentence on how long CI takes, from the last measurements in bench/results/test_time.csv
+    (bench/test_time.py: `bash .ci/run` in fresh clones, install included)."""
+    path = Path(bench) / "test_time.csv"
+    rows = list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
+    rows = [r for r in rows if r["exit_code"] == "0"]
+    if not rows:
+        return "How long CI takes has not been measured yet (`python -m bench.test_time`).\n"
+    last = [r for r in rows if (r["commit"], r["date"]) == (rows[-1]["commit"], rows[-1]["date"])]
+
+    def minutes(seconds: str) -> str:
+        return f"{float(seconds) / 60:.1f} min"
+    runs = " and ".join(minutes(r["seconds"]) for r in last)
+    tests = " and ".join(minutes(r["tests_seconds"]) for r in last)
+    return (f"CI (`bash .ci/run` from a fresh clone: the install, then `make test`) took {runs} "
+            f"(the tests alone {tests}; {last[-1]['passed']} passed) on {last[-1]['machine']} with nothing else "
+            f"running, at {last[-1]['commit']} on {last[-1]['date']} (`python -m bench.test_time`; "
+            "[bench.md](docs/results/bench.md)).\n")
+
+
+def with_block(text: str, begin: str, end: str, block: str) -> str:
+    if begin not in text or end not in text:
+        raise ValueError(f"README.md lacks the markers {begin!r} and {end!r}")
+    before, rest = text.split(begin, 1)
+    _, after = rest.split(end, 1)
+    return f"{before}{begin}\n{block}{end}{after}"
+
+
 def with_headline(readme: str, block: str) -> str:
     if BEGIN not in readme or END not in readme:
         raise ValueError(f"README.md lacks the markers {BEGIN!r} and {END!r}")
@@ -222,7 +254,10 @@ def generate(root: Path = records.RECORDED, pages: Path = PAGES, readme: Path = 
         files[pages / f"{profile}.md"] = profile_page(profile, recs, unfinished.get(profile, []),
                                                       study_records.load_study_rows(root, profile))
     if readme.exists():
-        files[readme] = with_headline(readme.read_text(), headline(by_profile.get(HEADLINE_PROFILE, [])))
+        text = with_headline(readme.read_text(), headline(by_profile.get(HEADLINE_PROFILE, [])))
+        if TEST_TIME_BEGIN in text:
+            text = with_block(text, TEST_TIME_BEGIN, TEST_TIME_END, test_time(bench))
+        files[readme] = text
     protocols_page = Path(readme).parent / PROTOCOLS
     if protocols_page.exists():
         data = protocols.load() if protocols_data is None else protocols_data
