@@ -103,6 +103,6 @@ def test_gpu_check_script_runs_its_steps_on_the_cpu(tmp_path, mirror):
     assert "| bench/speed.py | " in table and "speed ours maml sinusoid-10shot |" in table
     assert "| bench/memory.py | 2 rows" in table
     assert "| train: 2 meta-iterations |" in table and "| evaluate: 5 test episodes |" in table
-    assert "test accuracy (5 episodes, 3 steps)" in table and "device | CPU, torch" in table
+    assert "test accuracy (5 episodes, 10 steps)" in table and "device | CPU, torch" in table  # the MAML code's 10
     history = json.loads((tmp_path / "maml" / "history.json").read_text())
     assert history[-1]["iteration"] == 2
