@@ -59,7 +59,8 @@ def pytest_collection_finish(session):
     if not getattr(session.config.option, "loadgroup", False):  # set by xdist's workers
         return
     lost = [item.nodeid for item in session.items
-            if item.get_closest_marker("xdist_group") and not item.nodeid.endswith(f"@{SERIAL_GROUP}")]
+            if (marker := item.get_closest_marker("xdist_group"))
+            and not item.nodeid.endswith(f"@{marker.args[0] if marker.args else marker.kwargs.get('name')}")]
     if lost:
         pytest.exit(f"pytest-xdist did not group {lost[0]} (and {len(lost) - 1} more); see "
                     "pytest-xdist#1386", returncode=4)

@@ -47,7 +47,9 @@ from debian import apt_install
 from metalearn.config import read_yaml
 from test_workflow import BIN, SNAKEMAKE, copy_project, pipeline, plan, sh, workflow_env
 
-pytestmark = pytest.mark.slow
+# a group of their own: the module's server and project are made once, on one worker, beside the
+# quick-run group (split over two workers they were made twice: 2 x 60 s in CI)
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("ssh")]
 
 DVC = str(BIN / "dvc")
 SLOW_SFTP = ROOT / "tests" / "sharing" / "slow_sftp.py"
