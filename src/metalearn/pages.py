@@ -229,11 +229,7 @@ def with_block(text: str, begin: str, end: str, block: str) -> str:
 
 
 def with_headline(readme: str, block: str) -> str:
-    if BEGIN not in readme or END not in readme:
-        raise ValueError(f"README.md lacks the markers {BEGIN!r} and {END!r}")
-    before, rest = readme.split(BEGIN, 1)
-    _, after = rest.split(END, 1)
-    return f"{before}{BEGIN}\n{block}{END}{after}"
+    return with_block(readme, BEGIN, END, block)
 
 
 def generate(root: Path = records.RECORDED, pages: Path = PAGES, readme: Path = README,

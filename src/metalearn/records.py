@@ -222,9 +222,14 @@ def read_record(path: Path) -> dict:
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise BadFile(f"{path}: not a readable record ({type(exc).__name__}); write it again with `make record`") from None
     fields = IN_PROGRESS_FIELDS if isinstance(record, dict) and record.get("status") == "in progress" else RECORD_FIELDS
+    return checked_record(path, record, fields, "a metalearn record")
+
+
+def checked_record(path: Path, record, fields: tuple[str, ...], kind: str) -> dict:
+    """A record read from `path` with every one of `fields` and this metalearn's format, else BadFile."""
     missing = [key for key in fields if not isinstance(record, dict) or key not in record]
     if missing:
-        raise BadFile(f"{path}: not a metalearn record (missing: {', '.join(missing)}); write it again with `make record`")
+        raise BadFile(f"{path}: not {kind} (missing: {', '.join(missing)}); write it again with `make record`")
     if record["format"] != RECORD_FORMAT:
         raise BadFile(f"{path}: record format {record['format']!r}; this metalearn reads {RECORD_FORMAT}")
     return record

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from metalearn.errors import BadFile
 from metalearn.records import (MODEL_LIMIT_BYTES, RECORD_FORMAT, RECORDED, Check, Log, _atomic_write, _close,
-                               _stderr, sha256)
+                               _stderr, checked_record, sha256)
 
 STUDY = "mtnet"
 STUDY_FIELDS = ("format", "kind", "study", "profile", "run", "rows", "settings", "settings_digest",
@@ -106,12 +106,7 @@ def read_study_record(path: Path) -> dict:
         record = json.loads(Path(path).read_text())
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise BadFile(f"{path}: not a readable record ({type(exc).__name__}); write it again with `make record`") from None
-    missing = [k for k in STUDY_FIELDS if not isinstance(record, dict) or k not in record]
-    if missing:
-        raise BadFile(f"{path}: not a study record (missing: {', '.join(missing)}); write it again with `make record`")
-    if record["format"] != RECORD_FORMAT:
-        raise BadFile(f"{path}: record format {record['format']!r}; this metalearn reads {RECORD_FORMAT}")
-    return record
+    return checked_record(path, record, STUDY_FIELDS, "a study record")
 
 
 def load_study_rows(root: Path = RECORDED, profile: str | None = None) -> list[dict]:
