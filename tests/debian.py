@@ -6,8 +6,9 @@ from __future__ import annotations
 import fcntl
 import os
 import subprocess
+import tempfile
 
-APT_LOCK = "/tmp/metalearn-tests-apt.lock"
+APT_LOCK = os.path.join(tempfile.gettempdir(), "metalearn-tests-apt.lock")
 
 
 def apt_install(*packages: str) -> subprocess.CompletedProcess:

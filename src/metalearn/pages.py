@@ -204,7 +204,10 @@ def test_time(bench: Path = BENCH_RESULTS) -> str:
     """The README's sentence on how long CI takes, from the last measurements in bench/results/test_time.csv
     (bench/test_time.py: `bash .ci/run` in fresh clones, install included)."""
     path = Path(bench) / "test_time.csv"
-    rows = list(csv.DictReader(open(path, newline=""))) if path.is_file() else []
+    rows = []
+    if path.is_file():
+        with open(path, newline="") as handle:
+            rows = list(csv.DictReader(handle))
     rows = [r for r in rows if r["exit_code"] == "0"]
     if not rows:
         return "How long CI takes has not been measured yet (`python -m bench.test_time`).\n"

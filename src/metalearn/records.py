@@ -297,6 +297,18 @@ def _prepare_data(params: dict, bench: str, log: Log) -> None:
     omniglot.prepare(dataset, archives, benchmarks.prepared_path(params, dataset))
 
 
+def model_file_found(check: Check, model: Path, recorded_sha256: str) -> bool:
+    """Whether the record's model file is there (else a problem, and nothing to re-evaluate); a
+    problem too when its sha256 is not the record's."""
+    if not model.is_file():
+        check.problems.append(f"{model}: missing (the record needs it; `make record` writes it)")
+        return False
+    found = sha256(model)
+    if found != recorded_sha256:
+        check.problems.append(f"model.pt: sha256 {found[:16]}…, the record says {recorded_sha256[:16]}…")
+    return True
+
+
 def verify_record(path: Path, params_file: Path, log: Log = _stderr, device: str = "cpu",
                   rebuilt: dict | None = None) -> Check:
     """One record re-derived: model file, settings, rebuilt episodes, re-evaluated numbers."""
@@ -316,12 +328,8 @@ def verify_record(path: Path, params_file: Path, log: Log = _stderr, device: str
     if record["model"].get("file") is None:
         check.notes.append(f"model shared through DVC, not in git ({record['model'].get('shared')}): not re-evaluated")
         return check
-    if not model.is_file():
-        check.problems.append(f"{model}: missing (the record needs it; `make record` writes it)")
+    if not model_file_found(check, model, record["model"]["sha256"]):
         return check
-    found = sha256(model)
-    if found != record["model"]["sha256"]:
-        check.problems.append(f"model.pt: sha256 {found[:16]}…, the record says {record['model']['sha256'][:16]}…")
     saved = read_model_file(model)
     params = load_params(str(params_file), record["profile"])
     bench, algorithm, seed = record["benchmark"], record["algorithm"], record["seed"]

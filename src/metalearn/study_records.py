@@ -21,7 +21,7 @@ from pathlib import Path
 
 from metalearn.errors import BadFile
 from metalearn.records import (MODEL_LIMIT_BYTES, RECORD_FORMAT, RECORDED, Check, Log, _atomic_write, _close,
-                               _stderr, checked_record, sha256)
+                               _stderr, checked_record, model_file_found, sha256)
 
 STUDY = "mtnet"
 STUDY_FIELDS = ("format", "kind", "study", "profile", "run", "rows", "settings", "settings_digest",
@@ -128,12 +128,8 @@ def verify_study_record(path: Path, params_file: Path, device: str = "cpu") -> C
     run = record["run"]
     check = Check(f"{record['profile']}/studies/{record['study']}/{run['name']}/{run['algorithm']}")
     model = Path(path).with_name("model.pt")
-    if not model.is_file():
-        check.problems.append(f"{model}: missing (the record needs it; `make record` writes it)")
+    if not model_file_found(check, model, record["model"]["sha256"]):
         return check
-    found = sha256(model)
-    if found != record["model"]["sha256"]:
-        check.problems.append(f"model.pt: sha256 {found[:16]}…, the record says {record['model']['sha256'][:16]}…")
     params = load_params(str(params_file), record["profile"])
     now = next((r for r in mtnet_runs(params) if (r["name"], r["algorithm"]) == (run["name"], run["algorithm"])),
                None) if STUDY in (params.get("studies") or {}) else None

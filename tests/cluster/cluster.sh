@@ -18,7 +18,7 @@ install() {
   [ "$(id -u)" = 0 ] || die "slurm-wlm and munge are missing: apt-get install slurm-wlm munge (as root)"
   export DEBIAN_FRONTEND=noninteractive
   # one apt-get at a time across the test workers (tests/debian.py takes the same lock)
-  flock /tmp/metalearn-tests-apt.lock sh -c 'apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null \
+  flock "${TMPDIR:-/tmp}/metalearn-tests-apt.lock" sh -c 'apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null \
     || { apt-get update >/dev/null && apt-get install -y --no-install-recommends slurm-wlm munge >/dev/null; }'
 }
 
