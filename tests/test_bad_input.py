@@ -185,8 +185,8 @@ def test_nan_and_infinity_are_refused_naming_the_key(tmp_path, capsys, key, valu
     """`meta_lr: .nan` used to pass the schema and end in a ValueError traceback."""
     bench = key.split(".")[1]
     start = RAW_TEXT.index(f"  {bench}:\n")
-    at = RAW_TEXT.index("      meta_lr: 0.001\n", start)
-    text = RAW_TEXT[:at] + f"      meta_lr: {value}\n" + RAW_TEXT[at + len("      meta_lr: 0.001\n"):]
+    at = RAW_TEXT.index("meta_lr: 0.001", start)
+    text = RAW_TEXT[:at] + f"meta_lr: {value}" + RAW_TEXT[at + len("meta_lr: 0.001"):]
     (tmp_path / "params.yaml").write_text(text)
     code, err = run(capsys, "train", "--params", tmp_path / "params.yaml", "-b", bench, "-a", "maml",
                     "--out", tmp_path / "m")

@@ -95,7 +95,9 @@ def test_verify_fails_when_the_settings_moved_on(recorded, tmp_path):
     work = tmp_path / "work"
     work.mkdir()
     text = (recorded / "params.yaml").read_text()
-    (work / "params.yaml").write_text(text.replace("      meta_lr: 0.001\n", "      meta_lr: 0.002\n", 1))
+    moved = text.replace("meta_lr: 0.001", "meta_lr: 0.002", 1)  # the first benchmark's, sinusoid
+    assert moved != text
+    (work / "params.yaml").write_text(moved)
     done = _metalearn(work, "verify", "--records", str(recorded / "recorded"), "--only", "quick/sinusoid/maml/*")
     assert done.returncode == 1 and "settings changed since recording: train" in done.stderr
 
