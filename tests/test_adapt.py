@@ -13,6 +13,7 @@ from PIL import Image, ImageOps
 
 from conftest import quick_params
 from metalearn import adapt as ad
+from metalearn import head_policies as hp
 from metalearn import benchmarks
 from metalearn.algorithms import ALGORITHMS
 from metalearn.cli import main
@@ -127,24 +128,24 @@ def test_preprocessing_is_saved_with_the_model_and_derived_for_older_files(prepa
 def test_other_ways_get_a_zero_head_and_keep_every_other_meta_parameter(untrained_omniglot):
     _, path = untrained_omniglot
     saved = torch.load(path, weights_only=True)
-    algo, policy = ad.adapted_algorithm(saved, 7, "auto", "cpu")
+    algo, policy = hp.adapted_algorithm(saved, 7, "auto", "cpu")
     assert policy == "zero"
     state = algo.state_dict()
     assert state["model.head.weight"].shape == (7, 64) and not state["model.head.weight"].any()
     assert state["model.head.bias"].shape == (7,) and not state["model.head.bias"].any()
     for key, value in saved["state_dict"].items():
-        if key not in ad.HEAD:
+        if key not in hp.HEAD:
             assert torch.equal(state[key], value), key
-    same, policy = ad.adapted_algorithm(saved, 5, "auto", "cpu")
+    same, policy = hp.adapted_algorithm(saved, 5, "auto", "cpu")
     assert policy == "trained" and torch.equal(same.state_dict()["model.head.weight"],
                                                saved["state_dict"]["model.head.weight"])
-    with pytest.raises(ad.AdaptError, match="trained head has 5 outputs"):
-        ad.adapted_algorithm(saved, 7, "trained", "cpu")
+    with pytest.raises(hp.AdaptError, match="trained head has 5 outputs"):
+        hp.adapted_algorithm(saved, 7, "trained", "cpu")
 
 
 def test_a_zero_head_predicts_uniformly_before_adaptation(untrained_omniglot):
     _, path = untrained_omniglot
-    algo, _ = ad.adapted_algorithm(torch.load(path, weights_only=True), 9, "zero", "cpu")
+    algo, _ = hp.adapted_algorithm(torch.load(path, weights_only=True), 9, "zero", "cpu")
     x, y = torch.rand(18, 1, 28, 28), torch.arange(9).repeat(2)
     probabilities = ad.adapt_and_predict(algo, (x, y), x, steps=0)
     assert torch.allclose(probabilities, torch.full((18, 9), 1 / 9))
@@ -157,9 +158,9 @@ def test_a_zero_head_predicts_uniformly_before_adaptation(untrained_omniglot):
 def test_algorithms_with_class_shaped_meta_parameters_refuse_other_ways(tmp_path, algorithm, shaped):
     params = quick_params(tmp_path)
     saved = torch.load(save_untrained(params, "omniglot-5w1s", algorithm, tmp_path / "m.pt"), weights_only=True)
-    with pytest.raises(ad.AdaptError, match=f"meta-learned .*{shaped}.* for 5 classes; it cannot adapt to 6"):
-        ad.adapted_algorithm(saved, 6, "auto", "cpu")
-    ad.adapted_algorithm(saved, 5, "zero", "cpu")  # the same number of classes works, with either head
+    with pytest.raises(hp.AdaptError, match=f"meta-learned .*{shaped}.* for 5 classes; it cannot adapt to 6"):
+        hp.adapted_algorithm(saved, 6, "auto", "cpu")
+    hp.adapted_algorithm(saved, 5, "zero", "cpu")  # the same number of classes works, with either head
 
 
 # Every algorithm that can learn image classes: the oracle's inputs are a sinusoid's parameters.
@@ -190,7 +191,7 @@ def test_every_algorithm_adapts_through_the_interface(tmp_path, algorithm):
     result = ad.adapt(path, support, query, steps=2, device="cpu")
     own_head = "proto" if getattr(ALGORITHMS[algorithm], "head_from_support", False) else "trained"  # protomaml
     assert len(result.files) == 10 and result.classes == list(layout) and result.head == own_head
-    algo, _ = ad.adapted_algorithm(torch.load(path, weights_only=True), 5, own_head, "cpu")
+    algo, _ = hp.adapted_algorithm(torch.load(path, weights_only=True), 5, own_head, "cpu")
     sx, _ = ad.read_images(sorted(support.rglob("*.png")), OMNIGLOT)
     qx, _ = ad.read_images(sorted(query.rglob("*.png")), OMNIGLOT)
     direct = ad.adapt_and_predict(algo, (sx, torch.arange(5).repeat_interleave(2)), qx, steps=2)
@@ -206,24 +207,24 @@ def test_folder_and_image_errors_say_what_is_wrong(untrained_omniglot, tmp_path)
     query = image_folder(tmp_path / "query", {"a": 1}, drawing)
 
     (support / "c").mkdir()
-    with pytest.raises(ad.AdaptError, match=r"class folder .*c is empty"):
+    with pytest.raises(hp.AdaptError, match=r"class folder .*c is empty"):
         ad.adapt(path, support, query, device="cpu")
     (support / "c").rmdir()
 
     (support / "b" / "notes.png").write_text("not an image")
-    with pytest.raises(ad.AdaptError, match=r"notes.png: not a readable image"):
+    with pytest.raises(hp.AdaptError, match=r"notes.png: not a readable image"):
         ad.adapt(path, support, query, device="cpu")
     (support / "b" / "notes.png").unlink()
 
     image_folder(query, {"z": 1}, drawing)
-    with pytest.raises(ad.AdaptError, match=r"query classes \['z'\] have no support images"):
+    with pytest.raises(hp.AdaptError, match=r"query classes \['z'\] have no support images"):
         ad.adapt(path, support, query, device="cpu")
 
-    with pytest.raises(ad.AdaptError, match="at least 2"):
+    with pytest.raises(hp.AdaptError, match="at least 2"):
         ad.adapt(path, image_folder(tmp_path / "one", {"a": 2}, drawing), tmp_path / "query" / "a", device="cpu")
 
     drawing("x", 0).save(support / "loose.png")
-    with pytest.raises(ad.AdaptError, match="outside class folders"):
+    with pytest.raises(hp.AdaptError, match="outside class folders"):
         ad.adapt(path, support, query, device="cpu")
 
 
@@ -233,7 +234,7 @@ def test_image_kinds_that_do_not_match_the_model_are_refused(untrained_omniglot,
     query = tmp_path / "query"
     query.mkdir()
     Image.fromarray(np.random.default_rng(0).integers(0, 256, (30, 30, 3), dtype=np.uint8)).save(query / "photo.png")
-    with pytest.raises(ad.AdaptError, match=r"trained on grayscale drawings, but 1 image\(s\) are in colour"):
+    with pytest.raises(hp.AdaptError, match=r"trained on grayscale drawings, but 1 image\(s\) are in colour"):
         ad.adapt(path, support, query, device="cpu")
     # a gray picture stored as RGB is still gray
     drawing("q", 0).convert("RGB").save(query / "photo.png")
@@ -247,7 +248,7 @@ def test_image_kinds_that_do_not_match_the_model_are_refused(untrained_omniglot,
     rgb_model = tmp_path / "rgb.pt"
     torch.save({**saved, "config": {**saved["config"], "settings": settings}, "state_dict": algo.state_dict(),
                 "preprocessing": preprocessing_for(settings)}, rgb_model)
-    with pytest.raises(ad.AdaptError, match="trained on colour photos, but all 3 images are grayscale"):
+    with pytest.raises(hp.AdaptError, match="trained on colour photos, but all 3 images are grayscale"):
         ad.adapt(rgb_model, support, query, device="cpu")
 
 
@@ -264,7 +265,7 @@ def test_an_mlflow_run_uri_resolves_to_its_logged_model(untrained_omniglot, tmp_
     client.log_artifact(run.info.run_id, str(path), "model")  # as tracking.log_model does
     local = ad.resolve_model(f"runs:/{run.info.run_id}/model", tmp_path / "download")
     assert local.name == "model.pt" and local.read_bytes() == path.read_bytes()
-    with pytest.raises(ad.AdaptError, match="cannot fetch"):
+    with pytest.raises(hp.AdaptError, match="cannot fetch"):
         ad.resolve_model("runs:/0123456789abcdef/model", tmp_path / "download2")
 
 

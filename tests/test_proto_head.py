@@ -15,6 +15,7 @@ from torch import nn
 
 from conftest import quick_params
 from metalearn import adapt as ad
+from metalearn import head_policies as hp
 from metalearn.algorithms import build_algorithm, source_files
 from metalearn.cli import main
 from metalearn.heads import embed, prototype_head
@@ -105,7 +106,7 @@ def test_with_zero_steps_the_prototype_head_classifies_each_support_example_as_i
     maml = build_algorithm("maml", net, Objective(net, "classification"), hparams)
     assert (ad.adapt_and_predict(maml, task.support, x, steps=0).argmax(-1) != y).all()
     assert torch.equal(ad.adapt_and_predict(maml, task.support, x, steps=0, head="proto").argmax(-1), y)
-    assert ad.evaluate_tasks(maml, TaskBatch(x[None], y[None], x[None], y[None]), 0, head="proto")[0]["accuracy"] == 1
+    assert hp.evaluate_tasks(maml, TaskBatch(x[None], y[None], x[None], y[None]), 0, head="proto")[0]["accuracy"] == 1
     # protomaml builds the head itself, in the one-task and the chunked evaluation alike
     proto = build_algorithm("protomaml", net, Objective(net, "classification"), hparams)
     assert proto.evaluate_task(task, steps=0)["accuracy"] == 1
@@ -326,12 +327,12 @@ def test_protomaml_models_use_their_own_head_at_any_number_of_classes(tmp_path):
     result = ad.adapt(model, support, support, steps=0, device="cpu")  # auto
     assert result.head == "proto" and result.accuracy == 1.0  # one shot: each image is its class's prototype
     saved = torch.load(model, weights_only=True)
-    with pytest.raises(ad.AdaptError, match="sets its head from the support set"):
-        ad.adapted_algorithm(saved, 3, "zero", "cpu")
+    with pytest.raises(hp.AdaptError, match="sets its head from the support set"):
+        hp.adapted_algorithm(saved, 3, "zero", "cpu")
     tnet = torch.load(save_untrained(quick_params(tmp_path), "omniglot-5w1s", "mtnet", tmp_path / "mtnet.pt"),
                       weights_only=True)
-    with pytest.raises(ad.AdaptError, match="T follows the head"):
-        ad.adapted_algorithm(tnet, 5, "proto", "cpu")
+    with pytest.raises(hp.AdaptError, match="T follows the head"):
+        hp.adapted_algorithm(tnet, 5, "proto", "cpu")
 
 
 # -- `metalearn evaluate --head` ------------------------------------------------------------------

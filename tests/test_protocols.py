@@ -934,7 +934,7 @@ def test_imaml_protocol_trains_evaluates_and_adapts_end_to_end(prepared_small, t
     model's evaluation, and `metalearn adapt`'s rebuilding of the network from the model file."""
     import shutil
 
-    from metalearn import adapt
+    from metalearn import head_policies
     from metalearn.evaluate import evaluate
 
     params = copy.deepcopy(prepared_small)
@@ -950,7 +950,7 @@ def test_imaml_protocol_trains_evaluates_and_adapts_end_to_end(prepared_small, t
     scored = evaluate(params, model_path, device="cpu", log=lambda s: None)
     assert scored["episodes"] == bench["test_tasks"] and 0 <= scored["mean"] <= 100
     saved = torch.load(model_path, weights_only=True)
-    algo, policy = adapt.adapted_algorithm(saved, 5, device="cpu")
+    algo, policy = head_policies.adapted_algorithm(saved, 5, device="cpu")
     assert policy == "trained" and algo.model.dark_stroke and algo.model.head.in_features == 256
     assert all(torch.equal(algo.state_dict()[k], v) for k, v in saved["state_dict"].items())
 

@@ -79,9 +79,7 @@ from metalearn.algorithms import Algorithm
 from metalearn.data import imagenet, omniglot
 from metalearn.data.images import IMAGENET, OMNIGLOT, OMNIGLOT_BINARY, preprocessing_for
 from metalearn.errors import BadInput
-# The head policies live a layer down (metalearn evaluate --head uses them too); re-exported here
-from metalearn.head_policies import (HEAD, HEAD_POLICIES, AdaptError, adapted_algorithm,  # noqa: F401
-                                     evaluate_tasks, head_policy, prototype_start)
+from metalearn.head_policies import AdaptError, adapted_algorithm, prototype_start  # shared with `evaluate --head`
 
 QUERY_CHUNK = 500  # query images per forward pass (bounds memory on 84x84 inputs)
 COLOUR_TOLERANCE = 12  # channel spread (of 255) below which a pixel counts as gray (JPEG noise)

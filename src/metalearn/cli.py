@@ -597,7 +597,7 @@ def main(argv: list[str] | None = None) -> int:
     allocator.tune()  # malloc keeps the meta-steps' blocks for reuse (metalearn/allocator.py)
     import torch
 
-    from metalearn.adapt import AdaptError
+    from metalearn.head_policies import AdaptError
     from metalearn.benchmarks import StaleEpisodes
     from metalearn.data.download import DownloadError
     from metalearn.train import SliceEnded, TrainingDiverged
