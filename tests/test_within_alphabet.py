@@ -15,7 +15,7 @@ import torch
 import yaml
 
 from conftest import MIRROR, ROOT, write_params
-from metalearn import benchmarks
+from metalearn import benchmarks, records
 from metalearn.cli import main
 from metalearn.config import ConfigError, apply_profile, validate
 from metalearn.data import episodes as ep
@@ -199,7 +199,9 @@ def test_the_keys_are_checked_and_errors_name_them(tmp_path):
 
 def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episodes(small_heads, tmp_path, capsys):
     """The CLI on the heads profile's benchmarks (omniglot-small, 2 iterations): split, train maml and
-    protomaml, evaluate with each head; a 5-way model on the 20-way benchmark's episodes."""
+    protomaml, evaluate with each head; a 5-way model on the 20-way benchmark's episodes. The plain
+    evaluation also scores the benchmark's `eval_heads`: each entry equals its own `--head` run; the
+    records keep them and `verify` re-derives them (and catches a changed one)."""
     params = copy.deepcopy(small_heads)
     data = tmp_path / "data"
     shutil.copytree(small_heads["data"]["root"], data)
@@ -210,7 +212,7 @@ def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episode
     results = {}
     for bench, algorithm in (("omniglot-alphabet-5w1s", "maml"), ("omniglot-alphabet-20w1s", "maml"),
                              ("omniglot-alphabet-20w1s", "protomaml")):
-        out = tmp_path / "models" / bench / algorithm
+        out = tmp_path / "models" / bench / algorithm / "seed0"
         assert main(["train", *base, "-b", bench, "-a", algorithm, "--out", str(out), "--device", "cpu"]) == 0
         for head in (None, "trained", "zero", "proto"):
             if algorithm == "protomaml" and head in ("trained", "zero"):
@@ -218,7 +220,8 @@ def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episode
                              "--head", head, "--device", "cpu"]) == 2
                 assert "sets its head from the support set" in capsys.readouterr().err
                 continue
-            json_out = tmp_path / "eval" / f"{bench}-{algorithm}-{head}.json"
+            json_out = (tmp_path / "evals" / bench / algorithm / "seed0.json" if head is None
+                        else tmp_path / "eval" / f"{bench}-{algorithm}-{head}.json")
             assert main(["evaluate", *base, "--model", str(out / "model.pt"), "--out", str(json_out), "--device", "cpu"]
                         + ([] if head is None else ["--head", head])) == 0
             results[bench, algorithm, head] = json.loads(json_out.read_text())
@@ -228,7 +231,7 @@ def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episode
     assert results["omniglot-alphabet-20w1s", "maml", None]["per_episode"] == \
         results["omniglot-alphabet-20w1s", "maml", "trained"]["per_episode"]
     # the 5-way model on the 20-way within-alphabet episodes: zero and proto heads (auto: zero), not trained
-    model = tmp_path / "models" / "omniglot-alphabet-5w1s" / "maml" / "model.pt"
+    model = tmp_path / "models" / "omniglot-alphabet-5w1s" / "maml" / "seed0" / "model.pt"
     for head, expected in (("proto", "proto"), ("zero", "zero"), (None, "zero")):
         out = tmp_path / "eval" / f"5w-on-20w-{head}.json"
         assert main(["evaluate", *base, "--model", str(model), "--out", str(out), "--benchmark",
@@ -239,3 +242,73 @@ def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episode
     assert main(["evaluate", *base, "--model", str(model), "--out", str(tmp_path / "x.json"), "--benchmark",
                  "omniglot-alphabet-20w1s", "--head", "trained", "--device", "cpu"]) == 2
     assert "the trained head has 5 outputs" in capsys.readouterr().err
+    # the plain evaluation's `eval_heads` entries: each the same numbers as its own --head (--benchmark) run
+    for (bench, algorithm, head), result in results.items():
+        if head is not None:
+            continue
+        entries = {(e["head"], e["benchmark"]): e for e in result["heads"]}
+        assert list(entries) == [(h.partition("@")[0], h.partition("@")[2] or bench)
+                                 for h in params["benchmarks"][bench]["eval_heads"]]
+        for (asked, on), entry in entries.items():
+            if algorithm == "protomaml" and asked in ("trained", "zero"):
+                assert "sets its head from the support set" in entry["refused"]
+                continue
+            if on == bench:
+                alone = results[bench, algorithm, asked]
+            else:
+                alone = json.loads((tmp_path / "eval" / f"5w-on-20w-{asked}.json").read_text())
+            assert (entry["policy"], entry["per_episode"], entry["mean"]) == (alone["head"], alone["per_episode"], alone["mean"])
+            assert entry["curve"][-1]["mean"] == entry["mean"]  # eval_curve: step 0 (the prototype classifier) too
+    # records keep the heads; verify re-derives them, and names a changed one
+    recorded = tmp_path / "recorded"
+    written = records.write_records(params, recorded, tmp_path / "models", tmp_path / "evals", runtimes=None,
+                                    log=lambda s: None)
+    assert len(written) == 3
+    assert all(not c.problems for c in records.verify(recorded, path, log=lambda s: None)), "verify failed"
+    record_file = recorded / "heads" / "omniglot-alphabet-5w1s" / "maml" / "seed0" / "record.json"
+    record = json.loads(record_file.read_text())
+    record["evaluation"]["heads"][-1]["mean"] += 1.0
+    record_file.write_text(json.dumps(record))
+    [check] = records.verify(recorded, path, only=["heads/omniglot-alphabet-5w1s/maml/seed0"], log=lambda s: None)
+    assert any("head proto on omniglot-alphabet-20w1s: mean re-derived" in p for p in check.problems), check.problems
+
+
+def test_eval_heads_are_checked_naming_the_key(tmp_path):
+    params = small_heads_params(tmp_path)
+    cases = [("omniglot-alphabet-5w1s", ["proto@omniglot-5w1s"], "omniglot-alphabet-5w1s.eval_heads: 'omniglot-5w1s' "
+              "is not a benchmark of this profile"),
+             ("omniglot-alphabet-5w1s", ["best"], "omniglot-alphabet-5w1s.eval_heads"),
+             ("omniglot-alphabet-20w1s", ["zero", "zero"], "omniglot-alphabet-20w1s.eval_heads")]
+    for bench, heads, message in cases:
+        broken = copy.deepcopy(params)
+        broken["benchmarks"][bench]["eval_heads"] = heads
+        with pytest.raises(ConfigError, match=message):
+            validate(broken)
+    sinusoid = apply_profile(yaml.safe_load((ROOT / "params.yaml").read_text()), "default")
+    sinusoid["benchmarks"]["sinusoid"]["eval_heads"] = ["proto"]
+    with pytest.raises(ConfigError, match="sinusoid.eval_heads: output heads are for classification"):
+        validate(sinusoid)
+
+
+def test_the_pipeline_evaluates_on_the_eval_heads_episodes_and_trains_without_them():
+    """The evaluation job reads every benchmark its heads score on and reruns when its heads change;
+    the training's settings (and so its checkpoint's hash) do not see evaluation-only keys; a profile
+    without them keeps the evaluation's params slice as it was (no rerun of existing evaluations)."""
+    from test_workflow import pipeline
+
+    raw = yaml.safe_load((ROOT / "params.yaml").read_text())
+    heads = pipeline.load_config(raw, "heads")
+    five, twenty = "omniglot-alphabet-5w1s", "omniglot-alphabet-20w1s"
+    assert pipeline.eval_episodes(heads, five) == [pipeline.episodes(heads, five), pipeline.episodes(heads, twenty)]
+    assert pipeline.eval_episodes(heads, twenty) == [pipeline.episodes(heads, twenty)]
+    settings = pipeline.eval_settings(heads, five)
+    assert settings["scored_on"] == {twenty: pipeline.split_settings(heads, twenty)}
+    assert settings["eval_heads"] == heads["benchmarks"][five]["eval_heads"] and settings["eval_curve"] is True
+    without = copy.deepcopy(raw)
+    for bench in (five, twenty):
+        for key in ("eval_heads", "eval_curve"):
+            without["profiles"]["heads"]["benchmarks"][bench].pop(key, None)
+    without = pipeline.load_config(without, "heads")
+    assert pipeline.train_settings(heads, five, "maml", 0) == pipeline.train_settings(without, five, "maml", 0)
+    quick = pipeline.load_config(raw, "quick")
+    assert all(pipeline.eval_settings(quick, b) == pipeline.split_settings(quick, b) for b in quick["benchmarks"])

@@ -329,6 +329,35 @@ def split_settings(params: dict, bench: str) -> dict:
     return families.family(settings).episode_settings(settings)
 
 
+# Benchmark settings that change what an evaluation reports, not the episodes or the training
+EVAL_ONLY_SETTINGS = ("eval_curve", "eval_heads", "test_rollouts")
+
+
+def scored_benchmarks(params: dict, bench: str) -> list[str]:
+    """The benchmarks whose saved episodes a model of `bench` is evaluated on: its own, then those of
+    its `eval_heads` (`HEAD@BENCHMARK`)."""
+    from metalearn.config import eval_heads
+
+    return [bench] + sorted({other for _, other in eval_heads(params["benchmarks"][bench]) if other and other != bench})
+
+
+def eval_episodes(params: dict, bench: str) -> list[str]:
+    return [episodes(params, b) for b in scored_benchmarks(params, bench)]
+
+
+def eval_data(params: dict, bench: str) -> list[str]:
+    return list(dict.fromkeys(f for b in scored_benchmarks(params, bench) for f in bench_data(params, b)))
+
+
+def eval_settings(params: dict, bench: str) -> dict:
+    """What an evaluation depends on: the episodes' settings, the evaluation-only settings, and the
+    episodes' settings of the other benchmarks it scores on."""
+    settings = params["benchmarks"][bench]
+    slice_ = {**split_settings(params, bench), **{k: settings[k] for k in EVAL_ONLY_SETTINGS if k in settings}}
+    others = scored_benchmarks(params, bench)[1:]
+    return {**slice_, "scored_on": {b: split_settings(params, b) for b in others}} if others else slice_
+
+
 def train_settings(params: dict, bench: str, algorithm: str, seed) -> dict:
     """Everything that determines a training run (the config hash stored in model.pt)."""
     from metalearn.train import run_config
@@ -390,11 +419,12 @@ def dvc_stages(raw: dict) -> dict:
             "deps": bench_data(params, bench) + train_sources(params, bench, algorithm),
             "params": _param_keys(raw, profile, keys),
             "outs": [f"{folder}/model.pt", f"{folder}/history.json"]}
-        keys = [f"benchmarks.{bench}.{k}" for k in split_settings(params, bench)]
+        keys = [f"benchmarks.{b}.{k}" for b in scored_benchmarks(params, bench) for k in split_settings(params, b)]
+        keys += [f"benchmarks.{bench}.{k}" for k in EVAL_ONLY_SETTINGS if k in params["benchmarks"][bench]]
         stages[f"evaluate-{name}"] = {
             "cmd": COMMANDS["evaluate"].format(profile=profile, model=f"{folder}/model.pt",
                                                out=eval_json(bench, algorithm, seed)),
-            "deps": [f"{folder}/model.pt", episodes(params, bench)] + bench_data(params, bench),
+            "deps": [f"{folder}/model.pt", *eval_episodes(params, bench), *eval_data(params, bench)],
             "params": _param_keys(raw, profile, keys),
             "outs": [eval_json(bench, algorithm, seed)]}
     for study in studies(params):

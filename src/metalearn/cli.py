@@ -320,10 +320,18 @@ def cmd_evaluate(params: dict, args) -> None:
     check_writable(args.out, "--out")
     # the model file, and its fit to the benchmark (its own, or --benchmark's)
     saved = check_inputs(params, Path(args.model), args.steps, args.head, args.benchmark)
-    _check_prepared(params, [args.benchmark or saved["config"]["benchmark"]])
+    from metalearn.config import eval_heads
+
+    scored = args.benchmark or saved["config"]["benchmark"]
+    _check_prepared(params, [scored] + sorted({o for _, o in eval_heads(params["benchmarks"][scored]) if o}))
     result = evaluate(params, Path(args.model), split=args.split, device=args.device, steps=args.steps,
                       head=args.head, benchmark=args.benchmark)
     result.update(evaluation_provenance(params, result["benchmark"], args.device))
+    if args.head is None and args.benchmark is None and args.steps is None and args.split == "test" and (
+            "eval_heads" in params["benchmarks"][result["benchmark"]]):
+        from metalearn.evaluate import evaluate_heads
+
+        result["heads"] = evaluate_heads(params, Path(args.model), saved, device=args.device)
     write_json(result, Path(args.out))
     if args.track:
         from metalearn import tracking

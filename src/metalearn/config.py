@@ -221,10 +221,33 @@ def check_semantics(params: dict, where: str = "params.yaml") -> None:
                         f"exceeds the {drawers} images per Omniglot character")
         elif bench["task"] in ("miniimagenet", "tieredimagenet"):
             problems += _imagenet_problems(key, bench)
+        problems += _eval_heads_problems(params, name)
     problems += _imagenet_source_problems(params["data"])
     problems += _study_problems(params)
     if problems:
         raise ConfigError(f"{where} is invalid:\n  " + "\n  ".join(problems))
+
+
+def eval_heads(bench: dict) -> list[tuple[str, str | None]]:
+    """A benchmark's `eval_heads` as (head, other benchmark or None): 'proto@omniglot-alphabet-20w1s'."""
+    return [(head, other or None) for head, _, other in (item.partition("@") for item in bench.get("eval_heads", []))]
+
+
+def _eval_heads_problems(params: dict, name: str) -> list[str]:
+    bench, key = params["benchmarks"][name], f"benchmarks.{name}.eval_heads"
+    if "eval_heads" in bench and bench.get("ways") is None:
+        return [f"{key}: output heads are for classification; {name} (task {bench['task']}) has none"]
+    problems = []
+    for _, other in eval_heads(bench):
+        if other is None:
+            continue
+        found = params["benchmarks"].get(other)
+        if found is None:
+            problems.append(f"{key}: {other!r} is not a benchmark of this profile")
+        elif found["task"] != bench["task"] or found.get("model") != bench.get("model"):
+            problems.append(f"{key}: {other} (task {found['task']}, model {found.get('model')}) does not take "
+                            f"{name}'s models (task {bench['task']}, model {bench.get('model')})")
+    return problems
 
 
 def _study_problems(params: dict) -> list[str]:
@@ -362,7 +385,7 @@ def algorithm_params(params: dict, bench_name: str, algorithm: str) -> dict[str,
 # Evaluation-only settings and the paper-row label (`reproduces`, read by results/paper.md): left out of a
 # run's config, so that changing them does not invalidate a trained model.
 NOT_TRAINING_SETTINGS = ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed", "eval_curve",
-                         "reproduces", "test_rollouts")
+                         "eval_heads", "reproduces", "test_rollouts")
 
 
 @dataclass(frozen=True)

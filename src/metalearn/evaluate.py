@@ -68,6 +68,38 @@ def _setting(settings: dict, key: str):
     return bool(settings.get(key)) if key == "within_alphabet" else settings.get(key)
 
 
+# What an evaluation keeps of each of its benchmark's `eval_heads` (the per-step, per-episode values: too bulky)
+HEAD_RESULT_KEYS = ("ways", "metric", "mean", "ci95", "episodes", "inner_steps", "per_episode", "curve")
+
+
+def evaluate_heads(params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+                   log=lambda s: print(s, file=sys.stderr, flush=True)) -> list[dict]:
+    """The model scored with each of its benchmark's `eval_heads` (docs/adapt.md): one entry per head,
+    with the head asked for, the policy it became (`auto` resolves to one), the benchmark whose saved
+    episodes it was scored on and their contents digest. A head the model cannot take (Proto-MAML's
+    zero head, a trained head at other ways) is kept as `refused`, with the reason."""
+    from metalearn import benchmarks, provenance
+    from metalearn.config import eval_heads
+    from metalearn.head_policies import AdaptError, head_policy
+
+    own = saved["config"]["benchmark"]
+    entries = []
+    for head, other in eval_heads(params["benchmarks"][own]):
+        target = other or own
+        entry = {"head": head, "benchmark": target}
+        try:
+            head_policy(saved, params["benchmarks"][target]["ways"], head)
+        except AdaptError as exc:
+            entries.append({**entry, "refused": str(exc)})
+            continue
+        result = evaluate(params, model_path, split, device, log=log, head=head, benchmark=other)
+        entries.append({**entry, "policy": result["head"], **{k: result[k] for k in HEAD_RESULT_KEYS if k in result},
+                        "episodes_digest": provenance.file_content_digest(benchmarks.episodes_path(params, target))})
+        log(f"[evaluate {own}/{saved['config']['algorithm']}] head {head} on {target}: {result['metric']} "
+            f"{result['mean']:.3f} +- {result['ci95']:.3f}")
+    return entries
+
+
 def check_inputs(params: dict, model_path: Path, steps: int | None, head: str | None = None,
                  benchmark: str | None = None) -> dict:
     """Before any work: the steps, the head, the model file and its fit to the benchmark; returns the

@@ -103,6 +103,31 @@ def _in_progress(recs: list[dict]) -> list[str]:
     return lines + [""]
 
 
+def _heads(recs: list[dict]) -> list[str]:
+    """The output heads each model was also scored with (a benchmark's `eval_heads`; docs/adapt.md)."""
+    scored = [r for r in recs if r["evaluation"].get("heads")]
+    if not scored:
+        return []
+    lines = ["## Output heads", "", "Each model scored with each output head on the saved test episodes of the "
+             "benchmark named (its own, or one of other ways): `trained` the meta-learned head, `zero` one output per "
+             "class at zero, `proto` set from each episode's support features, then the algorithm's test steps "
+             "(docs/adapt.md). Error = 100 - accuracy; mean ± 95% CI over the episodes; `0 steps`: before any "
+             "adaptation step, where the run records its curve.", "",
+             "| model (benchmark / algorithm) | scored on | head | error % | accuracy % | 0 steps: accuracy % | episodes |",
+             "|---|---|---|---|---|---|---|"]
+    for r in sorted(scored, key=lambda r: (r["benchmark"], r["algorithm"], r["seed"])):
+        for h in r["evaluation"]["heads"]:
+            model = f"{r['benchmark']} / {r['algorithm']}" + (f" (seed {r['seed']})" if r["seed"] else "")
+            if "refused" in h:
+                lines.append(f"| {model} | {h['benchmark']} | {h['head']} | refused: {h['refused']} | | | |")
+                continue
+            head = h["head"] if h["policy"] == h["head"] else f"{h['head']} ({h['policy']})"
+            start = f"{h['curve'][0]['mean']:.1f} ± {h['curve'][0]['ci95']:.1f}" if h.get("curve") else ""
+            lines.append(f"| {model} | {h['benchmark']} | {head} | {100 - h['mean']:.1f} ± {h['ci95']:.1f} | "
+                         f"{h['mean']:.1f} ± {h['ci95']:.1f} | {start} | {h['episodes']} |")
+    return lines + [""]
+
+
 def profile_page(profile: str, recs: list[dict], unfinished: list[dict] | None = None,
                  study_rows: list[dict] | None = None) -> str:
     if not recs:
@@ -126,6 +151,7 @@ def profile_page(profile: str, recs: list[dict], unfinished: list[dict] | None =
             lines.append(f"| {r['benchmark']} | {r['algorithm']} | " +
                          " | ".join(f"{c['mean']:.3g}" for c in r["metric"]["curve"]) + " |")
         lines.append("")
+    lines += _heads(recs)
     if unfinished:
         lines += _in_progress(unfinished)
     lines += study_records.markdown(study_rows or [])

@@ -297,6 +297,46 @@ def _prepare_data(params: dict, bench: str, log: Log) -> None:
     omniglot.prepare(dataset, archives, benchmarks.prepared_path(params, dataset))
 
 
+def _place_episodes(params: dict, scratch: dict, profile: str, bench: str, rebuilt: dict, log: Log) -> str:
+    """A benchmark's test episodes in the scratch data root, rebuilt from their seeds once per profile
+    and benchmark (`rebuilt` keeps them across records); returns their contents digest."""
+    from metalearn import families, provenance
+
+    key = (profile, bench)
+    if key not in rebuilt:
+        _prepare_data(params, bench, log)
+        episodes = families.family(params["benchmarks"][bench]).make_episodes(scratch, bench)
+        rebuilt[key] = provenance.file_content_digest(episodes)
+        rebuilt[key + ("file",)] = Path(episodes).read_bytes()
+    else:
+        target = Path(scratch["data"]["root"]) / "episodes" / f"{bench}.pt"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(rebuilt[key + ("file",)])
+    return rebuilt[key]
+
+
+def check_heads(check: Check, recorded: list[dict], ours: list[dict]) -> None:
+    """The re-derived `eval_heads` entries against the record's: the same heads, refusals and numbers."""
+    def name(entry: dict) -> str:
+        return f"head {entry['head']} on {entry['benchmark']}"
+
+    if [name(e) for e in ours] != [name(e) for e in recorded]:
+        check.problems.append(f"heads: re-derived {[name(e) for e in ours]}, recorded {[name(e) for e in recorded]}")
+        return
+    for new, old in zip(ours, recorded):
+        if ("refused" in new) != ("refused" in old):
+            check.problems.append(f"{name(old)}: " + ("refused now" if "refused" in new else "scored now, refused when recorded"))
+            continue
+        if "refused" in new:
+            continue
+        for key in ("mean", "ci95"):
+            if not _close(new[key], old[key]):
+                check.problems.append(f"{name(old)}: {key} re-derived {new[key]!r}, recorded {old[key]!r}")
+        differ = sum(not _close(a, b) for a, b in zip(new["per_episode"], old["per_episode"]))
+        if differ or len(new["per_episode"]) != len(old["per_episode"]):
+            check.problems.append(f"{name(old)}: per-episode values: {differ} of {len(old['per_episode'])} differ")
+
+
 def model_file_found(check: Check, model: Path, recorded_sha256: str) -> bool:
     """Whether the record's model file is there (else a problem, and nothing to re-evaluate); a
     problem too when its sha256 is not the record's."""
@@ -312,9 +352,9 @@ def model_file_found(check: Check, model: Path, recorded_sha256: str) -> bool:
 def verify_record(path: Path, params_file: Path, log: Log = _stderr, device: str = "cpu",
                   rebuilt: dict | None = None) -> Check:
     """One record re-derived: model file, settings, rebuilt episodes, re-evaluated numbers."""
-    from metalearn import families, provenance
+    from metalearn import families
     from metalearn.config import load_params
-    from metalearn.evaluate import evaluate
+    from metalearn.evaluate import evaluate, evaluate_heads
     from metalearn.train import read_model_file, run_config
 
     record = read_record(path)
@@ -351,24 +391,23 @@ def verify_record(path: Path, params_file: Path, log: Log = _stderr, device: str
     if digest != record.get("settings_digest"):
         check.notes.append("the algorithm's source changed since recording (numbers re-derived below)")
     rebuilt = {} if rebuilt is None else rebuilt
-    key = (record["profile"], bench)
+    recorded = record["evaluation"]
+    heads = recorded.get("heads", [])
+    digests = {bench: record["episodes_digest"], **{h["benchmark"]: h["episodes_digest"] for h in heads if "refused" not in h}}
     with rebuild_root(params) as scratch:
-        if key not in rebuilt:  # the test episodes from their seeds, once per profile and benchmark
-            _prepare_data(params, bench, log)
-            episodes = families.family(params["benchmarks"][bench]).make_episodes(scratch, bench)
-            rebuilt[key] = provenance.file_content_digest(episodes)
-            rebuilt[key + ("file",)] = Path(episodes).read_bytes()
-        else:
-            target = Path(scratch["data"]["root"]) / "episodes" / f"{bench}.pt"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(rebuilt[key + ("file",)])
-        if rebuilt[key] != record["episodes_digest"]:
-            check.problems.append(f"test episodes rebuilt from their seeds have digest {rebuilt[key][:16]}…, "
-                                  f"the record's were {record['episodes_digest'][:16]}…")
-            return check
+        for name, expected in digests.items():
+            if name not in params["benchmarks"]:
+                check.problems.append(f"params.yaml's profile {record['profile']} no longer has {name} (a head's episodes)")
+                return check
+            found = _place_episodes(params, scratch, record["profile"], name, rebuilt, log)
+            if found != expected:
+                check.problems.append(f"{name}'s test episodes rebuilt from their seeds have digest {found[:16]}…, "
+                                      f"the record's were {expected[:16]}…")
+                return check
         # the algorithm's own test steps: the settings checked above are the record's
         result = evaluate(scratch, model, device=device, log=lambda s: None)
-    recorded = record["evaluation"]
+        if heads:
+            check_heads(check, heads, evaluate_heads(scratch, model, saved, device=device, log=lambda s: None))
     if result.get("inner_steps") != recorded.get("inner_steps"):
         check.problems.append(f"test steps: re-derived {result.get('inner_steps')}, recorded {recorded.get('inner_steps')}")
     for key in ("mean", "ci95"):

@@ -25,10 +25,10 @@ rule train:
 rule evaluate:
     input:
         model=rules.train.output.model,
-        episodes=lambda w: pipeline.episodes(PARAMS, w.benchmark),
-        data=lambda w: pipeline.bench_data(PARAMS, w.benchmark),
+        episodes=lambda w: pipeline.eval_episodes(PARAMS, w.benchmark),
+        data=lambda w: pipeline.eval_data(PARAMS, w.benchmark),
     output: pipeline.eval_json("{benchmark}", "{algorithm}", "{seed}")
-    params: settings=lambda w: pipeline.split_settings(PARAMS, w.benchmark)
+    params: settings=lambda w: pipeline.eval_settings(PARAMS, w.benchmark)
     benchmark: pipeline.runtime_file("evaluate", "{benchmark}", "{algorithm}", "seed{seed}")
     threads: JOB_THREADS
     resources: **JOB_RESOURCES
