@@ -67,6 +67,43 @@ def test_navigation_reward_and_clipping_match_the_formula():
     assert torch.equal(obs[..., 2:], goals[:, None].expand(2, 3, 2))  # the oracle sees its goal
 
 
+def test_navigation_ends_an_episode_within_the_goal_tolerance_and_masks_the_steps_after():
+    """maml_rl point_env_randgoal.py: done once |x - gx| < 0.01 and |y - gy| < 0.01 after a move, and
+    rllab's rollout stops there (the ending step's reward counts). Here the point stays, earns 0, and
+    `sample` masks the steps after the ending one."""
+    from metalearn.rl.envs import GOAL_TOLERANCE
+
+    goals = torch.tensor([[0.1, 0.0], [0.3, 0.3]])
+    env = Navigation2D(goals, rollouts=2, horizon=4)
+    env.reset()
+    # rollout (0, 0) lands on its goal at the first step (0.1 per coordinate at most); the others miss
+    action = torch.tensor([[[1.0, 0.0], [1.0, 1.0]], [[1.0, 1.0], [-1.0, 0.0]]])
+    obs, reward = env.step(action)
+    assert env.done.tolist() == [[True, False], [False, False]] and reward[0, 0] == 0.0  # exactly at the goal
+    obs2, reward2 = env.step(action)
+    assert torch.equal(obs2[0, 0], obs[0, 0]) and reward2[0, 0] == 0 and (reward2[~env.done] < 0).all()
+    # just inside the tolerance in both coordinates ends it; just outside in one does not
+    for offset, ends in (((0.99, -0.99), True), ((1.01, 0.0), False)):
+        env = Navigation2D(torch.tensor([[0.1 + offset[0] * GOAL_TOLERANCE, offset[1] * GOAL_TOLERANCE]]), 1, horizon=2)
+        env.reset()
+        _, reward = env.step(torch.tensor([[[1.0, 0.0]]]))
+        assert env.done.item() is ends and reward.item() < 0
+    # the sampler: the ending step taken, none after; its return is the sum up to the end
+    torch.manual_seed(0)
+    env = Navigation2D(torch.tensor([[0.1, 0.0], [0.4, -0.4]]), rollouts=3, horizon=6)
+
+    class Straight(GaussianMLPPolicy):  # moves (1, 0) then stays, without noise: reaches (0.1, 0) at step 1
+        def distribution(self, params, obs):
+            mean = torch.where(obs[..., :1] < 0.05, 1.0, 0.0).expand(*obs.shape[:-1], 2) * torch.tensor([1.0, 0.0])
+            return mean, torch.full_like(mean, -30.0)
+
+    policy = Straight(2, 2)
+    rollouts = sample(policy, policy.params(), env, torch.Generator().manual_seed(0))
+    assert rollouts.mask is not None
+    assert rollouts.mask[0].tolist() == [[1, 0, 0, 0, 0, 0]] * 3 and (rollouts.mask[1] == 1).all()
+    assert rollouts.rewards[0].abs().max() < 1e-6 and (rollouts.rewards[1] < 0).all()
+
+
 def test_policy_gradient_estimate_matches_the_analytic_gradient_of_a_gaussian_bandit():
     """One-step bandit, reward -(a - c)^2 per action dimension, policy N(mu, sigma^2) (a linear policy
     on a zero observation: mu is the output bias). J = -(mu - c)^2 - sigma^2 per dimension, so
@@ -194,7 +231,8 @@ def test_inner_step_is_a_gradient_ascent_step_on_the_estimated_return(float64):
     adapted = learner.adapted(learner.policy.params(), batch)
     rollouts, adv = batch.inner[0]
     for task in range(2):
-        one = Rollouts(rollouts.obs[task:task + 1], rollouts.actions[task:task + 1], rollouts.rewards[task:task + 1])
+        one = Rollouts(rollouts.obs[task:task + 1], rollouts.actions[task:task + 1], rollouts.rewards[task:task + 1],
+                       None if rollouts.mask is None else rollouts.mask[task:task + 1])
         params = learner.policy.params()
         grads = torch.autograd.grad(-pg_loss(learner.policy, params, one, adv[task:task + 1]).sum(), list(params.values()))
         for (name, p), g in zip(params.items(), grads):
@@ -219,7 +257,7 @@ def test_test_steps_after_the_first_take_inner_lr_times_test_later_lr_scale(floa
         if lr is None:
             break
         leaves = {n: p.clone().requires_grad_() for n, p in params.items()}
-        adv = baseline.advantages(rollouts.obs, rollouts.rewards, 0.99)
+        adv = baseline.advantages(rollouts.obs, rollouts.rewards, 0.99, mask=rollouts.mask)
         grads = torch.autograd.grad(pg_loss(learner.policy, leaves, rollouts, adv).sum(), list(leaves.values()))
         params = {n: (p - lr * g).detach() for (n, p), g in zip(leaves.items(), grads)}
     torch.testing.assert_close(returns, torch.stack(expected, 1), rtol=0, atol=1e-12)
@@ -603,11 +641,11 @@ def test_ant_oracle_observation_and_learner_dimensions():
 # -- episodes that end early (the Ant): means over the steps taken -----------------------------------
 
 def test_environments_that_never_end_episodes_keep_the_unmasked_code_path():
-    """Navigation and the half-cheetah never end an episode early: `sample` keeps no mask, and the
-    policy-gradient loss, the surrogate and the KL are the plain means over all steps they were before
-    masks existed, bit for bit (so the default profile's results do not move; whole meta-steps and
-    evaluations of both were also compared with the code before the change, identical)."""
-    for task in ("navigation", "halfcheetah-vel"):
+    """The half-cheetah never ends an episode early: `sample` keeps no mask, and the policy-gradient
+    loss, the surrogate and the KL are the plain means over all steps they were before masks existed,
+    bit for bit (whole meta-steps and evaluations were also compared with the code before the change,
+    identical)."""
+    for task in ("halfcheetah-vel",):
         torch.manual_seed(0)
         learner = MetaRL("maml", tiny_bench(task=task, horizon=5), {"inner_lr": 0.1, "test_inner_steps": 1})
         goals = torch.tensor([[0.2, 0.1], [-0.3, 0.4]]) if task == "navigation" else torch.tensor([[0.5], [1.5]])
@@ -839,3 +877,22 @@ def test_only_the_paper_navigation_pretrained_uses_the_official_adam():
     with pytest.raises(ConfigError, match="optimizer"):
         validate({"profile": "test", "data": {"root": "/tmp"}, "seeds": [0], "benchmarks": {"navigation-2d": tiny_bench(
             algorithms={"maml": {"inner_lr": 0.1, "inner_steps": 1, "test_inner_steps": 2, "optimizer": "adam"}})}})
+
+
+def test_the_random_baselines_tanh_network_is_the_official_one():
+    """maml_rl test_maml_point.py:56-60 builds the random baseline without hidden_nonlinearity: rllab's
+    tanh. `nonlinearity: tanh` gives exactly tanh(tanh(obs W0 + b0) W1 + b1) W2 + b2; relu stays the default."""
+    torch.manual_seed(0)
+    tanh = MetaRL("random", tiny_bench(), {"inner_lr": 0.5, "test_inner_steps": 1, "nonlinearity": "tanh"}).policy
+    relu = MetaRL("random", tiny_bench(), {"inner_lr": 0.5, "test_inner_steps": 1}).policy
+    obs = torch.randn(5, 2)
+    for policy, f in ((tanh, torch.tanh), (relu, torch.relu)):
+        p = policy.params()
+        expected = f(f(obs @ p["w0"] + p["b0"]) @ p["w1"] + p["b1"]) @ p["w2"] + p["b2"]
+        assert torch.equal(policy.distribution(p, obs)[0], expected)
+    from pathlib import Path
+
+    from metalearn.config import load_params
+
+    params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", "paper")["benchmarks"]["navigation-2d"]["algorithms"]
+    assert params["random"]["nonlinearity"] == "tanh" and "nonlinearity" not in params["maml"]

@@ -8,8 +8,12 @@ to the goal after the move; the horizon is 100 steps.
 Two details from the official code: (1) the environment is wrapped in rllab's `normalize`, which
 presents the action space as [-1, 1]^2 and rescales to the true bounds, clip(0.1 * a, -0.1, 0.1):
 the policy's unit-variance initial noise then means moves of ~0.1, not saturated ones (`action_scale`);
-(2) its episode ends early within 0.01 of the goal in both coordinates. Here every rollout runs the
-full horizon (fixed-length tensors): a point that reached the goal keeps earning ~0 by staying.
+(2) an episode ends once the point is within GOAL_TOLERANCE of the goal in both coordinates after a
+move (point_env_randgoal.py `done`; rllab's rollout stops there, in training and at test). In these
+fixed-length tensors an ended episode is frozen (no move, reward 0) and the sampler records the steps
+taken (`terminates`, metarl.Rollouts.mask), as for the Ant. Without it a policy near its goal keeps
+paying for its action noise: MAML's return after 2-3 test steps was about -11 instead of about -4
+(docs/notes/2026-12-07-navigation-vs-official.md).
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ from torch import Tensor
 
 GOAL_LOW, GOAL_HIGH = -0.5, 0.5
 ACTION_BOUND = 0.1
+GOAL_TOLERANCE = 0.01  # |x - goal_x| and |y - goal_y| below it after a move: the episode ends
 
 
 def sample_goals(count: int, generator: torch.Generator) -> Tensor:
@@ -32,6 +37,7 @@ class Navigation2D:
     horizon = 100
     action_dim = 2
     action_scale = ACTION_BOUND  # rllab's normalize wrapper: the policy acts in [-1, 1]^2 units
+    terminates = True            # at the goal (module docstring); `done` [tasks, rollouts] says which ended
 
     def __init__(self, goals: Tensor, rollouts: int, oracle: bool = False, horizon: int | None = None):
         self.goals = goals  # [tasks, 2]
@@ -43,6 +49,7 @@ class Navigation2D:
 
     def reset(self) -> Tensor:
         self.position = torch.zeros(len(self.goals), self.rollouts, 2, dtype=self.goals.dtype)
+        self.done = torch.zeros(len(self.goals), self.rollouts, dtype=torch.bool)
         return self._observe()
 
     def _observe(self) -> Tensor:
@@ -51,10 +58,14 @@ class Navigation2D:
         return torch.cat([self.position, self.goals[:, None].expand_as(self.position)], -1)
 
     def step(self, action: Tensor) -> tuple[Tensor, Tensor]:
-        """action [tasks, rollouts, 2] in policy units -> (observation, reward [tasks, rollouts])."""
-        move = (self.action_scale * action).clamp(-ACTION_BOUND, ACTION_BOUND)
+        """action [tasks, rollouts, 2] in policy units -> (observation, reward [tasks, rollouts]); an
+        episode that has ended stays where it is and earns 0 (its ending step's reward counts)."""
+        live = ~self.done
+        move = (self.action_scale * action).clamp(-ACTION_BOUND, ACTION_BOUND) * live[..., None]
         self.position = self.position + move
-        reward = -(self.position - self.goals[:, None]).norm(dim=-1)
+        offset = self.position - self.goals[:, None]
+        reward = -offset.norm(dim=-1) * live
+        self.done = self.done | (live & (offset.abs() < GOAL_TOLERANCE).all(-1))
         return self._observe(), reward
 
 

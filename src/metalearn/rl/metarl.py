@@ -148,7 +148,8 @@ class MetaRL(nn.Module):
         self.name, self.bench, self.hparams = name, bench, dict(hparams)
         self.oracle = name == "oracle"
         env = make_env(bench, torch.zeros(1, task_dim(bench)), 1, self.oracle)
-        self.policy = GaussianMLPPolicy(env.observation_dim, env.action_dim)
+        self.policy = GaussianMLPPolicy(env.observation_dim, env.action_dim,
+                                        nonlinearity=str(hparams.get("nonlinearity", "relu")))
         self.inner_lr = float(hparams["inner_lr"])
         self.inner_steps = int(hparams.get("inner_steps", 1)) if name in ("maml", "fomaml") else 0
         self.first_order = name == "fomaml" or bool(hparams.get("first_order", False))

@@ -14,12 +14,16 @@ import torch
 from torch import Tensor, nn
 
 Params = dict[str, Tensor]
+# hidden units' nonlinearity: relu (MAML's policies), tanh (rllab's default, so maml_rl's random baseline on
+# 2D navigation, test_maml_point.py, which passes none)
+NONLINEARITIES = {"relu": torch.relu, "tanh": torch.tanh}
 
 
 class GaussianMLPPolicy(nn.Module):
     def __init__(self, observation_dim: int, action_dim: int, hidden: tuple[int, ...] = (100, 100),
-                 init_std: float = 1.0):
+                 init_std: float = 1.0, nonlinearity: str = "relu"):
         super().__init__()
+        self.nonlinearity = NONLINEARITIES[nonlinearity]
         sizes = (observation_dim, *hidden, action_dim)
         self.layers = len(sizes) - 1
         for i, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
@@ -41,7 +45,7 @@ class GaussianMLPPolicy(nn.Module):
             bias = params[f"b{i}"]
             h = h @ params[f"w{i}"] + (bias[:, None] if per_task else bias)
             if i < self.layers - 1:
-                h = torch.relu(h)
+                h = self.nonlinearity(h)
         log_std = params["log_std"]
         log_std = (log_std[:, None] if per_task else log_std).expand_as(h)
         return h, log_std
