@@ -21,7 +21,8 @@ PAPER = {
         # Leap's and Warp-Leap's paths end at theta_{K-1}, the point before the last step (final_point
         # false: wrapper.py run_batches lines 126-136, updaters.py simplified_leap lines 146-151)
         "leap": {"inner_lr": 0.1, "meta_lr": 0.1, "final_point": False},
-        "reptile": {"inner_lr": 0.1, "meta_lr": 0.1},
+        # the official meta-gradient theta_0 - theta_{K-1} (wrapper.py _partial_meta_update): 99 of the 100 steps
+        "reptile": {"inner_lr": 0.1, "meta_lr": 0.1, "inner_steps": 99},
         "maml": {"inner_lr": 0.1, "meta_lr": 0.5, "inner_steps": 5},
         "fomaml": {"inner_lr": 0.1, "meta_lr": 0.5},
         # one head shared by all alphabets and kept at test (model.py line 180; wrapper.py lines 560-583)
