@@ -172,8 +172,9 @@ def write_records(params: dict, root: Path = RECORDED, models: Path = Path("mode
                 written.append(folder)
                 log(f"recorded {bench}/{algorithm}/seed{seed}: {record['metric']['name']} "
                     f"{record['metric']['mean']:.4g} +- {record['metric']['ci95']:.2g} -> {folder}")
-    if missing:
-        log(f"not recorded (no model or evaluation yet, profile {profile}): {', '.join(missing)}")
+    if missing:  # a profile meant for a GPU lists a hundred: the count and the first few
+        shown = ", ".join(missing[:8]) + (f" and {len(missing) - 8} more" if len(missing) > 8 else "")
+        log(f"not recorded (no model or evaluation yet, profile {profile}): {len(missing)} runs: {shown}")
     total = sum(p.stat().st_size for p in Path(root).rglob("model.pt"))
     if total > TOTAL_LIMIT_BYTES:
         raise BadInput(f"{root}: recorded models take {total / 2**20:.1f} MB, over the {TOTAL_LIMIT_BYTES // 2**20} MB "
