@@ -99,12 +99,12 @@ def quick_run(tmp_path_factory, mirror):
 @pytest.fixture(scope="session")
 def prepared_small(tmp_path_factory, mirror) -> dict:
     """Quick params whose data root holds the prepared omniglot-small cache and saved episodes."""
-    from metalearn import benchmarks
+    from metalearn import benchmarks, paths
     from metalearn.data import omniglot
 
     root = tmp_path_factory.mktemp("shared-data")
     params = quick_params(root)
-    archives = omniglot.download("omniglot-small", benchmarks.raw_dir(params), str(mirror))
+    archives = omniglot.download("omniglot-small", paths.raw_dir(params), str(mirror))
     omniglot.prepare("omniglot-small", archives, benchmarks.prepared_path(params, "omniglot-small"))
     for name in params["benchmarks"]:
         benchmarks.make_episodes(params, name)

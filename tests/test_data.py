@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from metalearn.data import download as dl
-from metalearn.data import omniglot
+from metalearn.data import omniglot, omniglot_splits
 
 SMALL1 = "images_background_small1.zip"
 
@@ -90,12 +90,12 @@ def test_prepared_small_omniglot_has_242_characters_and_disjoint_splits(prepared
     assert images.float().mean() < 60 and images.max() == 255
     for split in ("maml", "lake"):
         parts = omniglot.split_classes(classes, "omniglot-small", split, seed=1)
-        assert {k: len(v) for k, v in parts.items()} == omniglot.split_sizes("omniglot-small", split)
+        assert {k: len(v) for k, v in parts.items()} == omniglot_splits.split_sizes("omniglot-small", split)
         sets = [set(v.tolist()) for v in parts.values()]
         assert not (sets[0] & sets[1]) and not (sets[0] & sets[2]) and not (sets[1] & sets[2])
     lake = omniglot.split_classes(classes, "omniglot-small", "lake", seed=1)
     test_alphabets = {classes[i].split("/")[1] for i in lake["test"].tolist()}
-    assert test_alphabets == set(omniglot.SMALL_TEST_ALPHABETS)
+    assert test_alphabets == set(omniglot_splits.SMALL_TEST_ALPHABETS)
 
 
 @pytest.mark.slow

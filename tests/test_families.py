@@ -50,31 +50,33 @@ def test_the_configured_benchmarks_fall_into_the_expected_families():
 ARGS = {"episode_settings": ({"task": "x"},), "make_episodes": ({}, "b"),
         "train": ({}, "b", "maml", 0, "out", "cpu", None, print),
         "evaluate": ({}, "m", {}, "test", "cpu", None, print), "source_files": ("maml",), "config_hash": ({},)}
-# the function (module, name) each family's step reaches
+# the function (module, name) each family's step reaches; what the workflow plans with (episode settings,
+# source files) is metalearn.dependencies', without torch (tests/test_planning_without_torch.py checks it
+# against the families' own modules)
 REACHES = {
-    "episodes": {"episode_settings": ("metalearn.benchmarks", "episode_settings"),
+    "episodes": {"episode_settings": ("metalearn.dependencies", "episode_settings"),
                  "make_episodes": ("metalearn.benchmarks", "make_episodes"),
                  "train": ("metalearn.train", "train"),
                  "evaluate": ("metalearn.episodic", "evaluate_episodes"),
-                 "source_files": ("metalearn.algorithms", "source_files"),
+                 "source_files": ("metalearn.dependencies", "algorithm_files"),
                  "config_hash": ("metalearn.train", "config_hash")},
-    "continual": {"episode_settings": ("metalearn.continual.tasks", "episode_settings"),
+    "continual": {"episode_settings": ("metalearn.dependencies", "continual_episode_settings"),
                   "make_episodes": ("metalearn.continual.tasks", "make_episodes"),
                   "train": ("metalearn.continual.train", "train"),
                   "evaluate": ("metalearn.continual.evaluate", "evaluate"),
-                  "source_files": ("metalearn.continual.train", "source_files"),
+                  "source_files": ("metalearn.dependencies", "continual_files"),
                   "config_hash": ("metalearn.continual.train", "config_hash")},
-    "alphabets": {"episode_settings": ("metalearn.alphabets.tasks", "episode_settings"),
+    "alphabets": {"episode_settings": ("metalearn.dependencies", "alphabets_episode_settings"),
                   "make_episodes": ("metalearn.alphabets.tasks", "make_episodes"),
                   "train": ("metalearn.alphabets.train", "train"),
                   "evaluate": ("metalearn.alphabets.evaluate", "evaluate"),
-                  "source_files": ("metalearn.alphabets.train", "source_files"),
+                  "source_files": ("metalearn.dependencies", "alphabets_files"),
                   "config_hash": ("metalearn.alphabets.train", "config_hash")},
-    "rl": {"episode_settings": ("metalearn.benchmarks", "episode_settings"),
+    "rl": {"episode_settings": ("metalearn.dependencies", "episode_settings"),
            "make_episodes": ("metalearn.rl.tasks", "make_test_tasks"),
            "train": ("metalearn.rl.train", "train"),
            "evaluate": ("metalearn.rl.evaluate", "evaluate"),
-           "source_files": ("metalearn.rl.train", "source_files"),
+           "source_files": ("metalearn.dependencies", "rl_files"),
            "config_hash": ("metalearn.rl.train", "config_hash")},
 }
 DISPATCH = [(name, step, *REACHES[name][step]) for name in sorted(REACHES) for step in SIGNATURES]

@@ -19,7 +19,7 @@ from metalearn import benchmarks
 from metalearn.cli import main as cli
 from metalearn.config import validate
 from metalearn.data import episodes as ep
-from metalearn.data import imagenet
+from metalearn.data import imagenet, imagenet_files
 from metalearn.data.download import MIRROR_ENV, ChecksumError
 from metalearn.errors import ConfigError
 
@@ -128,7 +128,7 @@ def imagenet_params(tmp_path, dataset: str, source: dict | None = None, /, **ben
 
 
 def prepared(params: dict, dataset: str) -> dict:
-    imagenet.prepare(imagenet.download(params, dataset), benchmarks.prepared_path(params, dataset))
+    imagenet.prepare(imagenet_files.download(params, dataset), benchmarks.prepared_path(params, dataset))
     return imagenet.load(benchmarks.prepared_path(params, dataset))
 
 
@@ -190,7 +190,7 @@ def test_files_in_the_data_mirror_are_found(tmp_path, monkeypatch):
     truth = make_mini_pickles(tmp_path / "mirror" / "miniimagenet")
     monkeypatch.setenv(MIRROR_ENV, str(tmp_path / "mirror"))
     params = imagenet_params(tmp_path, "miniimagenet")
-    assert imagenet.locate(params, "miniimagenet").folder == tmp_path / "mirror" / "miniimagenet"
+    assert imagenet_files.locate(params, "miniimagenet").folder == tmp_path / "mirror" / "miniimagenet"
     assert_cache_holds(prepared(params, "miniimagenet"), truth)
 
 
@@ -203,13 +203,13 @@ def test_configured_urls_are_downloaded_and_verified(tmp_path):
              for p in sorted((tmp_path / "server").iterdir())}
     params = imagenet_params(tmp_path, "miniimagenet", {"files": files})
     assert_cache_holds(prepared(params, "miniimagenet"), truth)
-    assert sorted(p.name for p in imagenet.raw_dir(params, "miniimagenet").iterdir()) == sorted(files)
+    assert sorted(p.name for p in imagenet_files.raw_dir(params, "miniimagenet").iterdir()) == sorted(files)
 
     files["mini-imagenet-cache-test.pkl"]["sha256"] = "0" * 64
     params = imagenet_params(tmp_path / "other", "miniimagenet", {"files": files})
     with pytest.raises(ChecksumError, match="mini-imagenet-cache-test.pkl"):
-        imagenet.download(params, "miniimagenet")
-    assert not (imagenet.raw_dir(params, "miniimagenet") / "mini-imagenet-cache-test.pkl").exists()
+        imagenet_files.download(params, "miniimagenet")
+    assert not (imagenet_files.raw_dir(params, "miniimagenet") / "mini-imagenet-cache-test.pkl").exists()
 
 
 class _RunsCode:
@@ -242,15 +242,15 @@ def test_pickles_that_ask_for_any_other_class_or_function_are_refused_without_ru
 def test_missing_files_error_names_the_files_the_folder_and_the_settings(tmp_path):
     params = imagenet_params(tmp_path, "miniimagenet")
     with pytest.raises(imagenet.MissingData) as error:
-        imagenet.locate(params, "miniimagenet")
+        imagenet_files.locate(params, "miniimagenet")
     message = str(error.value)
-    for expected in ("mini-imagenet-cache-train.pkl", "train.csv", str(imagenet.raw_dir(params, "miniimagenet")),
+    for expected in ("mini-imagenet-cache-train.pkl", "train.csv", str(imagenet_files.raw_dir(params, "miniimagenet")),
                      "data.miniimagenet.path", "data.miniimagenet.files", "docs/data.md"):
         assert expected in message, expected
 
     params = imagenet_params(tmp_path, "tieredimagenet", {"path": str(tmp_path / "nowhere")})
     with pytest.raises(imagenet.MissingData, match="train_images_png.pkl.*test_labels.pkl") as error:
-        imagenet.locate(params, "tieredimagenet")
+        imagenet_files.locate(params, "tieredimagenet")
     assert str(tmp_path / "nowhere") in str(error.value)
 
 
@@ -297,7 +297,7 @@ def test_config_rejects_impossible_imagenet_benchmarks_naming_the_key(tmp_path, 
 
 
 @pytest.mark.parametrize("source, key", [
-    ({"files": {n: {"url": "https://example.org/" + n} for n in imagenet.FORMATS["miniimagenet"]["pickle"]}},
+    ({"files": {n: {"url": "https://example.org/" + n} for n in imagenet_files.FORMATS["miniimagenet"]["pickle"]}},
      "data.miniimagenet.files.mini-imagenet-cache-test.pkl: give its sha256"),
     ({"files": {"mini-imagenet-cache-train.pkl": {"url": "u", "sha256": "0" * 64}}}, "data.miniimagenet.files"),
     ({"format": "tiff"}, "data.miniimagenet.format"),

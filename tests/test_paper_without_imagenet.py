@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import ROOT
-from metalearn.data import imagenet
+from metalearn.data import imagenet_files
 from metalearn.data.download import MIRROR_ENV
 from test_imagenet import imagenet_params, make_mini_pickles, make_tiered
 from test_workflow import SNAKEMAKE, copy_project, workflow_env
@@ -148,7 +148,7 @@ def test_dvc_yaml_keeps_every_benchmark_whatever_files_the_machine_has(tmp_path,
     raw = yaml.safe_load((ROOT / "params.yaml").read_text()) | {"profile": "paper"}
     raw["data"]["miniimagenet"] = {"path": "/datasets/mini-imagenet"}
     raw["data"]["tieredimagenet"] = {"files": {name: {"url": f"https://example.org/{name}", "sha256": "0" * 64}
-                                               for name in imagenet.FORMATS["tieredimagenet"]["pickle"]}}
+                                               for name in imagenet_files.FORMATS["tieredimagenet"]["pickle"]}}
     stages = pipeline.dvc_stages(raw)["stages"]
     assert stages["prepare-miniimagenet"]["deps"] == ["/datasets/mini-imagenet"]
     assert "deps" not in stages["prepare-tieredimagenet"]

@@ -279,8 +279,8 @@ def test_default_rotations_keep_the_saved_episodes_and_the_rotated_classes(tmp_p
 
 
 def omniglot_sizes(bench: dict) -> dict[str, int]:
-    from metalearn.data import omniglot
-    return omniglot.split_sizes(bench["dataset"], bench["split"])
+    from metalearn.data import omniglot_splits
+    return omniglot_splits.split_sizes(bench["dataset"], bench["split"])
 
 
 # -- 6. BatchNorm statistics of the query images at evaluation --------------------------------------
@@ -578,7 +578,7 @@ def test_binary_images_are_the_maml_codes_pixels(mirror):
     import numpy as np
     from PIL import Image
 
-    from metalearn.data import omniglot
+    from metalearn.data import omniglot, omniglot_splits
 
     with zipfile.ZipFile(mirror / "images_background_small1.zip") as archive:
         names = [n for n in archive.namelist() if n.endswith(".png")][::97][:40]
@@ -590,7 +590,7 @@ def test_binary_images_are_the_maml_codes_pixels(mirror):
             assert set(np.unique(ours)) <= {0, 255}
     lanczos = omniglot._load_image(data).numpy()
     assert len(np.unique(lanczos)) > 2  # the default variant keeps grey edges: a different image
-    assert omniglot.split_sizes("omniglot-binary", "maml") == omniglot.split_sizes("omniglot", "maml")
+    assert omniglot_splits.split_sizes("omniglot-binary", "maml") == omniglot_splits.split_sizes("omniglot", "maml")
 
 
 def test_binary_variants_share_the_archives_download(tmp_path):
@@ -868,7 +868,7 @@ def test_dark_stroke_gives_the_imaml_codes_pixels(mirror):
 def test_imaml_benchmarks_draw_the_maml_codes_characters_and_episodes():
     """The paper profile's -imaml benchmarks differ from the MAML code's only in pixels and network: the
     same meta-test characters, and the same saved episodes (classes, drawings, rotations)."""
-    from metalearn.data import omniglot
+    from metalearn.data import omniglot, omniglot_splits
 
     paper = load_params(ROOT / "params.yaml", "paper")["benchmarks"]
     names = [f"background/A/character{i:04d}" for i in range(1623)]
@@ -882,7 +882,7 @@ def test_imaml_benchmarks_draw_the_maml_codes_characters_and_episodes():
         splits = [omniglot.split_classes(names, b["dataset"], b["split"], b["split_seed"]) for b in (maml, imaml)]
         assert all(torch.equal(splits[0][s], splits[1][s]) for s in ("train", "val", "test"))
         assert len(splits[1]["test"]) == 423  # the iMAML code's meta-test characters: chars[1200:]
-        sizes = omniglot.split_sizes(imaml["dataset"], imaml["split"])
+        sizes = omniglot_splits.split_sizes(imaml["dataset"], imaml["split"])
         episodes = [ep.make_eval_episodes(b, sizes) for b in (maml, imaml)]
         for split in ("val", "test"):
             assert set(episodes[1][split]) == {"classes", "drawings", "rotations"}

@@ -15,11 +15,11 @@ import torch
 import yaml
 
 from conftest import MIRROR, ROOT, write_params
-from metalearn import benchmarks, records
+from metalearn import benchmarks, paths, records
 from metalearn.cli import main
 from metalearn.config import ConfigError, apply_profile, validate
 from metalearn.data import episodes as ep
-from metalearn.data import omniglot
+from metalearn.data import omniglot, omniglot_splits
 
 
 def archive_alphabets(name: str) -> dict[str, int]:
@@ -34,57 +34,57 @@ def archive_alphabets(name: str) -> dict[str, int]:
 
 
 def test_the_alphabet_tables_are_the_archives(mirror):
-    assert omniglot.BACKGROUND_ALPHABETS == archive_alphabets("images_background.zip")
+    assert omniglot_splits.BACKGROUND_ALPHABETS == archive_alphabets("images_background.zip")
     small = {**archive_alphabets("images_background_small1.zip"), **archive_alphabets("images_background_small2.zip")}
-    assert omniglot.background_alphabets("omniglot-small") == small
-    assert omniglot.background_alphabets("omniglot-small-binary") == small
+    assert omniglot_splits.background_alphabets("omniglot-small") == small
+    assert omniglot_splits.background_alphabets("omniglot-small-binary") == small
 
 
 @pytest.mark.parametrize("variant", ["omniglot", "omniglot-small", "omniglot-binary"])
 def test_partition_is_disjoint_background_only_sized_and_deterministic(variant, mirror):
     evaluation = set(archive_alphabets("images_evaluation.zip"))
-    alphabets = omniglot.background_alphabets(variant)
-    counts = {"omniglot": (20, 4, 6), "omniglot-small": (4, 2, 2)}[omniglot.characters(variant)]
+    alphabets = omniglot_splits.background_alphabets(variant)
+    counts = {"omniglot": (20, 4, 6), "omniglot-small": (4, 2, 2)}[omniglot_splits.characters(variant)]
     seen = []
     for seed in range(5):
-        parts = omniglot.partition_alphabets(variant, seed)
-        assert parts == omniglot.partition_alphabets(variant, seed)  # by seed alone
+        parts = omniglot_splits.partition_alphabets(variant, seed)
+        assert parts == omniglot_splits.partition_alphabets(variant, seed)  # by seed alone
         train, val, test = (set(parts[k]) for k in ("train", "val", "test"))
         assert (len(train), len(val), len(test)) == counts
         assert not (train & val or train & test or val & test)
         assert train | val | test == set(alphabets) and not (train | val | test) & evaluation
-        assert all(alphabets[a] >= omniglot.EVAL_ALPHABET_MIN for a in val | test)  # 20-way tasks fit
-        assert {a for a, n in alphabets.items() if n < omniglot.EVAL_ALPHABET_MIN} <= train
-        sizes = omniglot.split_sizes(variant, "background-alphabets", seed)
+        assert all(alphabets[a] >= omniglot_splits.EVAL_ALPHABET_MIN for a in val | test)  # 20-way tasks fit
+        assert {a for a, n in alphabets.items() if n < omniglot_splits.EVAL_ALPHABET_MIN} <= train
+        sizes = omniglot_splits.split_sizes(variant, "background-alphabets", seed)
         assert sizes == {k: sum(alphabets[a] for a in parts[k]) for k in parts}
         seen.append(parts)
     assert any(p != seen[0] for p in seen[1:])  # the seed matters
     with pytest.raises(ValueError, match="split_seed"):
-        omniglot.split_sizes(variant, "background-alphabets")
+        omniglot_splits.split_sizes(variant, "background-alphabets")
 
 
 def test_split_seed_1_is_the_documented_partition():
-    parts = omniglot.partition_alphabets("omniglot", 1)
+    parts = omniglot_splits.partition_alphabets("omniglot", 1)
     assert parts["test"] == ["Alphabet_of_the_Magi", "Braille", "Gujarati", "Hebrew", "Korean", "Latin"]
     assert parts["val"] == ["Arcadian", "Asomtavruli_(Georgian)", "Japanese_(katakana)", "Tifinagh"]
-    assert omniglot.split_sizes("omniglot", "background-alphabets", 1) == {"train": 614, "val": 168, "test": 182}
+    assert omniglot_splits.split_sizes("omniglot", "background-alphabets", 1) == {"train": 614, "val": 168, "test": 182}
 
 
 def test_split_classes_leaves_out_the_evaluation_alphabets():
     """On the full set's class list (names only): each part is its alphabets' characters, in name order,
     and no class of images_evaluation is in any."""
-    names = sorted([f"background/{a}/character{i + 1:02d}" for a, n in omniglot.BACKGROUND_ALPHABETS.items()
+    names = sorted([f"background/{a}/character{i + 1:02d}" for a, n in omniglot_splits.BACKGROUND_ALPHABETS.items()
                     for i in range(n)] + [f"evaluation/Angelic/character{i + 1:02d}" for i in range(20)])
     parts = omniglot.split_classes(names, "omniglot", "background-alphabets", 1)
-    alphabets = omniglot.partition_alphabets("omniglot", 1)
+    alphabets = omniglot_splits.partition_alphabets("omniglot", 1)
     for part, index in parts.items():
         picked = [names[i] for i in index.tolist()]
         assert picked == sorted(picked) and all(n.startswith("background/") for n in picked)
-        assert sorted({omniglot.alphabet_of(n) for n in picked}) == alphabets[part]
-        assert len(picked) == omniglot.split_sizes("omniglot", "background-alphabets", 1)[part]
+        assert sorted({omniglot_splits.alphabet_of(n) for n in picked}) == alphabets[part]
+        assert len(picked) == omniglot_splits.split_sizes("omniglot", "background-alphabets", 1)[part]
         found, offsets = omniglot.alphabet_offsets(picked)
         assert found == alphabets[part]
-        assert offsets.diff().tolist() == [omniglot.BACKGROUND_ALPHABETS[a] for a in found]
+        assert offsets.diff().tolist() == [omniglot_splits.BACKGROUND_ALPHABETS[a] for a in found]
     with pytest.raises(ValueError, match="prepare the data again"):
         omniglot.split_classes(names[1:], "omniglot", "background-alphabets", 1)
 
@@ -137,7 +137,7 @@ def small_heads(tmp_path_factory, mirror) -> dict:
     """small_heads_params with the prepared omniglot-small cache and both benchmarks' saved episodes."""
     root = tmp_path_factory.mktemp("heads")
     params = small_heads_params(root)
-    archives = omniglot.download("omniglot-small", benchmarks.raw_dir(params), str(mirror))
+    archives = omniglot.download("omniglot-small", paths.raw_dir(params), str(mirror))
     omniglot.prepare("omniglot-small", archives, benchmarks.prepared_path(params, "omniglot-small"))
     for name in params["benchmarks"]:
         benchmarks.make_episodes(params, name)
@@ -149,13 +149,13 @@ def test_every_saved_and_sampled_episode_is_within_one_alphabet_of_its_part(smal
     _, names = omniglot.load(benchmarks.prepared_path(params, "omniglot-small"))
     for bench_name, bench in params["benchmarks"].items():
         parts = omniglot.split_classes(names, "omniglot-small", "background-alphabets", bench["split_seed"])
-        alphabets = omniglot.partition_alphabets("omniglot-small", bench["split_seed"])
+        alphabets = omniglot_splits.partition_alphabets("omniglot-small", bench["split_seed"])
         saved = benchmarks.read_current_episodes(params, bench_name, benchmarks.episode_settings(bench))
         assert saved["settings"]["within_alphabet"] is True
         for split in ("val", "test"):
             part = [names[i] for i in parts[split].tolist()]
             for row in saved[split]["classes"]:
-                owners = {omniglot.alphabet_of(part[c]) for c in row.tolist()}
+                owners = {omniglot_splits.alphabet_of(part[c]) for c in row.tolist()}
                 assert len(owners) == 1 and owners <= set(alphabets[split])
                 assert len(set(row.tolist())) == bench["ways"]
         # meta-training: the sampler's tasks are gathered from one (possibly rotated) alphabet's classes

@@ -30,7 +30,7 @@ PARAMS_FILE = "params.yaml"
 # MAML code (data/omniglot.py), so one download rule per archive set (OMNIGLOT_ARCHIVE_SETS)
 OMNIGLOT_DATASETS = ("omniglot", "omniglot-small", "omniglot-binary", "omniglot-small-binary")
 OMNIGLOT_ARCHIVE_SETS = ("omniglot", "omniglot-small")
-IMAGENET_DATASETS = ("miniimagenet", "tieredimagenet")  # user-supplied files (metalearn.data.imagenet)
+IMAGENET_DATASETS = ("miniimagenet", "tieredimagenet")  # user-supplied files (metalearn.data.imagenet_files)
 DATASETS = OMNIGLOT_DATASETS + IMAGENET_DATASETS
 
 
@@ -69,15 +69,15 @@ def datasets(params: dict) -> list[str]:
 def raw_inputs(params: dict, dataset: str) -> list[str]:
     """The files `prepare` reads: the Omniglot archives (made by `download`), or the ImageNet files
     where the user put them (none when prepare downloads them from data.<dataset>.files). Missing
-    ImageNet files raise imagenet.MissingData, naming the files expected and the setting to change,
+    ImageNet files raise imagenet_files.MissingData, naming the files expected and the setting to change,
     while the DAG is built, so before any job starts, and only when a target needs the data set: the
     default target leaves out the benchmarks whose files are missing (`planned`), so this is for a
     job of theirs named as a target."""
     if dataset in OMNIGLOT_DATASETS:
         return raw_archives(params, dataset)
-    from metalearn.data import imagenet
+    from metalearn.data import imagenet_files
 
-    source = imagenet.locate(params, dataset)
+    source = imagenet_files.locate(params, dataset)
     return [] if source is None else [path.as_posix() for path in source.files()]
 
 
@@ -94,9 +94,9 @@ def declared_raw_inputs(params: dict, dataset: str) -> list[str]:
     config = params["data"].get(dataset) or {}
     if config.get("files"):
         return []
-    from metalearn.data import imagenet
+    from metalearn.data import imagenet_files
 
-    return [Path(config["path"]).as_posix() if config.get("path") else imagenet.raw_dir(params, dataset).as_posix()]
+    return [Path(config["path"]).as_posix() if config.get("path") else imagenet_files.raw_dir(params, dataset).as_posix()]
 
 
 # ----------------------------------------------------------------------------- what Snakemake plans
@@ -104,15 +104,15 @@ def missing_data(params: dict) -> dict[str, str]:
     """The user-supplied data sets (IMAGENET_DATASETS: no official download) that the configured
     benchmarks read and whose files are neither where params.yaml says nor to be downloaded from
     data.<dataset>.files: {dataset: why, in one line, with the setting to change}."""
-    from metalearn.data import imagenet
+    from metalearn.data import imagenet_files
 
     missing = {}
     for dataset in datasets(params):
         if dataset in IMAGENET_DATASETS:
             try:
-                imagenet.locate(params, dataset)
-            except imagenet.MissingData:
-                missing[dataset] = imagenet.not_found(params, dataset)
+                imagenet_files.locate(params, dataset)
+            except imagenet_files.MissingData:
+                missing[dataset] = imagenet_files.not_found(params, dataset)
     return missing
 
 
@@ -124,16 +124,16 @@ def planned(params: dict, log=None) -> dict:
     and what to set to include them. Only the default target skips: a skipped benchmark's job named
     as a target still fails, with `raw_inputs`'s full message, and dvc.yaml keeps every benchmark
     (`dvc_stages`: it must not depend on the files of the machine that writes it). When every
-    benchmark lacks its data nothing could run: imagenet.MissingData, the first data set's message."""
-    from metalearn.data import imagenet
-    from metalearn.studies import study_datasets
+    benchmark lacks its data nothing could run: imagenet_files.MissingData, the first data set's message."""
+    from metalearn.data import imagenet_files
+    from metalearn.study_plans import study_datasets
 
     missing = missing_data(params)
     if not missing:
         return params
     skipped = {b for b, settings in params["benchmarks"].items() if settings.get("dataset") in missing}
     if skipped == set(params["benchmarks"]):
-        imagenet.locate(params, sorted(missing)[0])  # raises MissingData with the files expected
+        imagenet_files.locate(params, sorted(missing)[0])  # raises MissingData with the files expected
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     for dataset, why in sorted(missing.items()):
         log(f"skipping {', '.join(sorted(b for b in skipped if params['benchmarks'][b]['dataset'] == dataset))}: "
@@ -155,13 +155,14 @@ def planned(params: dict, log=None) -> dict:
 def source_files(algorithm: str) -> list[str]:
     """The package files that define an algorithm (metalearn.algorithms.source_files: its module,
     its base classes' and the algorithm modules they use, e.g. warpleap -> warpgrad.py, leap.py,
-    base.py); editing one reruns the algorithms defined with it."""
-    from metalearn import algorithms
+    base.py; known without importing them: metalearn.dependencies); editing one reruns the algorithms
+    defined with it."""
+    from metalearn import dependencies
 
-    if algorithm not in algorithms.ALGORITHMS:
+    if algorithm not in dependencies.ALGORITHM_MODULES:
         raise ConfigError(f"algorithm {algorithm!r} is configured but not implemented; "
-                          f"known: {sorted(algorithms.ALGORITHMS)}")
-    return _in_repository(algorithms.source_files(algorithm))
+                          f"known: {sorted(dependencies.ALGORITHM_MODULES)}")
+    return _in_repository(dependencies.algorithm_files(algorithm))
 
 
 def _in_repository(paths) -> list[str]:
@@ -188,16 +189,16 @@ def train_sources(params: dict, bench: str, algorithm: str) -> list[str]:
 
 # ----------------------------------------------------------------------------- paths
 def raw_archives(params: dict, dataset: str) -> list[str]:
-    from metalearn import benchmarks
-    from metalearn.data.omniglot import VARIANTS
+    from metalearn import paths
+    from metalearn.data.omniglot_splits import VARIANTS
 
-    return [(benchmarks.raw_dir(params) / name).as_posix() for name in VARIANTS[dataset]]
+    return [(paths.raw_dir(params) / name).as_posix() for name in VARIANTS[dataset]]
 
 
 def prepared(params: dict, dataset: str) -> list[str]:
-    from metalearn import benchmarks
+    from metalearn import paths
 
-    path = benchmarks.prepared_path(params, dataset)
+    path = paths.prepared_path(params, dataset)
     return [path.as_posix(), path.with_suffix(".json").as_posix()]
 
 
@@ -208,9 +209,9 @@ def bench_data(params: dict, bench: str) -> list[str]:
 
 
 def episodes(params: dict, bench: str) -> str:
-    from metalearn import benchmarks
+    from metalearn import paths
 
-    return benchmarks.episodes_path(params, bench).as_posix()
+    return paths.episodes_path(params, bench).as_posix()
 
 
 def model_dir(bench: str, algorithm: str, seed) -> str:
@@ -297,10 +298,11 @@ def study_outputs(name: str) -> list[str]:
 
 
 def study_sources(params: dict, name: str) -> list[str]:
-    """studies.py, the source files of the algorithms the study trains and the images it reads."""
-    from metalearn.studies import study_algorithms, study_datasets
+    """studies.py and study_plans.py (its runs), the source files of the algorithms the study trains and
+    the images it reads."""
+    from metalearn.study_plans import study_algorithms, study_datasets
 
-    files = ["src/metalearn/studies.py"]
+    files = ["src/metalearn/studies.py", "src/metalearn/study_plans.py"]
     for algorithm in study_algorithms(params, name):
         files += [f for f in source_files(algorithm) if f not in files]
     return files + [f for dataset in study_datasets(params, name) for f in prepared(params, dataset)]
@@ -308,7 +310,7 @@ def study_sources(params: dict, name: str) -> list[str]:
 
 def study_settings(params: dict, name: str) -> list[dict]:
     """Everything that determines the study's runs (a change reruns the study, nothing else)."""
-    from metalearn.studies import study_runs
+    from metalearn.study_plans import study_runs
 
     return study_runs(params, name)
 
@@ -359,10 +361,11 @@ def eval_settings(params: dict, bench: str) -> dict:
 
 
 def train_settings(params: dict, bench: str, algorithm: str, seed) -> dict:
-    """Everything that determines a training run (the config hash stored in model.pt)."""
-    from metalearn.train import run_config
+    """Everything that determines a training run (metalearn.train.run_config, whose hash is stored in
+    model.pt)."""
+    from metalearn.config import Run
 
-    return run_config(params, bench, algorithm, int(seed))
+    return Run.of(params, bench, algorithm, int(seed)).config()
 
 
 # ----------------------------------------------------------------------------- dvc.yaml
@@ -430,7 +433,7 @@ def dvc_stages(raw: dict) -> dict:
     for study in studies(params):
         bench = params["studies"][study]["benchmark"]
         settings = [k for k in params["benchmarks"][bench] if k != "algorithms"]
-        from metalearn.studies import study_algorithms
+        from metalearn.study_plans import study_algorithms
 
         keys = ([f"studies.{study}"] + [f"benchmarks.{bench}.{k}" for k in settings]
                 + [f"benchmarks.{bench}.algorithms.{a}" for a in study_algorithms(params, study)])

@@ -1,11 +1,5 @@
-"""From a benchmark's settings to its pieces: data paths, network, objective, task samplers.
-
-File layout below ``data.root`` (all produced by the pipeline steps, versioned by DVC):
-  raw/omniglot/<archive>.zip            download
-  raw/<miniimagenet|tieredimagenet>/    mini-/tiered-ImageNet files (see metalearn.data.imagenet)
-  prepared/<dataset>.pt (+ .json)       prepare
-  episodes/<benchmark>.pt               split (validation and test episodes)
-"""
+"""From a benchmark's settings to its pieces: network, objective, task samplers, saved episodes
+(their files: metalearn.paths; the settings they depend on: metalearn.dependencies)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,21 +9,14 @@ import torch
 
 from metalearn.data import episodes as ep
 from metalearn.data import imagenet, omniglot
+from metalearn.data.imagenet_files import DATASETS as IMAGENET_DATASETS
+from metalearn.data.omniglot_splits import split_sizes
+from metalearn.dependencies import episode_settings
 from metalearn.errors import BadFile
 from metalearn.models import build_model
+from metalearn.paths import episodes_path, prepared_path
+from metalearn.paths import raw_dir  # noqa: F401 -- records.py's benchmarks.raw_dir (not edited here)
 from metalearn.tasks import Objective, TaskBatch
-
-
-def raw_dir(params: dict) -> Path:
-    return Path(params["data"]["root"]) / "raw" / "omniglot"
-
-
-def prepared_path(params: dict, dataset: str) -> Path:
-    return Path(params["data"]["root"]) / "prepared" / f"{dataset}.pt"
-
-
-def episodes_path(params: dict, bench_name: str) -> Path:
-    return Path(params["data"]["root"]) / "episodes" / f"{bench_name}.pt"
 
 
 def objective_kind(bench: dict) -> str:
@@ -82,7 +69,7 @@ def train_sampler(params: dict, bench: dict, generator: torch.Generator, device:
         return ep.SinusoidSampler(bench["shots"], bench["queries"], generator, device, bench.get("frequency"))
     if bench["task"] == "polynomial":
         return ep.PolynomialSampler(bench["degree"], bench["shots"], bench["queries"], generator, device)
-    if bench["task"] in imagenet.DATASETS:
+    if bench["task"] in IMAGENET_DATASETS:
         images, offsets = load_split_pools(params, bench)["train"]
         return ep.PoolSampler(images.to(device), offsets.to(device), bench["ways"], bench["shots"],
                               bench["queries"], generator)
@@ -103,19 +90,10 @@ class StaleEpisodes(RuntimeError):
     """Saved episodes that belong to other benchmark settings."""
 
 
-EPISODE_SETTINGS = ("task", "dataset", "split", "split_seed", "ways", "shots", "eval_queries",
-                    "episode_seed", "val_tasks", "test_tasks", "degree", "frequency", "rotations", "within_alphabet")
-
-
-def episode_settings(bench: dict) -> dict:
-    """The settings that determine a benchmark's saved episodes (stored with them and checked on use)."""
-    return {k: bench[k] for k in EPISODE_SETTINGS if k in bench}
-
-
 def make_episodes(params: dict, bench_name: str) -> Path:
     bench = params["benchmarks"][bench_name]
     path = episodes_path(params, bench_name)
-    if bench["task"] in imagenet.DATASETS:  # classes of different sizes: drawings depend on the data
+    if bench["task"] in IMAGENET_DATASETS:  # classes of different sizes: drawings depend on the data
         sizes = {split: offsets.diff() for split, (_, offsets) in load_split_pools(params, bench).items()}
         ep.save_episodes({**ep.make_pool_eval_episodes(bench, sizes), "settings": episode_settings(bench)}, path)
         return path
@@ -124,7 +102,7 @@ def make_episodes(params: dict, bench_name: str) -> Path:
         return path
     counts = offsets = None
     if bench["task"] != "sinusoid":
-        counts = omniglot.split_sizes(bench["dataset"], bench["split"], bench["split_seed"])
+        counts = split_sizes(bench["dataset"], bench["split"], bench["split_seed"])
     if bench.get("within_alphabet"):  # the alphabets of each part: from the prepared class names
         offsets = {split: alphabet_offsets for split, (_, alphabet_offsets) in load_split_alphabets(params, bench).items()}
     ep.save_episodes({**ep.make_eval_episodes(bench, counts, offsets), "settings": episode_settings(bench)}, path)
@@ -168,7 +146,7 @@ def eval_batches(params: dict, bench_name: str, split: str, device: torch.device
         for start in range(0, len(tasks), chunk):
             yield tasks.slice(start, start + chunk).to(device)
         return
-    if bench["task"] in imagenet.DATASETS:
+    if bench["task"] in IMAGENET_DATASETS:
         images, offsets = load_split_pools(params, bench)[split]
         for start in range(0, saved["classes"].shape[0], chunk):
             yield ep.gather_pool_tasks(images, offsets, saved["classes"][start:start + chunk],

@@ -32,11 +32,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from metalearn import allocator, benchmarks, families
+from metalearn import allocator, benchmarks, families, paths
 from metalearn.config import benchmark, load_params
 from metalearn.data.download import data_mirror
 from metalearn.errors import BadInput, ConfigError
-from metalearn.data.omniglot import VARIANTS as OMNIGLOT_VARIANTS
+from metalearn.data.omniglot_splits import VARIANTS as OMNIGLOT_VARIANTS
 
 EXIT_FAILED, EXIT_BAD_INPUT, EXIT_BUG = 1, 2, 3
 EXIT_SLICE_ENDED = 75  # sysexits' EX_TEMPFAIL: "try again later", which resumes
@@ -190,11 +190,11 @@ def _datasets(params: dict, requested: str | None) -> list[str]:
 def _check_imagenet_files(params: dict, datasets: list[str]) -> None:
     """mini-/tiered-ImageNet have no official download: a missing file stops the command before any
     work starts, with the files expected and the setting to change."""
-    from metalearn.data import imagenet
+    from metalearn.data import imagenet_files
 
     for dataset in datasets:
-        if dataset in imagenet.DATASETS:
-            imagenet.locate(params, dataset)
+        if dataset in imagenet_files.DATASETS:
+            imagenet_files.locate(params, dataset)
 
 
 def _check_data_writable(params: dict, *folders: Path) -> None:
@@ -228,32 +228,32 @@ def _check_prepared(params: dict, names: list[str]) -> None:
 
 
 def cmd_download(params: dict, args) -> None:
-    from metalearn.data import imagenet, omniglot
+    from metalearn.data import imagenet_files, omniglot
 
     datasets = _datasets(params, args.dataset)
     _check_imagenet_files(params, datasets)
     for dataset in datasets:
-        if dataset in imagenet.DATASETS:
-            source = imagenet.download(params, dataset)
+        if dataset in imagenet_files.DATASETS:
+            source = imagenet_files.download(params, dataset)
             print(f"{dataset}: {source.format} files in {source.folder}", file=sys.stderr)
             continue
-        for path in omniglot.download(dataset, benchmarks.raw_dir(params), data_mirror(params)):
+        for path in omniglot.download(dataset, paths.raw_dir(params), data_mirror(params)):
             print(f"verified {path}", file=sys.stderr)
 
 
 def cmd_prepare(params: dict, args) -> None:
-    from metalearn.data import imagenet, omniglot
+    from metalearn.data import imagenet, imagenet_files, omniglot
 
     datasets = _datasets(params, args.dataset)
     _check_imagenet_files(params, datasets)
     _check_data_writable(params, *[benchmarks.prepared_path(params, d).parent for d in datasets[:1]])
     for dataset in datasets:
-        if dataset in imagenet.DATASETS:
-            manifest = imagenet.prepare(imagenet.download(params, dataset), benchmarks.prepared_path(params, dataset))
+        if dataset in imagenet_files.DATASETS:
+            manifest = imagenet.prepare(imagenet_files.download(params, dataset), benchmarks.prepared_path(params, dataset))
             print(f"prepared {dataset}: {manifest['classes_per_split']} classes (train/val/test), "
                   f"{manifest['images']} images -> {benchmarks.prepared_path(params, dataset)}", file=sys.stderr)
             continue
-        archives = omniglot.download(dataset, benchmarks.raw_dir(params), data_mirror(params))
+        archives = omniglot.download(dataset, paths.raw_dir(params), data_mirror(params))
         manifest = omniglot.prepare(dataset, archives, benchmarks.prepared_path(params, dataset))
         print(f"prepared {dataset}: {manifest['shape'][0]} characters x {manifest['shape'][1]} drawings "
               f"-> {benchmarks.prepared_path(params, dataset)}", file=sys.stderr)

@@ -17,6 +17,8 @@ from typing import Any
 import jsonschema
 import yaml
 
+from metalearn.data.imagenet_files import MIN_IMAGES_PER_CLASS, SPLIT_CLASSES
+from metalearn.data.omniglot_splits import split_sizes, within_alphabet_problems
 from metalearn.errors import ConfigError
 
 
@@ -200,8 +202,6 @@ def validate_schema(params: dict, where: str = "params.yaml") -> None:
 
 def check_semantics(params: dict, where: str = "params.yaml") -> None:
     """Checks a JSON schema cannot express; each error names the key (and the file, `where`)."""
-    from metalearn.data.omniglot import split_sizes, within_alphabet_problems  # local import: keeps config light
-
     problems = []
     for name, bench in params["benchmarks"].items():
         key = f"benchmarks.{name}"
@@ -313,8 +313,6 @@ def _mtnet_study_problems(params: dict) -> list[str]:
 
 def _imagenet_problems(key: str, bench: dict) -> list[str]:
     """Ways and shots against the standard splits (the prepared data are checked again when used)."""
-    from metalearn.data.imagenet import MIN_IMAGES_PER_CLASS, SPLIT_CLASSES
-
     problems = []
     sizes, fewest = SPLIT_CLASSES[bench["task"]], MIN_IMAGES_PER_CLASS[bench["task"]]
     if bench["ways"] > min(sizes.values()):

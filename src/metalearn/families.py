@@ -10,7 +10,8 @@ Three families have their own protocol and step in the same loop (metalearn.trai
 The command line (`metalearn split/train/evaluate`), MLflow tracking, records and the workflow ask
 `family(settings)` for the benchmark's family instead of testing the task themselves; every family is
 a `Family`. Each imports its modules inside its methods, when used: the workflow's parse imports
-only what its rules need, and this module sits below none of them.
+only what its rules need, and this module sits below none of them. What the workflow plans with, the
+episode settings and source files, comes from metalearn.dependencies, which imports no torch.
 """
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
+from metalearn import dependencies
 from metalearn.rl import RL_TASKS
 
 Log = Callable[[str], None]
@@ -61,9 +63,7 @@ class Episodes:
     name = "episodes"
 
     def episode_settings(self, bench: dict) -> dict:
-        from metalearn import benchmarks
-
-        return benchmarks.episode_settings(bench)
+        return dependencies.episode_settings(bench)
 
     def make_episodes(self, params: dict, bench_name: str) -> Path:
         from metalearn import benchmarks
@@ -83,9 +83,7 @@ class Episodes:
         return episodic.evaluate_episodes(params, model_path, saved, split, device, steps, log)
 
     def source_files(self, algorithm: str) -> list[Path]:
-        from metalearn import algorithms
-
-        return algorithms.source_files(algorithm)
+        return dependencies.algorithm_files(algorithm)
 
     def config_hash(self, config: dict) -> str:
         from metalearn import train
@@ -100,9 +98,7 @@ class Continual:
     name = "continual"
 
     def episode_settings(self, bench: dict) -> dict:
-        from metalearn.continual import tasks
-
-        return tasks.episode_settings(bench)
+        return dependencies.continual_episode_settings(bench)
 
     def make_episodes(self, params: dict, bench_name: str) -> Path:
         from metalearn.continual import tasks
@@ -122,9 +118,7 @@ class Continual:
         return evaluate.evaluate(params, model_path, saved, split, device, steps, log)
 
     def source_files(self, algorithm: str) -> list[Path]:
-        from metalearn.continual import train
-
-        return train.source_files(algorithm)
+        return dependencies.continual_files(algorithm)
 
     def config_hash(self, config: dict) -> str:
         from metalearn.continual import train
@@ -139,9 +133,7 @@ class Alphabets:
     name = "alphabets"
 
     def episode_settings(self, bench: dict) -> dict:
-        from metalearn.alphabets import tasks
-
-        return tasks.episode_settings(bench)
+        return dependencies.alphabets_episode_settings(bench)
 
     def make_episodes(self, params: dict, bench_name: str) -> Path:
         from metalearn.alphabets import tasks
@@ -161,9 +153,7 @@ class Alphabets:
         return evaluate.evaluate(params, model_path, saved, split, device, steps, log)
 
     def source_files(self, algorithm: str) -> list[Path]:
-        from metalearn.alphabets import train
-
-        return train.source_files(algorithm)
+        return dependencies.alphabets_files(algorithm)
 
     def config_hash(self, config: dict) -> str:
         from metalearn.alphabets import train
@@ -178,9 +168,7 @@ class RL:
     name = "rl"
 
     def episode_settings(self, bench: dict) -> dict:
-        from metalearn import benchmarks
-
-        return benchmarks.episode_settings(bench)
+        return dependencies.episode_settings(bench)
 
     def make_episodes(self, params: dict, bench_name: str) -> Path:
         from metalearn.rl import tasks
@@ -200,9 +188,7 @@ class RL:
         return evaluate.evaluate(params, model_path, saved, split, device, steps, log)
 
     def source_files(self, algorithm: str) -> list[Path]:
-        from metalearn.rl import train
-
-        return train.source_files(algorithm)
+        return dependencies.rl_files(algorithm)
 
     def config_hash(self, config: dict) -> str:
         from metalearn.rl import train

@@ -1,5 +1,7 @@
 # Configuration: params.yaml, the selected profile merged in, validated before any job is planned.
 # workflow/pipeline.py defines the jobs' files, params slices and commands (shared with dvc.yaml).
+# Parsing and planning import no torch (the modules used are torch-free; tests/test_planning_without_torch.py):
+# every Snakemake start, two per cluster job, would pay seconds for it.
 import sys
 from pathlib import Path
 
@@ -9,7 +11,8 @@ from snakemake.utils import validate
 sys.path.insert(0, str(Path(workflow.basedir) / "workflow"))
 import pipeline  # noqa: E402
 from metalearn.config import read_yaml  # noqa: E402
-from metalearn.data.imagenet import MissingData  # noqa: E402
+from metalearn.data.imagenet_files import MissingData  # noqa: E402
+from metalearn.gpus import cuda_available  # noqa: E402
 
 
 
@@ -54,7 +57,7 @@ RUNS = pipeline.runs(PLANNED)
 # Snakemake sets OMP_NUM_THREADS to the job's threads, which also caps the tasks a training runs
 # concurrently (algorithms/base.py), so `--cores N` runs N single-threaded jobs side by side. To give
 # fewer, wider jobs instead: `--set-threads train=2 evaluate=2`.
-ON_CUDA = __import__("torch").cuda.is_available()
+ON_CUDA = cuda_available()  # the CUDA driver's answer, as torch's (metalearn.gpus), without importing torch
 JOB_THREADS = 1
 JOB_RESOURCES = {"gpu": 1} if ON_CUDA else {}
 

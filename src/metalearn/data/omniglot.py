@@ -46,84 +46,15 @@ import torch
 from PIL import Image
 
 from metalearn.data.download import OMNIGLOT_FILES, fetch, file_digests, open_checked_zip
+from metalearn.data.omniglot_splits import (SMALL_TEST_ALPHABETS, SPLIT_SIZES, VARIANTS, alphabet_of,
+                                            background_alphabets, characters, partition_alphabets)
 
 IMAGE_SIZE = 28
 DRAWERS = 20
-VARIANTS = {
-    "omniglot": ["images_background.zip", "images_evaluation.zip"],
-    "omniglot-small": ["images_background_small1.zip", "images_background_small2.zip"],
-}
-VARIANTS.update({f"{name}-binary": archives for name, archives in list(VARIANTS.items())})
-ARCHIVE_SETS = ("omniglot", "omniglot-small")  # what is downloaded; the -binary variants read the same
-
-
-def characters(variant: str) -> str:
-    """The archive set of a variant ('omniglot-binary' -> 'omniglot'): its characters and splits."""
-    return variant.removesuffix("-binary")
 
 
 def resize_mode(variant: str) -> str:
     return "binary" if variant.endswith("-binary") else "lanczos"
-SMALL_TEST_ALPHABETS = ("Japanese_(katakana)", "Sanskrit", "Tagalog")
-_SPLIT_SIZES = {  # (meta-train, validation, meta-test) class counts, before rotations
-    ("omniglot", "maml"): (1100, 100, 423),
-    ("omniglot", "lake"): (864, 100, 659),
-    ("omniglot-small", "maml"): (159, 20, 63),
-    ("omniglot-small", "lake"): (116, 20, 106),
-}
-
-
-# The background alphabets and their numbers of characters (images_background.zip; tests/test_alphabet_split.py
-# checks them against the archives). The small subsets hold 8 of them, whole.
-BACKGROUND_ALPHABETS = {
-    "Alphabet_of_the_Magi": 20, "Anglo-Saxon_Futhorc": 29, "Arcadian": 26, "Armenian": 41,
-    "Asomtavruli_(Georgian)": 40, "Balinese": 24, "Bengali": 46, "Blackfoot_(Canadian_Aboriginal_Syllabics)": 14,
-    "Braille": 26, "Burmese_(Myanmar)": 34, "Cyrillic": 33, "Early_Aramaic": 22, "Futurama": 26, "Grantha": 43,
-    "Greek": 24, "Gujarati": 48, "Hebrew": 22, "Inuktitut_(Canadian_Aboriginal_Syllabics)": 16,
-    "Japanese_(hiragana)": 52, "Japanese_(katakana)": 47, "Korean": 40, "Latin": 26, "Malay_(Jawi_-_Arabic)": 40,
-    "Mkhedruli_(Georgian)": 41, "N_Ko": 33, "Ojibwe_(Canadian_Aboriginal_Syllabics)": 14, "Sanskrit": 42,
-    "Syriac_(Estrangelo)": 23, "Tagalog": 17, "Tifinagh": 55,
-}
-SMALL_ALPHABETS = ("Balinese", "Early_Aramaic", "Greek", "Japanese_(katakana)", "Korean", "Latin", "Sanskrit", "Tagalog")
-EVAL_ALPHABET_MIN = 20  # characters an alphabet needs to be drawn for validation or meta-test (20-way tasks)
-ALPHABET_SPLIT = {"omniglot": {"val": 4, "test": 6}, "omniglot-small": {"val": 2, "test": 2}}  # alphabets
-
-
-def alphabet_of(name: str) -> str:
-    """'background/Greek/character01' -> 'Greek'."""
-    return name.split("/")[1]
-
-
-def background_alphabets(variant: str) -> dict[str, int]:
-    """The background alphabets a variant holds: {name: characters}."""
-    if characters(variant) == "omniglot":
-        return dict(BACKGROUND_ALPHABETS)
-    return {name: BACKGROUND_ALPHABETS[name] for name in SMALL_ALPHABETS}
-
-
-def partition_alphabets(variant: str, seed: int) -> dict[str, list[str]]:
-    """split background-alphabets: {'train', 'val', 'test'} -> sorted alphabet names (module docstring).
-    Depends on the variant and the seed only (no data read), deterministic."""
-    alphabets = background_alphabets(variant)
-    eligible = sorted(a for a, n in alphabets.items() if n >= EVAL_ALPHABET_MIN)
-    small = sorted(a for a, n in alphabets.items() if n < EVAL_ALPHABET_MIN)
-    counts = ALPHABET_SPLIT[characters(variant)]
-    order = torch.randperm(len(eligible), generator=torch.Generator().manual_seed(seed)).tolist()
-    shuffled = [eligible[i] for i in order]
-    n_test, n_val = counts["test"], counts["val"]
-    return {"train": sorted(shuffled[n_test + n_val:] + small), "val": sorted(shuffled[n_test:n_test + n_val]),
-            "test": sorted(shuffled[:n_test])}
-
-
-def split_sizes(variant: str, split: str, seed: int | None = None) -> dict[str, int]:
-    """Characters (classes before rotations) of each part; background-alphabets' depend on `seed`."""
-    if split == "background-alphabets":
-        if seed is None:
-            raise ValueError("split background-alphabets: the sizes depend on split_seed; pass it")
-        alphabets = background_alphabets(variant)
-        return {part: sum(alphabets[a] for a in names) for part, names in partition_alphabets(variant, seed).items()}
-    train, val, test = _SPLIT_SIZES[(characters(variant), split)]
-    return {"train": train, "val": val, "test": test}
 
 
 def alphabet_offsets(names: list[str]) -> tuple[list[str], torch.Tensor]:
@@ -138,31 +69,6 @@ def alphabet_offsets(names: list[str]) -> tuple[list[str], torch.Tensor]:
             alphabets.append(alphabet)
             offsets.append(i)
     return alphabets, torch.tensor(offsets + [len(names)])
-
-
-def within_alphabet_problems(key: str, bench: dict) -> list[str]:
-    """params.yaml's checks of an Omniglot benchmark with `within_alphabet` (config.check_semantics)."""
-    if not bench.get("within_alphabet"):
-        return []
-    if bench["split"] != "background-alphabets":
-        return [f"{key}.within_alphabet: tasks within one alphabet need split background-alphabets (whole "
-                f"alphabets held out, none of images_evaluation), not {bench['split']!r}"]
-    problems = []
-    if bench.get("rotations") == "per_task":
-        problems.append(f"{key}.rotations: per_task turns each class of a task its own way; within one alphabet "
-                        "rotations are whole new alphabets (`classes`, the default)")
-    alphabets = background_alphabets(bench["dataset"])
-    parts = partition_alphabets(bench["dataset"], bench["split_seed"])
-    smallest = min((alphabets[a], a) for part in ("val", "test") for a in parts[part])
-    largest = max(alphabets[a] for a in parts["train"])
-    if bench["ways"] > smallest[0]:
-        problems.append(f"{key}.ways: {bench['ways']} ways within one alphabet, but validation/test alphabet "
-                        f"{smallest[1]} of split background-alphabets (split_seed {bench['split_seed']}) holds "
-                        f"{smallest[0]} characters; use at most {smallest[0]} ways")
-    elif bench["ways"] > largest:
-        problems.append(f"{key}.ways: {bench['ways']} ways within one alphabet, but no meta-training alphabet "
-                        f"holds more than {largest} characters")
-    return problems
 
 
 def download(variant: str, raw_dir: Path, mirror: str | None) -> list[Path]:
@@ -234,7 +140,7 @@ def split_classes(classes: list[str], variant: str, split: str, seed: int) -> di
     """Class indices of the meta-train / validation / meta-test classes (see the module docstring)."""
     if split == "background-alphabets":
         return _split_background_alphabets(classes, variant, seed)
-    n_train, n_val, n_test = _SPLIT_SIZES[(characters(variant), split)]
+    n_train, n_val, n_test = SPLIT_SIZES[(characters(variant), split)]
     if len(classes) != n_train + n_val + n_test:
         raise ValueError(f"{variant} should have {n_train + n_val + n_test} characters, the cache has {len(classes)}")
     generator = torch.Generator().manual_seed(seed)
