@@ -144,3 +144,30 @@ def test_ours_after_the_paper_texts_test_steps_is_read_from_the_runs_curve():
     assert "31.5 ± " in paper.markdown([row]) and "(3 steps)" in paper.markdown([row])
     sinusoid = {**run, "benchmark": "sinusoid-k5", "metric": "mse"}  # the text states no other steps there
     assert all(r["text_steps"] == "" for r in paper.paper_rows([sinusoid], {}))
+
+
+def test_every_measured_cause_names_its_note_and_published_numbers():
+    """causes.yaml: each entry a one-line cause, the dated note that measured it, and published numbers
+    it explains (a benchmark, algorithm and steps of paper_numbers.yaml)."""
+    entries = paper.causes()
+    for entry in entries:
+        assert set(entry) <= {"benchmark", "algorithm", "steps", "cause", "note"} and entry["cause"].strip(), entry
+        assert re.fullmatch(r"docs/notes/\d{4}-\d{2}-\d{2}-[a-z0-9-]+\.md", entry["note"]) and (ROOT / entry["note"]).is_file()
+        assert any(n["benchmark"] == entry["benchmark"] and n["algorithm"] == entry["algorithm"]
+                   and ("steps" not in entry or n.get("steps") in entry["steps"]) for n in paper.paper_numbers()), entry
+
+
+def test_a_measured_cause_stands_beside_a_verdict_outside_the_papers_interval_only(monkeypatch):
+    monkeypatch.setattr(paper, "causes", lambda: [{"benchmark": "navigation-2d", "algorithm": "maml", "steps": [2, 3],
+                                                   "cause": "episodes never ended", "note": "docs/notes/x.md"}])
+    published = {n["steps"]: n for n in paper.paper_numbers()
+                 if (n["benchmark"], n["algorithm"]) == ("navigation-2d", "maml")}
+    curve = [[published[s]["mean"]] * 40 for s in range(4)]
+    curve[3] = [published[3]["mean"] - 10] * 40  # far below the paper's after 3 steps only
+    run = {"benchmark": "navigation-2d", "algorithm": "maml", "metric": "return", "inner_steps": 3,
+           "per_episode": curve[3], "per_episode_curve": curve, "iterations": 100}
+    rows = {r["steps"]: r for r in paper.paper_rows([run], {"navigation-2d": {"test_rollouts": 40}})}
+    assert rows[2]["verdict"] == "within the paper's CI" and rows[2]["cause"] == ""
+    assert rows[3]["verdict"].startswith("below") and rows[3]["cause"] == "episodes never ended (docs/notes/x.md)"
+    assert rows[1]["cause"] == ""  # within, and no cause listed for step 1 anyway
+    assert "| episodes never ended (docs/notes/x.md) |" in paper.markdown(list(rows.values()))

@@ -21,14 +21,30 @@ from metalearn.config import read_yaml
 from metalearn.stats import mean_ci95
 
 NUMBERS_PATH = Path(__file__).with_name("paper_numbers.yaml")
+CAUSES_PATH = Path(__file__).with_name("causes.yaml")
 COLUMNS = ["benchmark", "algorithm", "metric", "steps", "paper_mean", "paper_ci95", "source", "ours_mean",
            "ours_ci95", "episodes", "iterations_ratio", "verdict", "text_steps", "ours_text_steps_mean",
-           "ours_text_steps_ci95"]
+           "ours_text_steps_ci95", "cause"]
 
 
 @functools.lru_cache(maxsize=4)
 def paper_numbers(path: Path = NUMBERS_PATH) -> list[dict]:
     return read_yaml(path, what="the papers' numbers") or []
+
+
+@functools.lru_cache(maxsize=4)
+def causes(path: Path = CAUSES_PATH) -> list[dict]:
+    """The measured causes of gaps (causes.yaml): benchmark, algorithm, steps (absent: every step), cause, note."""
+    return read_yaml(path, what="the measured causes of gaps") or []
+
+
+def cause_of(bench_name: str, paper: dict, steps: int) -> str:
+    """The measured cause written beside a verdict outside the paper's interval ('' where none is known)."""
+    for entry in causes():
+        if (entry["benchmark"] in (bench_name, paper["benchmark"]) and entry["algorithm"] == paper["algorithm"]
+                and ("steps" not in entry or steps in entry["steps"])):
+            return f"{entry['cause']} ({entry['note']})"
+    return ""
 
 
 @functools.lru_cache(maxsize=1)
@@ -106,15 +122,18 @@ def paper_rows(results: list[dict], settings: dict[str, dict] | None = None,
             mismatch = [f"{key} {bench.get(key)!r}, the paper's {value!r}"  # a list: any of its values
                         for key, value in (paper.get("requires") or {}).items()
                         if bench.get(key) not in (value if isinstance(value, list) else [value])]
+            found = verdict(paper, mean, ci95, ratio, mismatch)
+            outside = not found.startswith(("within", "not comparable", "budget-limited"))
             rows.append({"benchmark": bench_name, "algorithm": paper["algorithm"], "metric": paper["metric"],
                          "steps": steps, "paper_mean": paper["mean"],
                          "paper_ci95": "" if paper.get("ci95") is None else paper["ci95"], "source": paper["source"],
                          "ours_mean": round(mean, 4), "ours_ci95": round(ci95, 4), "episodes": episodes,
                          "iterations_ratio": "" if ratio is None else round(ratio, 3),
-                         "verdict": verdict(paper, mean, ci95, ratio, mismatch),
+                         "verdict": found,
                          "text_steps": text if at_text else "",
                          "ours_text_steps_mean": round(at_text[0], 4) if at_text else "",
-                         "ours_text_steps_ci95": round(at_text[1], 4) if at_text else ""})
+                         "ours_text_steps_ci95": round(at_text[1], 4) if at_text else "",
+                         "cause": cause_of(bench_name, paper, steps) if outside else ""})
     return rows
 
 
@@ -125,18 +144,20 @@ def markdown(rows: list[dict]) -> str:
              "MSE; ± is the 95% CI (ours: 1.96·std/√episodes over the saved test episodes, seeds pooled). "
              "`iterations`: our meta-iterations ÷ the paper's. `steps` follow the official code; where the "
              "paper's text states other test steps, ours after those is the last column (the verdict is the "
-             "code's).", "",
-             "| benchmark | algorithm | steps | paper | source | ours | iterations | verdict | ours at the text's steps |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "code's). Beside a verdict outside the paper's interval: its cause where a measurement found one "
+             "(src/metalearn/causes.yaml, with the note that measured it).", "",
+             "| benchmark | algorithm | steps | paper | source | ours | iterations | verdict | ours at the text's steps | "
+             "measured cause |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         paper = f"{r['paper_mean']}" + (f" ± {r['paper_ci95']}" if r["paper_ci95"] != "" else "")
         text = (f"{r['ours_text_steps_mean']:.4g} ± {r['ours_text_steps_ci95']:.2g} ({r['text_steps']} steps)"
                 if r.get("text_steps", "") != "" else "")
         lines.append(f"| {r['benchmark']} | {r['algorithm']} | {r['steps']} | {paper} | {r['source']} | "
                      f"{r['ours_mean']:.4g} ± {r['ours_ci95']:.2g} | {r['iterations_ratio']} | {r['verdict']} | "
-                     f"{text} |")
+                     f"{text} | {r.get('cause', '')} |")
     if not rows:
-        lines.append("| (no result of this run has a published number) | | | | | | | | |")
+        lines.append("| (no result of this run has a published number) | | | | | | | | | |")
     return "\n".join(lines) + "\n"
 
 
