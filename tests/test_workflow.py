@@ -295,7 +295,9 @@ def test_quick_profile_end_to_end_reruns_and_dvc_round_trip(tmp_path, quick_run)
     assert counts == Counter(train=1, evaluate=1, aggregate=1, all=1)
     assert trains == ["benchmark=sinusoid, algorithm=maml, seed=0"]
     # A data parameter (test episodes of one benchmark): its episodes and evaluations, no training.
-    params_file.write_text(original.replace("        test_tasks: 50\n", "        test_tasks: 60\n"))
+    more_tasks = original.replace("test_tasks: 50,", "test_tasks: 60,", 1)  # the quick profile's sinusoid
+    assert more_tasks != original
+    params_file.write_text(more_tasks)
     sinusoid_runs = sum(1 for bench, _, _ in runs_planned if bench == "sinusoid")
     # (the MT-net study draws its tasks with the sinusoid benchmark's settings: it reruns too)
     assert plan(project)[0] == Counter(split=1, evaluate=sinusoid_runs, aggregate=1, study_mtnet=1, all=1)

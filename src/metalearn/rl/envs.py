@@ -13,7 +13,7 @@ move (point_env_randgoal.py `done`; rllab's rollout stops there, in training and
 fixed-length tensors an ended episode is frozen (no move, reward 0) and the sampler records the steps
 taken (`terminates`, metarl.Rollouts.mask), as for the Ant. Without it a policy near its goal keeps
 paying for its action noise: MAML's return after 2-3 test steps was about -11 instead of about -4
-(docs/notes/2026-12-07-navigation-vs-official.md).
+(docs/notes/navigation-vs-official.md).
 """
 from __future__ import annotations
 
