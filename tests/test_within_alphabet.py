@@ -211,7 +211,7 @@ def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episode
     assert main(["split", *base, "-b", "omniglot-alphabet-20w1s"]) == 0
     results = {}
     for bench, algorithm in (("omniglot-alphabet-5w1s", "maml"), ("omniglot-alphabet-20w1s", "maml"),
-                             ("omniglot-alphabet-20w1s", "protomaml")):
+                             ("omniglot-alphabet-20w1s", "protomaml"), ("omniglot-alphabet-5w1s", "protomaml")):
         out = tmp_path / "models" / bench / algorithm / "seed0"
         assert main(["train", *base, "-b", bench, "-a", algorithm, "--out", str(out), "--device", "cpu"]) == 0
         for head in (None, "trained", "zero", "proto"):
@@ -241,6 +241,12 @@ def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episode
         assert (result["model_benchmark"], result["model_ways"]) == ("omniglot-alphabet-5w1s", 5)
     assert main(["evaluate", *base, "--model", str(model), "--out", str(tmp_path / "x.json"), "--benchmark",
                  "omniglot-alphabet-20w1s", "--head", "trained", "--device", "cpu"]) == 2
+    # Proto-MAML trained at 5 ways on the 20-way episodes: its head built for 20 classes in each episode
+    proto_model = tmp_path / "models" / "omniglot-alphabet-5w1s" / "protomaml" / "seed0" / "model.pt"
+    assert main(["evaluate", *base, "--model", str(proto_model), "--out", str(tmp_path / "eval" / "5w-protomaml-on-20w-proto.json"),
+                 "--benchmark", "omniglot-alphabet-20w1s", "--device", "cpu"]) == 0
+    across = json.loads((tmp_path / "eval" / "5w-protomaml-on-20w-proto.json").read_text())
+    assert (across["ways"], across["head"], across["episodes"]) == (20, "proto", 6)
     assert "the trained head has 5 outputs" in capsys.readouterr().err
     # the plain evaluation's `eval_heads` entries: each the same numbers as its own --head (--benchmark) run
     for (bench, algorithm, head), result in results.items():
@@ -256,14 +262,15 @@ def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episode
             if on == bench:
                 alone = results[bench, algorithm, asked]
             else:
-                alone = json.loads((tmp_path / "eval" / f"5w-on-20w-{asked}.json").read_text())
+                other = f"5w-on-20w-{asked}.json" if algorithm == "maml" else f"5w-protomaml-on-20w-{asked}.json"
+                alone = json.loads((tmp_path / "eval" / other).read_text())
             assert (entry["policy"], entry["per_episode"], entry["mean"]) == (alone["head"], alone["per_episode"], alone["mean"])
             assert entry["curve"][-1]["mean"] == entry["mean"]  # eval_curve: step 0 (the prototype classifier) too
     # records keep the heads; verify re-derives them, and names a changed one
     recorded = tmp_path / "recorded"
     written = records.write_records(params, recorded, tmp_path / "models", tmp_path / "evals", runtimes=None,
                                     log=lambda s: None)
-    assert len(written) == 3
+    assert len(written) == 4
     assert all(not c.problems for c in records.verify(recorded, path, log=lambda s: None)), "verify failed"
     record_file = recorded / "heads" / "omniglot-alphabet-5w1s" / "maml" / "seed0" / "record.json"
     record = json.loads(record_file.read_text())

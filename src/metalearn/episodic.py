@@ -83,10 +83,12 @@ def evaluate_episodes(params: dict, model_path: Path, saved: dict, split: str = 
 
 def _with_head(algo, saved: dict, ways: int, head: str, device: str):
     """(algorithm, head policy) for episodes of `ways` classes: the loaded model itself under the
-    `trained` policy (and for algorithms that build their head from the support set), else the model
-    rebuilt by head_policies.adapted_algorithm (its head zeroed: `zero`, or set per episode: `proto`)."""
+    `trained` policy (and for algorithms that build their head from the support set, at the training's
+    number of classes), else the model rebuilt by head_policies.adapted_algorithm for `ways` classes
+    (its head zeroed: `zero`, or set per episode: `proto`, as those algorithms then set it themselves)."""
     policy = head_policy(saved, ways, head)
-    if policy == "trained" or getattr(algo, "head_from_support", False):
+    same_ways = ways == saved["config"]["settings"].get("ways")
+    if policy == "trained" or (getattr(algo, "head_from_support", False) and same_ways):
         return algo, policy  # nothing rebuilt: the evaluation exactly as without --head
     return adapted_algorithm(saved, ways, policy, device)
 
