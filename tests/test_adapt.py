@@ -128,7 +128,8 @@ def test_preprocessing_is_saved_with_the_model_and_derived_for_older_files(prepa
 def test_other_ways_get_a_zero_head_and_keep_every_other_meta_parameter(untrained_omniglot):
     _, path = untrained_omniglot
     saved = torch.load(path, weights_only=True)
-    algo, policy = hp.adapted_algorithm(saved, 7, "auto", "cpu")
+    assert hp.head_policy(saved, 7, "auto") == "proto"  # auto at another number of classes (docs/adapt.md)
+    algo, policy = hp.adapted_algorithm(saved, 7, "zero", "cpu")
     assert policy == "zero"
     state = algo.state_dict()
     assert state["model.head.weight"].shape == (7, 64) and not state["model.head.weight"].any()
@@ -158,6 +159,7 @@ def test_a_zero_head_predicts_uniformly_before_adaptation(untrained_omniglot):
 def test_algorithms_with_class_shaped_meta_parameters_refuse_other_ways(tmp_path, algorithm, shaped):
     params = quick_params(tmp_path)
     saved = torch.load(save_untrained(params, "omniglot-5w1s", algorithm, tmp_path / "m.pt"), weights_only=True)
+    assert hp.head_policy(saved, 6, "auto") == ("zero" if algorithm in ("tnet", "mtnet") else "proto")  # T after the head
     with pytest.raises(hp.AdaptError, match=f"meta-learned .*{shaped}.* for 5 classes; it cannot adapt to 6"):
         hp.adapted_algorithm(saved, 6, "auto", "cpu")
     hp.adapted_algorithm(saved, 5, "zero", "cpu")  # the same number of classes works, with either head
@@ -275,7 +277,7 @@ def test_an_mlflow_run_uri_resolves_to_its_logged_model(untrained_omniglot, tmp_
 def test_briefly_trained_maml_classifies_new_characters_from_folders(prepared_small, mirror, tmp_path, capsys):
     """MAML trained for a short run on omniglot-small, then `metalearn adapt` on meta-test characters
     (never seen in training), arranged as folders of the archives' PNGs: 5 ways, 1 shot, far above
-    the 20% of chance; 20 ways (a zero head) above its 5%."""
+    the 20% of chance; 20 ways (the prototype head, auto's choice, and a zero head) above its 5%."""
     iterations = 150
     params = quick_params(Path(prepared_small["data"]["root"]).parent, benchmarks={"omniglot-5w1s": {
         "train": {"meta_batch": 8, "iterations": iterations, "checkpoint_every": iterations, "log_every": 50}}})
@@ -304,5 +306,7 @@ def test_briefly_trained_maml_classifies_new_characters_from_folders(prepared_sm
 
     support, query = write_task(tmp_path / "twenty", pngs, shots=1, queries=5)
     result = ad.adapt(model, support, query, steps=10, device="cpu")
-    assert result.head == "zero" and len(result.classes) == 20
+    assert result.head == "proto" and len(result.classes) == 20  # auto at another number of classes
     assert result.accuracy > 0.2, result.accuracy  # chance: 5%
+    zero = ad.adapt(model, support, query, steps=10, head="zero", device="cpu")
+    assert zero.head == "zero" and zero.accuracy > 0.2, zero.accuracy

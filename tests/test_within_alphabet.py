@@ -230,9 +230,9 @@ def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episode
         assert result["head"] == ("proto" if algorithm == "protomaml" else head or "trained")
     assert results["omniglot-alphabet-20w1s", "maml", None]["per_episode"] == \
         results["omniglot-alphabet-20w1s", "maml", "trained"]["per_episode"]
-    # the 5-way model on the 20-way within-alphabet episodes: zero and proto heads (auto: zero), not trained
+    # the 5-way model on the 20-way within-alphabet episodes: zero and proto heads (auto: proto), not trained
     model = tmp_path / "models" / "omniglot-alphabet-5w1s" / "maml" / "seed0" / "model.pt"
-    for head, expected in (("proto", "proto"), ("zero", "zero"), (None, "zero")):
+    for head, expected in (("proto", "proto"), ("zero", "zero"), (None, "proto")):
         out = tmp_path / "eval" / f"5w-on-20w-{head}.json"
         assert main(["evaluate", *base, "--model", str(model), "--out", str(out), "--benchmark",
                      "omniglot-alphabet-20w1s", "--device", "cpu"] + ([] if head is None else ["--head", head])) == 0

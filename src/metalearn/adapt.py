@@ -34,7 +34,7 @@ colour model: the network never saw such inputs, and its predictions would be me
 
 The output layer when the number of classes differs from training (``head``):
   auto     (default) the trained head when the support has the training's number of classes,
-           else `zero`.
+           else `proto` (`zero` for T-nets and MT-nets): measured better (docs/results/heads.md).
   trained  keep the meta-learned head; an error when the number of classes differs.
   zero     the linear head (``model.head``) gets one output per support class, its weights and
            bias set to zero before adaptation; every other meta-learned parameter is kept.

@@ -543,7 +543,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=_nonnegative_int, default=None,
                    help="adaptation steps (default: the algorithm's test steps)")
     p.add_argument("--head", default="auto", choices=["auto", "trained", "zero", "proto"],
-                   help="output layer: trained head, or zero-initialised (auto: zero when the classes differ in number)")
+                   help="output layer: trained head, zero-initialised, or set from the support features (proto); "
+                        "auto: trained at the training's number of classes, else proto (docs/adapt.md)")
     p.add_argument("--device", default="auto", type=_device)
     p.set_defaults(func=cmd_adapt)
 

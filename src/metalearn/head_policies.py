@@ -4,7 +4,9 @@
   trained  the meta-learned head (needs the training's number of classes)
   zero     one output per class, weights and bias zero: every class scores alike until the steps
   proto    set from the support set's features (heads.py: weight 2 c_k, bias -||c_k||^2), then the steps
-  auto     trained at the training's number of classes, else zero
+  auto     trained at the training's number of classes, else proto (zero for T-nets and MT-nets): on the
+           heads profile's within-alphabet 20-way tasks a 5-way model scored far better from the
+           prototype head than from the zero head (the records' table: docs/results/heads.md)
 Algorithms that build their head from each task's support set (`head_from_support`: protomaml,
 foprotomaml) always get proto; T-nets and MT-nets (T after the head) cannot take proto.
 
@@ -33,8 +35,9 @@ class AdaptError(ValueError):
 
 def head_policy(saved: dict, ways: int, head: str = "auto") -> str:
     """The head policy a saved model gets for `ways` classes under `head` (HEAD_POLICIES): `auto` is
-    `trained` at the training's number of classes, else `zero`; algorithms that build their head from
-    the support set always get `proto`. An AdaptError when the policy cannot apply."""
+    `trained` at the training's number of classes, else `proto` (`zero` where proto cannot apply: T-nets
+    and MT-nets); algorithms that build their head from the support set always get `proto`. An
+    AdaptError when the policy cannot apply."""
     if head not in HEAD_POLICIES:
         raise AdaptError(f"head policy must be one of {HEAD_POLICIES}, not {head!r}")
     config = saved["config"]
@@ -54,7 +57,9 @@ def head_policy(saved: dict, ways: int, head: str = "auto") -> str:
     if head == "proto" and issubclass(cls, TNet):
         raise AdaptError(f"{config['algorithm']} transforms the head's outputs (its T follows the head): "
                          "a prototype head does not apply; use --head trained, zero (or auto)")
-    return "trained" if head == "auto" and ways == trained_ways else ("zero" if head == "auto" else head)
+    if head == "auto":
+        return "trained" if ways == trained_ways else ("zero" if issubclass(cls, TNet) else "proto")
+    return head
 
 
 def adapted_algorithm(saved: dict, ways: int, head: str = "auto", device: str = "auto") -> tuple[Algorithm, str]:
