@@ -83,7 +83,7 @@ def evaluate_heads(params: dict, model_path: Path, saved: dict, split: str = "te
     from metalearn.head_policies import AdaptError, head_policy
 
     own = saved["config"]["benchmark"]
-    entries = []
+    entries, digests = [], {}  # each scored benchmark's episodes file hashed once
     for head, other in eval_heads(params["benchmarks"][own]):
         target = other or own
         entry = {"head": head, "benchmark": target}
@@ -93,8 +93,10 @@ def evaluate_heads(params: dict, model_path: Path, saved: dict, split: str = "te
             entries.append({**entry, "refused": str(exc)})
             continue
         result = evaluate(params, model_path, split, device, log=log, head=head, benchmark=other)
+        if target not in digests:
+            digests[target] = provenance.file_content_digest(benchmarks.episodes_path(params, target))
         entries.append({**entry, "policy": result["head"], **{k: result[k] for k in HEAD_RESULT_KEYS if k in result},
-                        "episodes_digest": provenance.file_content_digest(benchmarks.episodes_path(params, target))})
+                        "episodes_digest": digests[target]})
         log(f"[evaluate {own}/{saved['config']['algorithm']}] head {head} on {target}: {result['metric']} "
             f"{result['mean']:.3f} +- {result['ci95']:.3f}")
     return entries
