@@ -17,11 +17,11 @@ export PATH := $(abspath $(BIN)):$(PATH)
 
 install: $(STAMP)
 
-# torch/torchvision are pinned in pyproject.toml; pip takes them from the local wheel cache when present.
-$(STAMP): pyproject.toml
+# torch/torchvision are pinned in pyproject.toml; uv (pip where uv fails) installs with pip's configuration,
+# so the local wheel cache is used when present (workflow/install.py).
+$(STAMP): pyproject.toml workflow/install.py
 	test -d $(VENV) || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip 2>&1 | grep -v "is ignored" || true
-	$(BIN)/pip install --quiet -e '.[test]' 2>&1 | grep -v "is ignored" || true
+	$(BIN)/python workflow/install.py $(BIN)/python '.[test]' 2>&1 | grep -v "is ignored" || true
 	$(BIN)/python -c "import metalearn, torch, snakemake, dvc, mlflow"
 	touch $(STAMP)
 

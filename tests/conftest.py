@@ -26,14 +26,18 @@ def pytest_configure(config):
 def share_the_cores() -> None:
     """Under pytest-xdist each worker is a process, and PyTorch gives each one every core as intra-op
     threads: on 2 cores, two workers' convolutions ran 4 threads, and a test that meta-trains one chunk
-    took 35-51 s instead of 7 (fresh-clone CI, 2026-12-01). A worker gets its share of the cores
-    instead. Tests that need threads for tasks ask for them (METALEARN_TASK_THREADS); commands the
-    tests start set their own."""
+    took 35-51 s instead of 7 (docs/notes/test-suite-timing.md). A worker gets its share of the cores
+    instead, and so do the commands it starts (OMP_NUM_THREADS, read by PyTorch at its start): a
+    `metalearn verify` of a small MLP's record took 7 times as long on 2 threads beside other work as on
+    1. Tests that need threads ask for them (METALEARN_TASK_THREADS, torch.set_num_threads, or an
+    OMP_NUM_THREADS of their own in a command's environment); Snakemake sets its jobs' own."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if workers > 1:
         import torch
 
-        torch.set_num_threads(max(1, torch.get_num_threads() // workers))
+        share = max(1, torch.get_num_threads() // workers)
+        torch.set_num_threads(share)
+        os.environ["OMP_NUM_THREADS"] = str(share)
 
 
 # Tests that read the session's quick-profile run (the `quick_run` fixture, tests/quick_run.py).

@@ -25,10 +25,12 @@ PROFILES = sorted(read_yaml(ROOT / "params.yaml")["profiles"])
 
 @pytest.fixture(scope="module")
 def no_torch(tmp_path_factory) -> Path:
-    """A folder that, first on PYTHONPATH, makes `import torch` fail."""
+    """A folder that, first on PYTHONPATH, makes `import torch` (and matplotlib, also slow to import and
+    only for drawing) fail."""
     folder = tmp_path_factory.mktemp("no-torch")
-    (folder / "torch").mkdir()
-    (folder / "torch" / "__init__.py").write_text('raise ImportError("torch imported while planning")\n')
+    for module in ("torch", "matplotlib"):
+        (folder / module).mkdir()
+        (folder / module / "__init__.py").write_text(f'raise ImportError("{module} imported while planning")\n')
     return folder
 
 
@@ -50,7 +52,7 @@ def test_snakemake_plans_every_job_without_torch(tmp_path, no_torch, profile):
                          env=without_torch(workflow_env(project), no_torch), capture_output=True, text=True)
     text = out.stdout + out.stderr
     assert out.returncode == 0, text[-6000:]
-    assert "torch imported while planning" not in text
+    assert "torch imported while planning" not in text and "matplotlib imported while planning" not in text
     params = load_params(ROOT / "params.yaml", profile)
     runs = sum(len(b["algorithms"]) for b in params["benchmarks"].values()) * len(params["seeds"])
     stats = text[text.index("Job stats:"):]
@@ -97,7 +99,7 @@ PLAN_EVERY_PROFILE = textwrap.dedent("""
     pipeline.dvc_stages(raw)
     from metalearn.gpus import cuda_available
     cuda_available()
-    assert "torch" not in sys.modules, "torch imported"
+    assert "torch" not in sys.modules and "matplotlib" not in sys.modules, "torch or matplotlib imported"
     print("planned without torch")
 """)
 
@@ -117,31 +119,30 @@ def test_the_algorithms_files_are_those_importing_them_finds():
         assert dependencies.algorithm_files(name) == algorithms.source_files(name), name
 
 
-def test_the_families_plan_with_their_own_modules_settings_and_files():
-    """What each family answers without torch is what its modules (which the runs use) say."""
+def test_the_families_modules_take_their_facts_from_dependencies():
+    """One source for each fact: what planning reads (metalearn.dependencies) is what the runs use."""
     from metalearn import benchmarks
     from metalearn.alphabets import tasks as alphabet_tasks, train as alphabet_train
     from metalearn.continual import tasks as continual_tasks, train as continual_train
     from metalearn.rl import train as rl_train
 
-    assert dependencies.CONTINUAL_EPISODE_SETTINGS == continual_tasks.EPISODE_SETTINGS
-    assert dependencies.ALPHABETS_EPISODE_SETTINGS == alphabet_tasks.EPISODE_SETTINGS
-    own = {"episodes": (benchmarks.episode_settings, algorithms.source_files),
-           "rl": (benchmarks.episode_settings, rl_train.source_files),
-           "continual": (continual_tasks.episode_settings, continual_train.source_files),
-           "alphabets": (alphabet_tasks.episode_settings, alphabet_train.source_files)}
+    assert benchmarks.episode_settings is dependencies.episode_settings
+    assert continual_tasks.episode_settings is dependencies.continual_episode_settings
+    assert alphabet_tasks.episode_settings is dependencies.alphabets_episode_settings
+    assert continual_train.source_files is dependencies.continual_files
+    assert alphabet_train.source_files is dependencies.alphabets_files
+    assert rl_train.source_files is dependencies.rl_files
+    # and each family plans with them, for every configured benchmark
+    own = {"episodes": algorithms.source_files, "rl": rl_train.source_files,
+           "continual": continual_train.source_files, "alphabets": alphabet_train.source_files}
     seen = set()
     for profile in PROFILES:
         for name, bench in load_params(ROOT / "params.yaml", profile)["benchmarks"].items():
             family = families.family(bench)
-            settings, files = own[family.name]
-            assert family.episode_settings(bench) == settings(bench), (profile, name)
             for algorithm in bench["algorithms"]:
-                assert family.source_files(algorithm) == files(algorithm), (profile, name, algorithm)
+                assert family.source_files(algorithm) == own[family.name](algorithm), (profile, name, algorithm)
             seen.add(family.name)
     assert seen == set(own)
-    for method in ("ft", "scratch", "reptile", "leap", "warpgrad", "maml", "fomaml"):  # every alphabets method
-        assert dependencies.alphabets_files(method) == alphabet_train.source_files(method), method
 
 
 @pytest.mark.parametrize("n", [*range(0, 40), 100, 1623])

@@ -316,7 +316,7 @@ def study_settings(params: dict, name: str) -> list[dict]:
 
 
 def plot_files(params: dict) -> list[str]:
-    from metalearn.report import plot_kinds, plot_paths
+    from metalearn.figures import plot_kinds, plot_paths
 
     return [p.as_posix() for b in sorted(params["benchmarks"])
             for p in plot_paths(Path(PLOTS), b, plot_kinds(params["benchmarks"][b]))]

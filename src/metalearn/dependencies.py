@@ -3,11 +3,11 @@ saved episodes and the package files whose edits change a run's results. The wor
 job with these (workflow/pipeline.py), and every Snakemake start plans: the task families
 (metalearn.families) answer from here rather than from their torch modules.
 
-The files are what importing the modules finds (metalearn.algorithms.source_files, and each family's
-`source_files` beside its training loop, which also feed the run's settings digest); the continual
-and alphabets families' episode settings are their `tasks.EPISODE_SETTINGS`.
-tests/test_planning_without_torch.py checks that both agree with these, for every algorithm and
-every configured benchmark.
+This module is where these facts are written: the continual, alphabets and RL modules take their
+`EPISODE_SETTINGS`, `episode_settings` and `source_files` (which also feed a run's settings digest)
+from here. The one fact also known elsewhere, an algorithm's modules (metalearn.algorithms.source_files
+finds them by importing the algorithm), is checked equal to ALGORITHM_MODULES for every algorithm by
+tests/test_planning_without_torch.py, and each family's files against the modules it imports.
 """
 from __future__ import annotations
 

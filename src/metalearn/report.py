@@ -23,22 +23,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt  # noqa: E402
 
-from metalearn.rl import RL_TASKS  # noqa: E402
-
-KINDS = ("curves", "scores", "paired")
-
-
-def plot_kinds(bench: dict) -> tuple[str, ...]:
-    """The figures of a benchmark, from its params.yaml settings."""
-    if bench["task"] == "continual":  # forgetting curves (metalearn.continual.plot)
-        return KINDS + ("continual",)
-    if not bench.get("eval_curve") and bench["task"] not in RL_TASKS:  # RL: always the return vs steps
-        return KINDS
-    return KINDS + (("steps", "fits") if bench["task"] == "sinusoid" else ("steps",))
-
-
-def plot_paths(folder: Path, benchmark: str, kinds: tuple[str, ...] = KINDS) -> list[Path]:
-    return [Path(folder) / f"{benchmark}-{kind}.png" for kind in kinds]
+from metalearn.figures import KINDS, plot_kinds, plot_paths  # noqa: E402,F401 (file names: figures.py)
 
 
 def _save(fig, path: Path) -> Path:

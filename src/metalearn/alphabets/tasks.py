@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metalearn import dependencies
 from metalearn.errors import BadInput
 from metalearn.tasks import Objective, Task
 
@@ -118,12 +119,9 @@ def meta_training_task(method: str, task: Task, objective: MiniBatchObjective) -
     return Task(task.support, task.support)
 
 
-EPISODE_SETTINGS = ("task", "dataset", "ways", "train_alphabets", "test_alphabets", "split_seed")
-
-
-def episode_settings(bench: dict) -> dict:
-    """What the saved alphabet split depends on (stored with it, checked on use)."""
-    return {k: bench[k] for k in EPISODE_SETTINGS}
+# What the saved alphabet split depends on (stored with it, checked on use)
+EPISODE_SETTINGS = dependencies.ALPHABETS_EPISODE_SETTINGS
+episode_settings = dependencies.alphabets_episode_settings
 
 
 def load_split(params: dict, bench: dict) -> tuple[Tensor, AlphabetSplit]:

@@ -11,6 +11,7 @@ from typing import Callable
 import torch
 from torch import nn
 
+from metalearn import dependencies
 from metalearn.algorithms import build_algorithm
 from metalearn.alphabets.tasks import MiniBatchObjective, alphabet_task, load_split, meta_training_task, on_device
 from metalearn.config import Run
@@ -78,14 +79,8 @@ def multihead_step(algo, heads: nn.ModuleList, optimizer, tasks: list[Task], cho
     return {"loss": total / len(order), "accuracy": correct / len(order)}
 
 
-def source_files(method: str) -> list[Path]:
-    """The files whose edits change a run: this subpackage's, models.py, tasks.py and the algorithm
-    files of the method (the baselines adapt with reptile.py's plain SGD)."""
-    from metalearn import algorithms, models, tasks
-
-    files = sorted(Path(__file__).resolve().parent.glob("*.py")) + [Path(m.__file__).resolve() for m in (models, tasks)]
-    name = {"ft": "reptile", "scratch": "reptile"}.get(method, method)
-    return files + [p for p in algorithms.source_files(name) if p not in files]
+# The files whose edits change a run: this subpackage's, models.py, tasks.py and the method's algorithm files
+source_files = dependencies.alphabets_files
 
 
 def config_hash(config: dict) -> str:

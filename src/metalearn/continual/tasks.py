@@ -9,6 +9,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from metalearn import dependencies
 from metalearn.data.episodes import SINUSOID, save_episodes
 
 
@@ -81,12 +82,9 @@ class SequenceSampler:
         return sequences_from(drawn, self.bench["shots"]).to(self.device)
 
 
-EPISODE_SETTINGS = ("task", "subtasks", "shots", "eval_queries", "episode_seed", "val_tasks", "test_tasks")
-
-
-def episode_settings(bench: dict) -> dict:
-    """What the saved validation/test sequences depend on (stored with them, checked on use)."""
-    return {k: bench[k] for k in EPISODE_SETTINGS}
+# What the saved validation/test sequences depend on (stored with them, checked on use)
+EPISODE_SETTINGS = dependencies.CONTINUAL_EPISODE_SETTINGS
+episode_settings = dependencies.continual_episode_settings
 
 
 def make_eval_sequences(bench: dict) -> dict[str, Any]:

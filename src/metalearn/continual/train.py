@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 from torch import Tensor
 
+from metalearn import dependencies
 from metalearn.algorithms.base import detached
 from metalearn.algorithms.warpgrad import snapshot_steps
 from metalearn.config import Run
@@ -62,13 +63,8 @@ def meta_gradient(learner: Learner, seqs: Sequences, steps: int, snapshots: int)
     return {"loss": total / len(buffer), "final_loss": sum(finals) / len(finals)}
 
 
-def source_files(method: str) -> list[Path]:
-    """The files whose edits change a continual run: this subpackage's, models.py and WarpGrad's files
-    (warp layers; algorithms.source_files, for either method: both run through this subpackage)."""
-    from metalearn import algorithms, models
-
-    files = sorted(Path(__file__).resolve().parent.glob("*.py")) + [Path(models.__file__).resolve()]
-    return files + [p for p in algorithms.source_files("warpgrad") if p not in files]
+# The files whose edits change a continual run: this subpackage's, models.py and WarpGrad's
+source_files = dependencies.continual_files
 
 
 def config_hash(config: dict) -> str:

@@ -27,6 +27,7 @@ import torch
 
 from torch import nn
 
+from metalearn import dependencies
 from metalearn.config import Run
 from metalearn.rl.envs import sample_tasks
 from metalearn.rl.metarl import MetaRL
@@ -35,10 +36,9 @@ from metalearn.train import Cadence, Tracker, run_loop
 TRPO_DEFAULTS = {"max_kl": 0.01, "cg_iters": 10, "damping": 1e-5, "backtrack_ratio": 0.8, "max_backtracks": 15}
 
 
-def source_files(algorithm: str | None = None) -> list[Path]:
-    """The files whose edits change an RL run's result (the config hash and the pipeline use them):
-    every method's, since metalearn/rl runs them all (`algorithm` is accepted for the families' signature)."""
-    return sorted(Path(__file__).resolve().parent.glob("*.py"))
+# The files whose edits change an RL run's result (the config hash and the pipeline use them): every
+# method's, since metalearn/rl runs them all
+source_files = dependencies.rl_files
 
 
 def config_hash(config: dict) -> str:
