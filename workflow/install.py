@@ -53,7 +53,7 @@ def main(python: str, *requirements: str) -> int:
         env.setdefault("SSL_CERT_FILE", settings["cert"])
     uv = subprocess.run([python, "-m", "pip", "install", "--quiet", "uv"], capture_output=True, text=True)
     if uv.returncode == 0:
-        done = subprocess.run([python, "-m", "uv", "pip", "install", "--quiet", "--python", python,
+        done = subprocess.run([python, "-m", "uv", "pip", "install", "--quiet", "--compile-bytecode", "--python", python,
                                *uv_arguments(settings), *(a for r in requirements for a in ("-e", r))], env=env)
         if done.returncode == 0:
             return 0
