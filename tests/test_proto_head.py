@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from conftest import quick_params
+from conftest import ROOT, quick_params
 from metalearn import adapt as ad
 from metalearn import head_policies as hp
 from metalearn.algorithms import build_algorithm, source_files
@@ -388,3 +388,33 @@ def test_evaluate_proto_head_at_zero_steps_classifies_support_as_query_episodes_
     assert zero["head"] == "zero" and zero["per_episode"] == pytest.approx([100.0 / 5] * zero["episodes"])
     trained = evaluate(params, model, device="cpu", steps=0, head="trained", log=lambda s: None)
     assert trained["mean"] < 100.0  # the untrained head itself does not know the classes
+
+
+def test_the_head_policies_are_named_in_one_place():
+    """HEAD_POLICIES is what `--head` accepts (metalearn evaluate and adapt) and what params.yaml's
+    `eval_heads` pattern allows (the schema cannot import it: checked equal here)."""
+    import re
+
+    import yaml
+
+    from metalearn import cli
+    from metalearn.head_policies import HEAD_POLICIES
+
+    schema = yaml.safe_load((ROOT / "src" / "metalearn" / "params.schema.yaml").read_text())
+    found = []
+
+    def walk(node):
+        if isinstance(node, dict):
+            if "eval_heads" in node:
+                found.append(node["eval_heads"]["items"]["pattern"])
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for value in node:
+                walk(value)
+
+    walk(schema)
+    assert found and all(re.match(r"\^\(([a-z|]+)\)", p)[1].split("|") == list(HEAD_POLICIES) for p in found), found
+    actions = [a for sub in cli.parser()._subparsers._group_actions for name, p in sub.choices.items()
+               if name in ("evaluate", "adapt") for a in p._actions if a.dest == "head"]
+    assert len(actions) == 2 and all(tuple(a.choices) == HEAD_POLICIES for a in actions)

@@ -277,7 +277,7 @@ def test_split_train_evaluate_two_iterations_and_a_5_way_model_on_20_way_episode
     record["evaluation"]["heads"][-1]["mean"] += 1.0
     record_file.write_text(json.dumps(record))
     [check] = records.verify(recorded, path, only=["heads/omniglot-alphabet-5w1s/maml/seed0"], log=lambda s: None)
-    assert any("head proto on omniglot-alphabet-20w1s: mean re-derived" in p for p in check.problems), check.problems
+    assert any("head proto on omniglot-alphabet-20w1s, mean: re-derived" in p for p in check.problems), check.problems
 
 
 def test_eval_heads_are_checked_naming_the_key(tmp_path):

@@ -470,6 +470,8 @@ def cmd_pages(params: dict, args) -> None:
 
 
 def parser() -> argparse.ArgumentParser:
+    from metalearn.head_policies import HEAD_POLICIES
+
     top = argparse.ArgumentParser(prog="metalearn", description=__doc__,
                                   formatter_class=argparse.RawDescriptionHelpFormatter)
     common = argparse.ArgumentParser(add_help=False)
@@ -509,7 +511,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["val", "test"])
     p.add_argument("--steps", type=_nonnegative_int, default=None,
                    help="adaptation steps (default: the algorithm's test steps)")
-    p.add_argument("--head", default=None, choices=["auto", "trained", "zero", "proto"],
+    p.add_argument("--head", default=None, choices=HEAD_POLICIES,
                    help="classification: where the output layer starts before the steps (docs/adapt.md): the "
                         "trained head, zero, or set from the support features (proto); default auto: trained at "
                         "the training's number of classes, else as metalearn adapt picks")
@@ -542,7 +544,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="predictions.csv")
     p.add_argument("--steps", type=_nonnegative_int, default=None,
                    help="adaptation steps (default: the algorithm's test steps)")
-    p.add_argument("--head", default="auto", choices=["auto", "trained", "zero", "proto"],
+    p.add_argument("--head", default="auto", choices=HEAD_POLICIES,
                    help="output layer: trained head, zero-initialised, or set from the support features (proto); "
                         "auto: trained at the training's number of classes, else proto (docs/adapt.md)")
     p.add_argument("--device", default="auto", type=_device)

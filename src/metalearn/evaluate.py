@@ -17,7 +17,6 @@ MODEL_SETTINGS = ("task", "model", "dataset", "split", "split_seed", "ways", "sh
 # What may differ when a model is scored on another benchmark's episodes (--benchmark): the number of
 # classes (its head is then zero or proto, --head) and whether the classes share an alphabet.
 OTHER_BENCHMARK_MAY_DIFFER = ("ways", "within_alphabet")
-HEADS = ("auto", "trained", "zero", "proto")  # --head: metalearn.adapt's head policies
 
 
 def evaluate(params: dict, model_path: Path, split: str = "test", device: str = "auto",
@@ -106,12 +105,13 @@ def check_inputs(params: dict, model_path: Path, steps: int | None, head: str | 
                  benchmark: str | None = None) -> dict:
     """Before any work: the steps, the head, the model file and its fit to the benchmark; returns the
     model's record (the episode file is checked where it is read, benchmarks.read_episodes)."""
+    from metalearn.head_policies import HEAD_POLICIES
     from metalearn.train import read_model_file
 
     if steps is not None and (not isinstance(steps, int) or steps < 0):
         raise BadInput(f"--steps: {steps!r} adaptation steps; give 0 or more")
-    if head is not None and head not in HEADS:
-        raise BadInput(f"--head: {head!r}; give one of {', '.join(HEADS)}")
+    if head is not None and head not in HEAD_POLICIES:
+        raise BadInput(f"--head: {head!r}; give one of {', '.join(HEAD_POLICIES)}")
     saved = read_model_file(Path(model_path))
     check_model_fits(params, saved, Path(model_path), benchmark)
     if head is not None or benchmark is not None:

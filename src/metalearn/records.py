@@ -328,14 +328,26 @@ def check_heads(check: Check, recorded: list[dict], ours: list[dict]) -> None:
         if ("refused" in new) != ("refused" in old):
             check.problems.append(f"{name(old)}: " + ("refused now" if "refused" in new else "scored now, refused when recorded"))
             continue
-        if "refused" in new:
-            continue
-        for key in ("mean", "ci95"):
-            if not _close(new[key], old[key]):
-                check.problems.append(f"{name(old)}: {key} re-derived {new[key]!r}, recorded {old[key]!r}")
-        differ = sum(not _close(a, b) for a, b in zip(new["per_episode"], old["per_episode"]))
-        if differ or len(new["per_episode"]) != len(old["per_episode"]):
-            check.problems.append(f"{name(old)}: per-episode values: {differ} of {len(old['per_episode'])} differ")
+        if "refused" not in new:
+            compare_scores(check, new, old, f"{name(old)}, ")
+
+
+def compare_scores(check: Check, ours: dict, recorded: dict, prefix: str = "") -> None:
+    """A re-derived evaluation's mean, ci95 and per-episode values against the record's (within the
+    tolerance; a note where they are equal within it but not bit for bit)."""
+    for key in ("mean", "ci95"):
+        if not _close(ours[key], recorded[key]):
+            check.problems.append(f"{prefix}{key}: re-derived {ours[key]!r}, recorded {recorded[key]!r}")
+    if len(ours["per_episode"]) != len(recorded["per_episode"]):
+        check.problems.append(f"{prefix}episodes: re-derived {len(ours['per_episode'])}, "
+                              f"recorded {len(recorded['per_episode'])}")
+        return
+    differ = sum(not _close(a, b) for a, b in zip(ours["per_episode"], recorded["per_episode"]))
+    if differ:
+        check.problems.append(f"{prefix}per-episode values: {differ} of {len(recorded['per_episode'])} differ "
+                              "from the record")
+    elif ours["per_episode"] != recorded["per_episode"] and not prefix:
+        check.notes.append("per-episode values equal within the tolerance, not bit for bit")
 
 
 def model_file_found(check: Check, model: Path, recorded_sha256: str) -> bool:
@@ -411,17 +423,7 @@ def verify_record(path: Path, params_file: Path, log: Log = _stderr, device: str
             check_heads(check, heads, evaluate_heads(scratch, model, saved, device=device, log=lambda s: None))
     if result.get("inner_steps") != recorded.get("inner_steps"):
         check.problems.append(f"test steps: re-derived {result.get('inner_steps')}, recorded {recorded.get('inner_steps')}")
-    for key in ("mean", "ci95"):
-        if not _close(result[key], recorded[key]):
-            check.problems.append(f"{key}: re-derived {result[key]!r}, recorded {recorded[key]!r}")
-    if result["episodes"] != recorded["episodes"]:
-        check.problems.append(f"episodes: re-derived {result['episodes']}, recorded {recorded['episodes']}")
-    else:
-        differ = sum(not _close(a, b) for a, b in zip(result["per_episode"], recorded["per_episode"]))
-        if differ:
-            check.problems.append(f"per-episode values: {differ} of {result['episodes']} differ from the record")
-        elif result["per_episode"] != recorded["per_episode"]:
-            check.notes.append("per-episode values equal within the tolerance, not bit for bit")
+    compare_scores(check, result, recorded)
     for step, (ours, theirs) in enumerate(zip(result.get("curve") or [], recorded.get("curve") or [])):
         if not _close(ours["mean"], theirs["mean"]):
             check.problems.append(f"curve after {step} steps: re-derived {ours['mean']!r}, recorded {theirs['mean']!r}")
