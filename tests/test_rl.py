@@ -498,6 +498,13 @@ def test_cli_split_train_evaluate_tracked_give_returns_after_each_step(tmp_path,
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path / "data", test_rollouts=6)))
     assert main(["evaluate", "--model", "m/maml/model.pt", "--out", "maml6.json"]) == 0
     assert json.loads((tmp_path / "maml6.json").read_text())["shots"] == 6
+    # so is test_samples (the test batch in steps), read by the evaluation from the current params
+    assert (run_config(tiny_params(tmp_path / "data", test_samples=20), "navigation-2d", "maml", 0)
+            == run_config(tiny_params(tmp_path / "data"), "navigation-2d", "maml", 0))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(tiny_params(tmp_path / "data", test_samples=20)))
+    assert main(["evaluate", "--model", "m/maml/model.pt", "--out", "maml-steps.json"]) == 0
+    by_steps = json.loads((tmp_path / "maml-steps.json").read_text())["per_episode"]
+    assert by_steps != json.loads((tmp_path / "maml.json").read_text())["per_episode"]  # 20 steps: 3 paths, cut
 
 
 def test_schema_rejects_bad_rl_settings_naming_the_key(tmp_path):
@@ -506,7 +513,8 @@ def test_schema_rejects_bad_rl_settings_naming_the_key(tmp_path):
     for overrides, key in (({"rollouts": 0}, "rollouts"), ({"trpo": {"max_kl": -1}}, "max_kl"),
                            ({"algorithms": {"maml": {"inner_lr": 0.1, "inner_steps": 1}}}, "test_inner_steps"),
                            ({"ways": 5}, "ways"), ({"test_tasks": 1}, "test_tasks"),
-                           ({"frame_skip": 0}, "frame_skip"), ({"test_rollouts": 0}, "test_rollouts")):
+                           ({"frame_skip": 0}, "frame_skip"), ({"test_rollouts": 0}, "test_rollouts"),
+                           ({"test_samples": 0}, "test_samples")):
         with pytest.raises(ConfigError, match=key):
             tiny_params(tmp_path, **overrides)
 
@@ -896,3 +904,54 @@ def test_the_random_baselines_tanh_network_is_the_official_one():
 
     params = load_params(Path(__file__).resolve().parents[1] / "params.yaml", "paper")["benchmarks"]["navigation-2d"]["algorithms"]
     assert params["random"]["nonlinearity"] == "tanh" and "nonlinearity" not in params["maml"]
+
+
+class _EndsAfter:
+    """A stand-in environment: `rollouts` paths per task, each ending after `length` steps (taken steps
+    reward 1, the frozen ones 0), horizon 5."""
+    horizon, terminates = 5, True
+
+    def __init__(self, tasks: int, rollouts: int, length: int):
+        self.shape, self.length = (tasks, rollouts), length
+
+    def reset(self):
+        self.t = 0
+        self.done = torch.zeros(self.shape, dtype=torch.bool)
+        return torch.zeros(*self.shape, 2)
+
+    def step(self, action):
+        reward = (~self.done).float()
+        self.t += 1
+        self.done = self.done | (self.t >= self.length)
+        return torch.zeros(*self.shape, 2), reward
+
+
+def test_a_test_batch_of_steps_takes_paths_until_the_count_and_cuts_the_last():
+    """rllab's sample_paths + truncate_paths: paths of 3 steps, 10 steps per task -> 3 whole paths and
+    one cut to 1 step (4 paths, return (3+3+3+1)/4); rounds of 2 rollouts, so 2 rounds, the 4th path
+    of the second round left out."""
+    from metalearn.rl.metarl import sample_steps
+
+    policy = MetaRL("maml", tiny_bench(), {"inner_lr": 0.1, "inner_steps": 1, "test_inner_steps": 1}).policy
+    params = {n: p.detach() for n, p in per_task(policy.params(), 2).items()}
+    rollouts = sample_steps(policy, params, _EndsAfter(2, 2, 3), torch.Generator().manual_seed(0), 10)
+    assert rollouts.mask.shape == (2, 4, 5)
+    assert rollouts.mask[0].sum(-1).tolist() == [3, 3, 3, 1] and torch.equal(rollouts.mask[0], rollouts.mask[1])
+    assert rollouts.mask.sum((1, 2)).tolist() == [10, 10]
+    assert rollouts.returns().tolist() == [2.5, 2.5]
+    # whole paths only when the count falls on a path's end; rounds stop once every task has it
+    rollouts = sample_steps(policy, params, _EndsAfter(2, 3, 3), torch.Generator().manual_seed(0), 9)
+    assert rollouts.mask.shape == (2, 3, 5) and rollouts.returns().tolist() == [3.0, 3.0]
+
+
+def test_a_test_batch_of_all_the_steps_of_the_rollouts_is_the_rollouts_batch():
+    """Where test_samples is test_rollouts x horizon and no path ends early (goals beyond the 8 steps of
+    at most 0.1 each), the evaluation is the rollout-counted one (the same draws, every step kept)."""
+    goals = torch.tensor([[1.2, 0.9], [-1.0, 1.1]])
+    hparams = {"inner_lr": 0.1, "inner_steps": 1, "test_inner_steps": 2}
+    by_rollouts = MetaRL("maml", tiny_bench(test_rollouts=6), hparams)
+    by_steps = MetaRL("maml", tiny_bench(test_rollouts=6, test_samples=6 * 8), hparams)
+    by_steps.load_state_dict(by_rollouts.state_dict())
+    first = by_rollouts.evaluate(goals, 2, torch.Generator().manual_seed(0))
+    second = by_steps.evaluate(goals, 2, torch.Generator().manual_seed(0))
+    assert torch.allclose(first, second, rtol=1e-6, atol=1e-6), (first, second)

@@ -332,7 +332,7 @@ def split_settings(params: dict, bench: str) -> dict:
 
 
 # Benchmark settings that change what an evaluation reports, not the episodes or the training
-EVAL_ONLY_SETTINGS = ("eval_curve", "eval_heads", "test_rollouts")
+EVAL_ONLY_SETTINGS = ("eval_curve", "eval_heads", "test_rollouts", "test_samples")
 
 
 def scored_benchmarks(params: dict, bench: str) -> list[str]:

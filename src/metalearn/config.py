@@ -383,7 +383,7 @@ def algorithm_params(params: dict, bench_name: str, algorithm: str) -> dict[str,
 # Evaluation-only settings and the paper-row label (`reproduces`, read by results/paper.md): left out of a
 # run's config, so that changing them does not invalidate a trained model.
 NOT_TRAINING_SETTINGS = ("algorithms", "val_tasks", "test_tasks", "eval_queries", "episode_seed", "eval_curve",
-                         "eval_heads", "reproduces", "test_rollouts")
+                         "eval_heads", "reproduces", "test_rollouts", "test_samples")
 
 
 @dataclass(frozen=True)

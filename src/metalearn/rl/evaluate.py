@@ -28,6 +28,7 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
     # rollouts per test step: an evaluation setting (config.NOT_TRAINING_SETTINGS), read from the current
     # params, not from the model's record, so changing it re-evaluates without retraining
     learner.test_rollouts = int(params["benchmarks"][bench_name].get("test_rollouts", learner.rollouts))
+    learner.test_samples = params["benchmarks"][bench_name].get("test_samples")
     steps = learner.test_inner_steps if steps is None else steps
     tasks, eval_seed = read_test_tasks(params, bench_name, split)
     generator = torch.Generator().manual_seed(eval_seed)  # the same action noise seed for every model

@@ -33,7 +33,10 @@ Test batch: every test step samples `test_rollouts` rollouts per task (benchmark
 `rollouts`). The official evaluation's VPG samples `batch_size` environment steps per iteration (rllab
 parallel_sampler.sample_paths: whole paths until the count reaches it), so its rollouts per test step
 are batch_size / horizon: test_maml_point.py 4000 / 100 = 40 where training took 20; the cheetah and
-ant scripts 4000 / 200 = 20 and test_maml_ant_direc.py 8000 / 200 = 40, their training's.
+ant scripts 4000 / 200 = 20 and test_maml_ant_direc.py 8000 / 200 = 40, their training's. Where paths
+end early (the goal reached, the Ant fallen) that sampler takes more paths for the same steps:
+`test_samples` (benchmark setting) counts the test batch in steps taken as it does, rounds of
+`test_rollouts` rollouts until each task has that many, the last path cut there (`sample_steps`).
 """
 from __future__ import annotations
 
@@ -64,10 +67,14 @@ class Rollouts:
     actions: Tensor
     rewards: Tensor
     mask: Tensor | None = None
+    paths: Tensor | None = None  # [tasks]: the paths with a step taken, where a batch of steps left some out
 
     def returns(self) -> Tensor:
         """[tasks]: the mean over rollouts of the undiscounted return (the paper's 'average return'; the
-        steps not taken earn 0, so no mask is needed)."""
+        steps not taken earn 0, so no mask is needed); over the paths taken where a batch counted in
+        steps left some out (`sample_steps`)."""
+        if self.paths is not None:
+            return self.rewards.sum((-1, -2)) / self.paths
         return self.rewards.sum(-1).mean(-1)
 
 
@@ -89,6 +96,25 @@ def sample(policy: GaussianMLPPolicy, params: Params, env, generator: torch.Gene
             obs_t = next_obs
     return Rollouts(torch.stack(obs, 2), torch.stack(actions, 2), torch.stack(rewards, 2),
                     torch.stack(taken, 2) if terminates else None)
+
+
+def sample_steps(policy: GaussianMLPPolicy, params: Params, env, generator: torch.Generator,
+                 samples: int) -> Rollouts:
+    """rllab's batch of `samples` steps per task (parallel_sampler.sample_paths, then truncate_paths):
+    rounds of the environment's rollouts until every task has taken that many steps, paths in the order
+    sampled, the path that reaches the count cut there and the later ones left out (mask 0). `returns`
+    averages over the paths with a step taken, the cut path's kept rewards included, as rllab's."""
+    rounds, taken = [], None
+    while taken is None or bool((taken < samples).any()):
+        rollouts = sample(policy, params, env, generator)
+        mask = rollouts.mask if rollouts.mask is not None else torch.ones_like(rollouts.rewards)
+        rounds.append((rollouts, mask))
+        taken = mask.sum((1, 2)) if taken is None else taken + mask.sum((1, 2))
+    obs, actions, rewards = (torch.cat([getattr(r, k) for r, _ in rounds], 1) for k in ("obs", "actions", "rewards"))
+    mask = torch.cat([m for _, m in rounds], 1)
+    tasks = mask.shape[0]
+    kept = mask * (mask.reshape(tasks, -1).cumsum(1).reshape(mask.shape) <= samples).to(mask.dtype)
+    return Rollouts(obs, actions, rewards * kept, kept, paths=(kept.sum(-1) > 0).sum(-1).to(rewards.dtype))
 
 
 def log_probs(policy: GaussianMLPPolicy, params: Params, rollouts: Rollouts) -> Tensor:
@@ -157,6 +183,7 @@ class MetaRL(nn.Module):
         self.test_later_lr_scale = float(hparams.get("test_later_lr_scale", 1.0))
         self.rollouts = int(bench["rollouts"])
         self.test_rollouts = int(bench.get("test_rollouts", self.rollouts))  # per task per test step
+        self.test_samples = bench.get("test_samples")  # or steps per task per test step (sample_steps)
         self.discount = float(bench.get("discount", 0.99))
         self.trains = name != "random"
         # the meta-update: TRPO (default) or, for the pretrained baseline, rllab's FirstOrderOptimizer
@@ -314,13 +341,17 @@ class MetaRL(nn.Module):
     # -- meta-test ----------------------------------------------------------------------------------
     def evaluate(self, goals: Tensor, steps: int, generator: torch.Generator) -> Tensor:
         """[tasks, steps + 1]: each task's average return after 0, 1, ..., `steps` policy-gradient
-        steps (`test_rollouts` fresh rollouts per task before each step and after the last): the first
-        of size `inner_lr`, the later ones `inner_lr * test_later_lr_scale` (the module's docstring)."""
+        steps (`test_rollouts` fresh rollouts per task before each step and after the last, or
+        `test_samples` steps taken: sample_steps): the first of size `inner_lr`, the later ones
+        `inner_lr * test_later_lr_scale` (the module's docstring)."""
         env = self.env(goals, generator, self.test_rollouts)
         params = {n: p.detach() for n, p in per_task(self.policy.params(), len(goals)).items()}
         returns = []
         for step in range(steps + 1):
-            rollouts = sample(self.policy, params, env, generator)
+            if self.test_samples is None:
+                rollouts = sample(self.policy, params, env, generator)
+            else:
+                rollouts = sample_steps(self.policy, params, env, generator, int(self.test_samples))
             returns.append(rollouts.returns())
             if step < steps:
                 lr = self.inner_lr if step == 0 else self.inner_lr * self.test_later_lr_scale
