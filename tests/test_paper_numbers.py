@@ -166,7 +166,7 @@ def test_a_measured_cause_stands_beside_a_verdict_outside_the_papers_interval_on
     curve[3] = [published[3]["mean"] - 10] * 40  # far below the paper's after 3 steps only
     run = {"benchmark": "navigation-2d", "algorithm": "maml", "metric": "return", "inner_steps": 3,
            "per_episode": curve[3], "per_episode_curve": curve, "iterations": 100}
-    rows = {r["steps"]: r for r in paper.paper_rows([run], {"navigation-2d": {"test_rollouts": 40}})}
+    rows = {r["steps"]: r for r in paper.paper_rows([run], {"navigation-2d": {"test_samples": 4000}})}
     assert rows[2]["verdict"] == "within the paper's CI" and rows[2]["cause"] == ""
     assert rows[3]["verdict"].startswith("below") and rows[3]["cause"] == "episodes never ended (docs/notes/x.md)"
     assert rows[1]["cause"] == ""  # within, and no cause listed for step 1 anyway

@@ -321,7 +321,8 @@ def test_paper_profile_runs_the_official_test_batch_and_steps():
     """cbfinn/maml_rl's test scripts, pinned: VPG with batch_size environment steps per iteration at
     max_path_length H (batch_size / H rollouts per test step) for n_itr iterations (the return after
     0..n_itr - 1 steps): test_maml_point.py 4000 / 100 and 5; test_maml_cheetah.py,
-    test_maml_cheetah_direc.py, test_maml_ant.py 4000 / 200 and 4; test_maml_ant_direc.py 8000 / 200 and 4.
+    test_maml_cheetah_direc.py, test_maml_ant.py 4000 / 200 and 4; test_maml_ant_direc.py 8000 / 200 and 4;
+    2D navigation counts its 4000 in steps (test_samples; the locomotion benchmarks not yet).
     The default profile's navigation keeps its training's 20 rollouts and 3 steps."""
     from pathlib import Path
 
@@ -338,6 +339,8 @@ def test_paper_profile_runs_the_official_test_batch_and_steps():
             learner = MetaRL(method, bench, hparams)
             assert learner.test_rollouts == batch_size // horizon, (name, method)
             assert learner.test_inner_steps == n_itr - 1, (name, method)
+            # where paths end early (the point at its goal), the batch is counted in steps as rllab does
+            assert learner.test_samples == (batch_size if name == "navigation-2d" else None), (name, method)
     default = load_params(root, "default")["benchmarks"]["navigation-2d"]
     learner = MetaRL("maml", default, default["algorithms"]["maml"])
     assert (learner.test_rollouts, learner.rollouts, learner.test_inner_steps) == (20, 20, 3)
