@@ -46,14 +46,14 @@ def paper_step(algorithm: str):
     depend on the pixels): a function taking no argument."""
     from metalearn.algorithms import build_algorithm
     from metalearn.benchmarks import build_objective
-    from metalearn.config import algorithm_params, load_params
+    from metalearn.config import Benchmark, load_params
     from metalearn.tasks import TaskBatch
 
-    params = load_params(str(Path(__file__).resolve().parents[1] / "params.yaml"), "paper")
-    bench = params["benchmarks"][BENCHMARK]
+    benchmark = Benchmark.of(load_params(str(Path(__file__).resolve().parents[1] / "params.yaml"), "paper"), BENCHMARK)
+    bench = benchmark.settings
     torch.manual_seed(0)
     objective = build_objective(bench)
-    algo = build_algorithm(algorithm, objective.model, objective, algorithm_params(params, BENCHMARK, algorithm))
+    algo = build_algorithm(algorithm, objective.model, objective, benchmark.algorithm(algorithm))
     meta_batch, ways = bench["train"]["meta_batch"], bench["ways"]
     support, query = ways * bench["shots"], ways * bench["queries"]
     labels = torch.arange(ways)

@@ -104,6 +104,7 @@ def quick_run(tmp_path_factory, mirror):
 def prepared_small(tmp_path_factory, mirror) -> dict:
     """Quick params whose data root holds the prepared omniglot-small cache and saved episodes."""
     from metalearn import benchmarks, paths
+    from metalearn.config import Benchmark
     from metalearn.data import omniglot
 
     root = tmp_path_factory.mktemp("shared-data")
@@ -111,7 +112,7 @@ def prepared_small(tmp_path_factory, mirror) -> dict:
     archives = omniglot.download("omniglot-small", paths.raw_dir(params), str(mirror))
     omniglot.prepare("omniglot-small", archives, benchmarks.prepared_path(params, "omniglot-small"))
     for name in params["benchmarks"]:
-        benchmarks.make_episodes(params, name)
+        benchmarks.make_episodes(Benchmark.of(params, name))
     return copy.deepcopy(params)
 
 

@@ -21,6 +21,7 @@ from metalearn.config import Run
 from metalearn.data import imagenet, omniglot
 from metalearn.data.images import IMAGENET, OMNIGLOT, preprocessing_for
 from metalearn.train import build, run_config, train
+from metalearn.config import Benchmark
 
 SMALL_ARCHIVES = omniglot.VARIANTS["omniglot-small"]
 
@@ -52,7 +53,7 @@ def write_task(root: Path, pngs: dict[str, list[tuple[str, bytes]]], shots: int,
 
 def save_untrained(params: dict, bench: str, algorithm: str, path: Path) -> Path:
     """A model file as train.py writes it, from a freshly initialised algorithm (no training)."""
-    algo = build(Run.of(params, bench, algorithm, 0), torch.device("cpu"))
+    algo = build(Run.of(Benchmark.of(params, bench), algorithm, 0), torch.device("cpu"))
     config = run_config(params, bench, algorithm, 0)
     torch.save({"format": 1, "config": config, "state_dict": algo.state_dict(), "train_seconds": 0.0,
                 "iterations": 0, "preprocessing": preprocessing_for(config["settings"])}, path)
@@ -119,7 +120,7 @@ def test_preprocessing_is_saved_with_the_model_and_derived_for_older_files(prepa
                                                           "resize": "lanczos"}
     assert preprocessing_for({"task": "miniimagenet"})["channels"] == 3
     assert preprocessing_for({"task": "sinusoid"}) is None
-    path = train(prepared_small, "sinusoid", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    path = train(Benchmark.of(prepared_small, "sinusoid"), "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     assert "preprocessing" in torch.load(path, weights_only=True)  # None for a regression model
 
 
@@ -281,7 +282,7 @@ def test_briefly_trained_maml_classifies_new_characters_from_folders(prepared_sm
     iterations = 150
     params = quick_params(Path(prepared_small["data"]["root"]).parent, benchmarks={"omniglot-5w1s": {
         "train": {"meta_batch": 8, "iterations": iterations, "checkpoint_every": iterations, "log_every": 50}}})
-    model = train(params, "omniglot-5w1s", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    model = train(Benchmark.of(params, "omniglot-5w1s"), "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
 
     bench = params["benchmarks"]["omniglot-5w1s"]
     _, classes = omniglot.load(benchmarks.prepared_path(params, "omniglot-small"))

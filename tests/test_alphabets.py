@@ -23,6 +23,7 @@ from metalearn.config import load_params, validate
 from metalearn.errors import ConfigError
 from metalearn.models import OmniConv
 from metalearn.tasks import Objective, Task
+from metalearn.config import Benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 WAYS = 3
@@ -96,7 +97,7 @@ def test_every_meta_training_image_is_augmented_and_no_test_image_is(tmp_path, m
     """augment is replaced by a marker (+10): the network's first layer then sees only marked inputs
     while meta-training (every method, through the pipeline's train), and only unmarked ones at test."""
     params = tiny_params(tmp_path)
-    al_tasks.make_episodes(params, "omniglot-tiny")
+    al_tasks.make_episodes(Benchmark.of(params, "omniglot-tiny"))
     monkeypatch.setattr(al_tasks, "augment", lambda x: x + 10.0)
     seen = []
     original_build = al_train.build_learner
@@ -112,8 +113,8 @@ def test_every_meta_training_image_is_augmented_and_no_test_image_is(tmp_path, m
     batch = TINY["batch_size"]
     for method in ("leap", "reptile", "warpleap", "ft", "maml", "fomaml"):
         seen.clear()
-        model = al_train.train(params, "omniglot-tiny", method, 0, tmp_path / method, "cpu", log=QUIET)
-        al_evaluate.evaluate(params, model, torch.load(model, weights_only=True), log=QUIET)
+        model = al_train.train(Benchmark.of(params, "omniglot-tiny"), method, 0, tmp_path / method, "cpu", log=QUIET)
+        al_evaluate.evaluate(Benchmark.of(params, "omniglot-tiny"), model, torch.load(model, weights_only=True), log=QUIET)
         training = [s for s in seen if s[0]]
         testing = [s for s in seen if not s[0]]
         assert training and testing, method
@@ -297,7 +298,7 @@ def test_ft_shared_head_is_the_official_one_head_kept_at_test(tmp_path, monkeypa
     start = al_train.build_learner("ft", TINY, TINY["algorithms"]["ft"], 0).model.head.state_dict()
     for head in ("shared", "per_alphabet"):
         params["benchmarks"]["omniglot-tiny"]["algorithms"]["ft"] = {"inner_lr": 0.1, "head": head}
-        path = al_train.train(params, "omniglot-tiny", "ft", 0, tmp_path / head, "cpu", log=QUIET)
+        path = al_train.train(Benchmark.of(params, "omniglot-tiny"), "ft", 0, tmp_path / head, "cpu", log=QUIET)
         saved = torch.load(path, weights_only=True)
         tested = al_train.load_learner(saved, path, "cpu").model.head.state_dict()  # what evaluate adapts from
         assert len(seen["heads"]) == 2  # a slot per training alphabet
@@ -363,7 +364,7 @@ def test_an_interrupted_meta_training_resumes_to_the_same_parameters(tmp_path, m
     (ft) the heads restored."""
     params = tiny_params(tmp_path, train={"meta_batch": 2, "iterations": 3, "checkpoint_every": 1})
     for method in ("fomaml", "ft"):
-        whole = al_train.train(params, "omniglot-tiny", method, 0, tmp_path / method / "whole", "cpu", log=QUIET)
+        whole = al_train.train(Benchmark.of(params, "omniglot-tiny"), method, 0, tmp_path / method / "whole", "cpu", log=QUIET)
         original, calls = al_train.meta_batch, []
 
         def killed_at_the_third(*args, **kwargs):
@@ -374,10 +375,10 @@ def test_an_interrupted_meta_training_resumes_to_the_same_parameters(tmp_path, m
 
         monkeypatch.setattr(al_train, "meta_batch", killed_at_the_third)
         with pytest.raises(KeyboardInterrupt):
-            al_train.train(params, "omniglot-tiny", method, 0, tmp_path / method / "resumed", "cpu", log=QUIET)
+            al_train.train(Benchmark.of(params, "omniglot-tiny"), method, 0, tmp_path / method / "resumed", "cpu", log=QUIET)
         monkeypatch.setattr(al_train, "meta_batch", original)
         logged = []
-        resumed = al_train.train(params, "omniglot-tiny", method, 0, tmp_path / method / "resumed", "cpu", log=logged.append)
+        resumed = al_train.train(Benchmark.of(params, "omniglot-tiny"), method, 0, tmp_path / method / "resumed", "cpu", log=logged.append)
         assert any("from iteration 2" in line for line in logged), method
         a, b = (torch.load(p, weights_only=True)["state_dict"] for p in (whole, resumed))
         assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), method

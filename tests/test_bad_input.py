@@ -27,6 +27,7 @@ from conftest import ROOT, write_params
 from metalearn import cli
 from metalearn.config import deep_merge, load_yaml
 from metalearn.errors import BadInput
+from metalearn.config import Benchmark
 from test_workflow import SNAKEMAKE, copy_project, workflow_env
 
 RAW_TEXT = (ROOT / "params.yaml").read_text()
@@ -61,7 +62,7 @@ def made(prepared_small, tmp_path_factory) -> dict:
     from metalearn.evaluate import evaluate, write_json
     from metalearn.train import train
 
-    model = train(params, "sinusoid", "maml", 0, root / "run", device="cpu", log=quiet)
+    model = train(Benchmark.of(params, "sinusoid"), "maml", 0, root / "run", device="cpu", log=quiet)
     evaluation = root / "eval.json"
     write_json(evaluate(params, model, device="cpu", log=quiet), evaluation)
     from metalearn import benchmarks
@@ -150,7 +151,7 @@ def test_evaluate_refuses_a_model_of_other_ways(prepared_small, tmp_path, capsys
     from metalearn.train import train
 
     three = deep_merge(prepared_small, {"benchmarks": {"omniglot-5w1s": {"ways": 3, "train": {"iterations": 1}}}})
-    model = train(three, "omniglot-5w1s", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    model = train(Benchmark.of(three, "omniglot-5w1s"), "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     params_file = write_params(tmp_path / "params.yaml", prepared_small)
     code, err = run(capsys, "evaluate", "--params", params_file, "--model", model, "--out", tmp_path / "e.json")
     assert_bad_input(code, err, "benchmarks.omniglot-5w1s.ways", "trained with ways 3", "has 5", str(model))
@@ -162,7 +163,7 @@ def test_evaluate_refuses_a_model_of_other_shots(made, tmp_path, capsys):
     from metalearn.train import train
 
     five = deep_merge(made["params"], {"benchmarks": {"sinusoid": {"shots": 5, "train": {"iterations": 1}}}})
-    model = train(five, "sinusoid", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    model = train(Benchmark.of(five, "sinusoid"), "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     code, err = run(capsys, "evaluate", "--params", made["params_file"], "--model", model, "--out", tmp_path / "e.json")
     assert_bad_input(code, err, "benchmarks.sinusoid.shots", "trained with shots 5", "has 10")
     with pytest.raises(BadInput, match="benchmarks.sinusoid.shots"):
@@ -651,7 +652,7 @@ def test_missing_and_stale_episode_files_are_named(made, tmp_path, capsys):
     assert_bad_input(code, err, "episodes/sinusoid.pt", "metalearn split -b sinusoid")
     other = deep_merge(params, {"benchmarks": {"sinusoid": {"episode_seed": 5}}})
     from metalearn import benchmarks
-    benchmarks.make_episodes(other, "sinusoid")
+    benchmarks.make_episodes(Benchmark.of(other, "sinusoid"))
     code, err = run(capsys, "evaluate", "--params", params_file, "--model", made["model"], "--out", tmp_path / "e.json")
     assert_bad_input(code, err, "episodes/sinusoid.pt", "other settings")
 

@@ -35,6 +35,7 @@ from PIL import Image
 from conftest import quick_params, write_params
 from metalearn import cli
 from metalearn.data.download import MIRROR_ENV
+from metalearn.config import Benchmark
 
 SKIPPED_FLAGS = {"--track", "--help"}
 
@@ -227,13 +228,13 @@ def project(tmp_path_factory) -> Path:
     other = yaml.safe_load(yaml.safe_dump(params))
     other["profile"] = "other"
     write_params(root / "other.yaml", other)
-    benchmarks.make_episodes(params, "sinusoid")
-    model = train(params, "sinusoid", "maml", 0, root / "run", device="cpu", log=quiet)
+    benchmarks.make_episodes(Benchmark.of(params, "sinusoid"))
+    model = train(Benchmark.of(params, "sinusoid"), "maml", 0, root / "run", device="cpu", log=quiet)
     write_json(evaluate(params, model, device="cpu", log=quiet), files / "eval.json")
     for name in ("model.pt", "checkpoint.pt", "history.json"):
         shutil.copy(root / "run" / name, files / name)
     shutil.copy(benchmarks.episodes_path(params, "sinusoid"), files / "episodes.pt")
-    omniglot = build(Run.of(params, "omniglot-5w1s", "maml", 0), torch.device("cpu"))  # untrained, for adapt
+    omniglot = build(Run.of(Benchmark.of(params, "omniglot-5w1s"), "maml", 0), torch.device("cpu"))  # untrained, for adapt
     config = run_config(params, "omniglot-5w1s", "maml", 0)
     torch.save({"format": 1, "config": config, "state_dict": omniglot.state_dict(), "train_seconds": 0.0,
                 "iterations": 0, "preprocessing": preprocessing_for(config["settings"])}, files / "omniglot.pt")

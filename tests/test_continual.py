@@ -18,6 +18,7 @@ from metalearn.continual import train as ctrain
 from metalearn.continual.learner import Learner, learn_sequence
 from metalearn.continual.tasks import SequenceSampler, Sequences, episode_settings, make_episodes, subintervals
 from metalearn.errors import ConfigError
+from metalearn.config import Benchmark
 
 TINY = {"task": "continual", "model": "mlp", "hidden": [3, 3], "subtasks": 3,
         "steps_per_subtask": 2, "shots": 4, "queries": 3, "eval_queries": 5, "val_tasks": 2, "test_tasks": 6,
@@ -179,7 +180,7 @@ def tiny_params(tmp_path, **bench) -> dict:
 
 
 def test_saved_test_sequences_are_identical_across_reruns(tmp_path):
-    paths = [make_episodes(tiny_params(tmp_path / str(n)), "continual-tiny") for n in range(2)]
+    paths = [make_episodes(Benchmark.of(tiny_params(tmp_path / str(n)), "continual-tiny")) for n in range(2)]
     first, second = (torch.load(p, weights_only=True) for p in paths)
     assert first["settings"] == second["settings"] == episode_settings(TINY)
     for split in ("val", "test"):
@@ -255,7 +256,7 @@ def test_an_interrupted_meta_training_resumes_to_the_same_warps(tmp_path, monkey
     """Killed after its checkpoint at iteration 2, a rerun resumes there and ends with the warps of an
     uninterrupted run (sampler and optimiser state restored)."""
     params, quiet = tiny_params(tmp_path), (lambda message: None)
-    whole = ctrain.train(params, "continual-tiny", "warpgrad", 0, tmp_path / "whole", "cpu", log=quiet)
+    whole = ctrain.train(Benchmark.of(params, "continual-tiny"), "warpgrad", 0, tmp_path / "whole", "cpu", log=quiet)
     original, calls = ctrain.meta_gradient, []
 
     def killed_at_the_third(*args, **kwargs):
@@ -266,9 +267,9 @@ def test_an_interrupted_meta_training_resumes_to_the_same_warps(tmp_path, monkey
 
     monkeypatch.setattr(ctrain, "meta_gradient", killed_at_the_third)
     with pytest.raises(KeyboardInterrupt):
-        ctrain.train(params, "continual-tiny", "warpgrad", 0, tmp_path / "resumed", "cpu", log=quiet)
+        ctrain.train(Benchmark.of(params, "continual-tiny"), "warpgrad", 0, tmp_path / "resumed", "cpu", log=quiet)
     monkeypatch.setattr(ctrain, "meta_gradient", original)
-    resumed = ctrain.train(params, "continual-tiny", "warpgrad", 0, tmp_path / "resumed", "cpu", log=quiet)
+    resumed = ctrain.train(Benchmark.of(params, "continual-tiny"), "warpgrad", 0, tmp_path / "resumed", "cpu", log=quiet)
     a, b = (torch.load(p, weights_only=True)["state_dict"] for p in (whole, resumed))
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert not all(torch.equal(a[k], Learner("warpgrad", TINY, {"inner_lr": 0.05}, 0).state_dict()[k])

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from conftest import ROOT, write_params
+from metalearn.config import Benchmark
 
 DEVICE = os.environ.get("METALEARN_TEST_DEVICE", "cpu")
 METALEARN = str(Path(sys.executable).parent / "metalearn")
@@ -36,7 +37,7 @@ def test_a_model_trained_on_the_device_loads_and_scores_the_same_in_a_process_wi
     quiet = lambda s: None  # noqa: E731
     params = deep_merge(prepared_small, {"benchmarks": {"omniglot-5w1s": {
         "train": {"iterations": 4, "checkpoint_every": 2, "log_every": 2}}}})
-    model = train(params, "omniglot-5w1s", "maml", 0, tmp_path / "run", device=DEVICE, log=quiet)
+    model = train(Benchmark.of(params, "omniglot-5w1s"), "maml", 0, tmp_path / "run", device=DEVICE, log=quiet)
     # the model file holds CPU tensors: torch.load needs no map_location, and no CUDA, to read it
     saved = torch.load(model, weights_only=True)
     assert {t.device.type for t in saved["state_dict"].values()} == {"cpu"}

@@ -5,13 +5,14 @@ import torch
 
 from metalearn import benchmarks
 from metalearn.data import episodes as ep
+from metalearn.config import Benchmark
 
 
 def test_episode_files_identical_across_reruns_with_same_seed(prepared_small, tmp_path):
     for name in prepared_small["benchmarks"]:
         path = benchmarks.episodes_path(prepared_small, name)
         first = path.read_bytes()
-        benchmarks.make_episodes(prepared_small, name)
+        benchmarks.make_episodes(Benchmark.of(prepared_small, name))
         assert path.read_bytes() == first, name
 
 
@@ -35,7 +36,7 @@ def test_saved_episodes_have_distinct_classes_and_drawings(prepared_small):
 
 def test_gather_tasks_shapes_and_labels(prepared_small):
     bench = prepared_small["benchmarks"]["omniglot-5w1s"]
-    batches = list(benchmarks.eval_batches(prepared_small, "omniglot-5w1s", "test", torch.device("cpu"), chunk=7))
+    batches = list(benchmarks.eval_batches(Benchmark.of(prepared_small, "omniglot-5w1s"), "test", torch.device("cpu"), chunk=7))
     tasks = batches[0]
     ways, shots, queries = bench["ways"], bench["shots"], bench["eval_queries"]
     assert tasks.support_x.shape == (7, ways * shots, 1, 28, 28)
@@ -96,4 +97,4 @@ def test_episodes_made_for_other_settings_are_refused(prepared_small):
     other = copy.deepcopy(prepared_small)
     other["benchmarks"]["omniglot-5w1s"]["split"] = "lake"
     with pytest.raises(benchmarks.StaleEpisodes, match="metalearn split -b omniglot-5w1s"):
-        next(benchmarks.eval_batches(other, "omniglot-5w1s", "test", torch.device("cpu")))
+        next(benchmarks.eval_batches(Benchmark.of(other, "omniglot-5w1s"), "test", torch.device("cpu")))

@@ -4,19 +4,20 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 
 import pytest
 
 from conftest import ROOT
 from metalearn import families
-from metalearn.config import load_params
+from metalearn.config import Benchmark, load_params
 
 # the documented signature of each step (metalearn/families.py, Family), positional names
 SIGNATURES = {
     "episode_settings": ["bench"],
-    "make_episodes": ["params", "bench_name"],
-    "train": ["params", "bench_name", "algorithm", "seed", "out_dir", "device", "tracker", "log"],
-    "evaluate": ["params", "model_path", "saved", "split", "device", "steps", "log"],
+    "make_episodes": ["bench"],
+    "train": ["bench", "algorithm", "seed", "out_dir", "device", "tracker", "log"],
+    "evaluate": ["bench", "model_path", "saved", "split", "device", "steps", "log"],
     "source_files": ["algorithm"],
     "config_hash": ["config"],
 }
@@ -47,9 +48,10 @@ def test_the_configured_benchmarks_fall_into_the_expected_families():
 
 
 # the arguments each step is called with, positionally
-ARGS = {"episode_settings": ({"task": "x"},), "make_episodes": ({}, "b"),
-        "train": ({}, "b", "maml", 0, "out", "cpu", None, print),
-        "evaluate": ({}, "m", {}, "test", "cpu", None, print), "source_files": ("maml",), "config_hash": ({},)}
+BENCH = Benchmark("b", {"task": "x"}, {})
+ARGS = {"episode_settings": ({"task": "x"},), "make_episodes": (BENCH,),
+        "train": (BENCH, "maml", 0, "out", "cpu", None, print),
+        "evaluate": (BENCH, "m", {}, "test", "cpu", None, print), "source_files": ("maml",), "config_hash": ({},)}
 # the function (module, name) each family's step reaches; what the workflow plans with (episode settings,
 # source files) is metalearn.dependencies', without torch (tests/test_planning_without_torch.py checks it
 # against the families' own modules)
@@ -80,7 +82,7 @@ REACHES = {
            "config_hash": ("metalearn.rl.train", "config_hash")},
 }
 DISPATCH = [(name, step, *REACHES[name][step]) for name in sorted(REACHES) for step in SIGNATURES]
-SYNONYMS = {"method": "algorithm", "name": "algorithm"}  # the same parameter under other names
+SYNONYMS = {"method": "algorithm", "name": "algorithm", "benchmark": "bench"}  # the same parameter under other names
 
 
 @pytest.mark.parametrize("name, step, module, function", DISPATCH)
@@ -123,3 +125,29 @@ def test_a_comment_or_docstring_edit_keeps_the_digest_and_a_code_edit_changes_it
     source.write_text('"""An algorithm."""\n\n\ndef step(x):\n    x = "One step."\n    return x * 3\n')
     assert settings_digest(config, [source]) != changed  # a string that is code is code
     assert settings_digest({**config, "seed": 1}, [source]) != settings_digest(config, [source])
+
+
+# Where a benchmark's name is resolved into its settings (config.Benchmark.of): the commands that take a
+# name from the user, a model file or a record. Everything below them (the families' episodes, loops and
+# evaluations, tracking, the studies' runs) receives the resolved config.Benchmark or config.Run.
+RESOLVERS = {"metalearn.config", "metalearn.cli", "metalearn.evaluate", "metalearn.records", "metalearn.protocols",
+             "metalearn.study_plans"}
+
+
+def test_only_the_commands_look_a_benchmark_up_in_the_settings():
+    import ast
+
+    from test_layers import package_modules
+
+    import metalearn
+
+    found = []
+    for module, path in package_modules(Path(metalearn.__file__).parent, "metalearn").items():
+        if module in RESOLVERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if (isinstance(node, ast.Subscript) and isinstance(node.slice, ast.Constant)
+                    and node.slice.value == "benchmarks"):
+                found.append(f"{path}:{node.lineno}")
+    assert not found, ("these look a benchmark up in the settings again; pass them the config.Benchmark "
+                       "(or config.Run) their caller resolved:\n  " + "\n  ".join(found))

@@ -22,6 +22,7 @@ from metalearn.data import episodes as ep
 from metalearn.data import imagenet, imagenet_files
 from metalearn.data.download import MIRROR_ENV, ChecksumError
 from metalearn.errors import ConfigError
+from metalearn.config import Benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"train": 5, "val": 3, "test": 3}  # tiny stand-ins for 64/16/20 and 351/97/160
@@ -278,7 +279,7 @@ def test_cli_prepare_stops_before_any_work_when_one_data_set_is_missing(tmp_path
 def test_unprepared_data_is_a_clear_error_at_split(tmp_path):
     params = imagenet_params(tmp_path, "miniimagenet")
     with pytest.raises(imagenet.MissingData, match="metalearn prepare --dataset miniimagenet"):
-        benchmarks.make_episodes(params, "miniimagenet-3w1s")
+        benchmarks.make_episodes(Benchmark.of(params, "miniimagenet-3w1s"))
 
 
 # -- configuration ----------------------------------------------------------------------------------
@@ -346,10 +347,10 @@ def test_saved_episodes_are_deterministic_and_give_the_right_tasks(tmp_path):
     truth = make_tiered(tmp_path / "files")
     params = imagenet_params(tmp_path, "tieredimagenet", {"path": str(tmp_path / "files")})
     prepared(params, "tieredimagenet")
-    path = benchmarks.make_episodes(params, "tieredimagenet-3w1s")
+    path = benchmarks.make_episodes(Benchmark.of(params, "tieredimagenet-3w1s"))
     first = path.read_bytes()
-    assert benchmarks.make_episodes(params, "tieredimagenet-3w1s").read_bytes() == first
-    batches = list(benchmarks.eval_batches(params, "tieredimagenet-3w1s", "test", torch.device("cpu"), chunk=4))
+    assert benchmarks.make_episodes(Benchmark.of(params, "tieredimagenet-3w1s")).read_bytes() == first
+    batches = list(benchmarks.eval_batches(Benchmark.of(params, "tieredimagenet-3w1s"), "test", torch.device("cpu"), chunk=4))
     assert [len(b) for b in batches] == [4, 2]
     tasks = batches[0]
     assert tasks.support_x.shape == (4, 3 * 1, 3, 84, 84) and tasks.query_x.shape == (4, 3 * 3, 3, 84, 84)
@@ -370,16 +371,15 @@ def test_benchmark_larger_than_the_prepared_data_is_refused_naming_the_key(tmp_p
     params = imagenet_params(tmp_path, "miniimagenet", {"path": str(tmp_path / "files")}, ways=4)
     prepared(params, "miniimagenet")
     with pytest.raises(ConfigError, match=r"benchmarks\.miniimagenet-3w1s\.ways: 4 ways .* val split has 3"):
-        benchmarks.make_episodes(params, "miniimagenet-3w1s")
+        benchmarks.make_episodes(Benchmark.of(params, "miniimagenet-3w1s"))
 
 
 def test_training_sampler_is_reproducible_and_draws_from_the_training_split(tmp_path):
     truth = make_mini_pickles(tmp_path / "files")
     params = imagenet_params(tmp_path, "miniimagenet", {"path": str(tmp_path / "files")})
     prepared(params, "miniimagenet")
-    bench = params["benchmarks"]["miniimagenet-3w1s"]
     generator = torch.Generator().manual_seed(0)
-    sampler = benchmarks.train_sampler(params, bench, generator, torch.device("cpu"))
+    sampler = benchmarks.train_sampler(Benchmark.of(params, "miniimagenet-3w1s"), generator, torch.device("cpu"))
     state = generator.get_state()
     a = sampler.sample(3)
     generator.set_state(state)
@@ -398,8 +398,8 @@ def test_maml_meta_trains_and_evaluates_on_a_prepared_fixture(tmp_path):
     make_tiered(tmp_path / "files")
     params = imagenet_params(tmp_path, "tieredimagenet", {"path": str(tmp_path / "files")})
     prepared(params, "tieredimagenet")
-    benchmarks.make_episodes(params, "tieredimagenet-3w1s")
-    model = train(params, "tieredimagenet-3w1s", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    benchmarks.make_episodes(Benchmark.of(params, "tieredimagenet-3w1s"))
+    model = train(Benchmark.of(params, "tieredimagenet-3w1s"), "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     saved = torch.load(model, weights_only=True)
     assert saved["iterations"] == 2
     torch.manual_seed(0)  # the initialisation train() starts from (seed 0)

@@ -11,6 +11,7 @@ from metalearn.algorithms import build_algorithm
 from metalearn.algorithms.mtnet import straight_through_gumbel, weight_layers
 from metalearn.models import MLP, Conv4
 from metalearn.tasks import Objective, TaskBatch
+from metalearn.config import Benchmark
 
 HP = {"inner_lr": 0.05, "inner_steps": 2, "test_inner_steps": 2}
 
@@ -247,11 +248,11 @@ def test_mtnet_training_resumes_to_the_identical_result(tmp_path):
         if "iter 6/" in message:  # after the checkpoint of iteration 3, before that of 6
             raise KeyboardInterrupt
 
-    full = train(params, "sinusoid", "mtnet", 0, tmp_path / "full", device="cpu", log=lambda s: None)
+    full = train(Benchmark.of(params, "sinusoid"), "mtnet", 0, tmp_path / "full", device="cpu", log=lambda s: None)
     with pytest.raises(KeyboardInterrupt):
-        train(params, "sinusoid", "mtnet", 0, tmp_path / "cut", device="cpu", log=interrupt)
+        train(Benchmark.of(params, "sinusoid"), "mtnet", 0, tmp_path / "cut", device="cpu", log=interrupt)
     messages = []
-    resumed = train(params, "sinusoid", "mtnet", 0, tmp_path / "cut", device="cpu", log=messages.append)
+    resumed = train(Benchmark.of(params, "sinusoid"), "mtnet", 0, tmp_path / "cut", device="cpu", log=messages.append)
     assert any("resuming sinusoid/mtnet/seed0 from iteration 3" in m for m in messages)
     a = torch.load(full, weights_only=True)["state_dict"]
     b = torch.load(resumed, weights_only=True)["state_dict"]
@@ -296,10 +297,10 @@ def test_polynomial_benchmark_validates_samples_and_saves_episodes(tmp_path):
     params = quick_params(tmp_path, benchmarks={"polynomial-2": poly})
     bench = params["benchmarks"]["polynomial-2"]
     assert benchmarks.objective_kind(bench) == "regression" and benchmarks.metric_name(bench) == "mse"
-    batch = benchmarks.train_sampler(params, bench, torch.Generator().manual_seed(0), torch.device("cpu")).sample(4)
+    batch = benchmarks.train_sampler(Benchmark.of(params, "polynomial-2"), torch.Generator().manual_seed(0), torch.device("cpu")).sample(4)
     assert batch.support_x.shape == (4, 10, 1) and batch.query_y.shape == (4, 10, 1)
-    benchmarks.make_episodes(params, "polynomial-2")
-    test = list(benchmarks.eval_batches(params, "polynomial-2", "test", torch.device("cpu")))
+    benchmarks.make_episodes(Benchmark.of(params, "polynomial-2"))
+    test = list(benchmarks.eval_batches(Benchmark.of(params, "polynomial-2"), "test", torch.device("cpu")))
     assert sum(len(b) for b in test) == 6 and test[0].query_x.shape[1] == 50
     with pytest.raises(Exception):
         quick_params(tmp_path, benchmarks={"polynomial-2": {**poly, "degree": -1}})
@@ -318,7 +319,7 @@ def test_quick_profile_trains_tnet_mtnet_metasgd_on_both_benchmarks(prepared_sma
         **params["benchmarks"][b]["train"], "iterations": 2, "meta_batch": 2}} for b in ("sinusoid", "omniglot-5w1s")}}
     for bench in ("sinusoid", "omniglot-5w1s"):
         for name in ("tnet", "mtnet", "metasgd"):
-            path = train(small, bench, name, 0, tmp_path / bench / name, device="cpu", log=lambda s: None)
+            path = train(Benchmark.of(small, bench), name, 0, tmp_path / bench / name, device="cpu", log=lambda s: None)
             assert math.isfinite(torch.load(path, weights_only=True)["train_seconds"])
 
 

@@ -21,6 +21,7 @@ from metalearn.cli import main
 from metalearn.heads import embed, prototype_head
 from metalearn.models import Conv4
 from metalearn.tasks import Objective, Task, TaskBatch
+from metalearn.config import Benchmark
 from test_adapt import drawing, image_folder, save_untrained
 
 
@@ -352,7 +353,7 @@ def test_evaluate_trained_and_auto_heads_are_todays_evaluation_bit_for_bit(prepa
                                                                             "test_inner_steps": 1}
     model = save_untrained(params, "omniglot-5w1s", algorithm, tmp_path / "model.pt")
     algo, _ = load_model(model, "cpu")
-    today = [100.0 * m["accuracy"] for batch in benchmarks.eval_batches(params, "omniglot-5w1s", "test", torch.device("cpu"))
+    today = [100.0 * m["accuracy"] for batch in benchmarks.eval_batches(Benchmark.of(params, "omniglot-5w1s"), "test", torch.device("cpu"))
              for m in algo.evaluate_tasks(batch, algo.test_inner_steps)]
     expected_head = "proto" if algorithm == "protomaml" else "trained"
     for head in ([None, "auto", "proto"] if algorithm == "protomaml" else [None, "auto", "trained"]):
@@ -376,7 +377,7 @@ def test_evaluate_proto_head_at_zero_steps_classifies_support_as_query_episodes_
     target.parent.mkdir(parents=True)
     for suffix in (".pt", ".json"):
         target.with_suffix(suffix).write_bytes(source.with_suffix(suffix).read_bytes())
-    path = benchmarks.make_episodes(params, "omniglot-5w1s")
+    path = benchmarks.make_episodes(Benchmark.of(params, "omniglot-5w1s"))
     saved = ep.load_episodes(path)
     drawings = saved["test"]["drawings"]
     saved["test"]["drawings"] = drawings[..., :1].expand_as(drawings).clone()  # every query = the support image

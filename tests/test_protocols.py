@@ -26,6 +26,7 @@ from metalearn.data import episodes as ep
 from metalearn.models import MLP, Conv4, build_model
 from metalearn.tasks import Objective, TaskBatch
 from metalearn.train import clip_meta_grad, train
+from metalearn.config import Benchmark
 
 MAML_FAMILY = ["maml", "fomaml", "metasgd", "tnet", "mtnet"]
 
@@ -246,12 +247,12 @@ def test_per_task_rotations_are_saved_with_the_test_episodes(tmp_path):
     params = _fake_prepared(tmp_path, rotations="per_task")
     bench = params["benchmarks"]["omniglot-5w1s"]
     assert benchmarks.episode_settings(bench)["rotations"] == "per_task"
-    saved = ep.load_episodes(benchmarks.make_episodes(params, "omniglot-5w1s"))
-    images = benchmarks.load_split_images(params, bench)["test"]
+    saved = ep.load_episodes(benchmarks.make_episodes(Benchmark.of(params, "omniglot-5w1s")))
+    images = benchmarks.load_split_images(Benchmark.of(params, "omniglot-5w1s"))["test"]
     rotations = saved["test"]["rotations"]
     assert rotations.shape == (bench["test_tasks"], bench["ways"]) and set(rotations.unique().tolist()) <= {0, 1, 2, 3}
     assert len(rotations.unique()) > 1
-    tasks = next(benchmarks.eval_batches(params, "omniglot-5w1s", "test", torch.device("cpu"), chunk=1000))
+    tasks = next(benchmarks.eval_batches(Benchmark.of(params, "omniglot-5w1s"), "test", torch.device("cpu"), chunk=1000))
     for b in range(len(tasks)):
         for w in range(bench["ways"]):
             image = images[saved["test"]["classes"][b, w], saved["test"]["drawings"][b, w, 0]].float() / 255
@@ -264,16 +265,17 @@ def test_default_rotations_keep_the_saved_episodes_and_the_rotated_classes(tmp_p
     params = _fake_prepared(tmp_path)
     bench = params["benchmarks"]["omniglot-5w1s"]
     assert "rotations" not in benchmarks.episode_settings(bench)
-    saved = ep.load_episodes(benchmarks.make_episodes(params, "omniglot-5w1s"))
+    saved = ep.load_episodes(benchmarks.make_episodes(Benchmark.of(params, "omniglot-5w1s")))
     generator = torch.Generator().manual_seed(bench["episode_seed"])  # the episodes' recipe before the setting
     for split, count in (("val", bench["val_tasks"]), ("test", bench["test_tasks"])):
         classes, drawings = ep.draw_episodes(count, omniglot_sizes(bench)[split], 20, bench["ways"],
                                              bench["shots"] + bench["eval_queries"], generator)
         assert set(saved[split]) == {"classes", "drawings"}
         assert torch.equal(saved[split]["classes"], classes) and torch.equal(saved[split]["drawings"], drawings)
-    sampler = benchmarks.train_sampler(params, bench, torch.Generator().manual_seed(0), torch.device("cpu"))
+    sampler = benchmarks.train_sampler(Benchmark.of(params, "omniglot-5w1s"), torch.Generator().manual_seed(0),
+                                       torch.device("cpu"))
     assert not sampler.rotate and len(sampler.images) == 4 * omniglot_sizes(bench)["train"]
-    per_task = benchmarks.train_sampler(_fake_prepared(tmp_path / "b", rotations="per_task"), {**bench, "rotations": "per_task"},
+    per_task = benchmarks.train_sampler(Benchmark.of(_fake_prepared(tmp_path / "b", rotations="per_task"), "omniglot-5w1s"),
                                         torch.Generator().manual_seed(0), torch.device("cpu"))
     assert per_task.rotate and len(per_task.images) == omniglot_sizes(bench)["train"]
 
@@ -383,7 +385,7 @@ def test_training_loop_clips_the_meta_gradient(tmp_path):
     """train.clip_meta_grad in the loop: a tiny limit bounds what reaches Adam (first moment)."""
     params = quick_params(tmp_path, benchmarks={"sinusoid": {
         "train": {"meta_batch": 2, "iterations": 1, "checkpoint_every": 1, "clip_meta_grad": 1e-6}}})
-    train(params, "sinusoid", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    train(Benchmark.of(params, "sinusoid"), "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     state = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["optimizer"]["state"]
     assert state and all(s["exp_avg"].abs().max().item() <= 0.1 * 1e-6 * (1 + 1e-6) for s in state.values())
 
@@ -442,7 +444,7 @@ def test_meta_adam_eps_is_the_training_loops_adam_eps(tmp_path):
     for hparams, eps in ((base, 1e-8), ({**base, "meta_adam_eps": 1e-3}, 1e-3)):
         params = quick_params(tmp_path / str(eps), benchmarks={"sinusoid": {
             "train": {"meta_batch": 2, "iterations": 1, "checkpoint_every": 1}, "algorithms": {"imaml": hparams}}})
-        train(params, "sinusoid", "imaml", 0, tmp_path / str(eps) / "run", device="cpu", log=lambda s: None)
+        train(Benchmark.of(params, "sinusoid"), "imaml", 0, tmp_path / str(eps) / "run", device="cpu", log=lambda s: None)
         state = torch.load(tmp_path / str(eps) / "run" / "checkpoint.pt", weights_only=True)["optimizer"]
         assert [group["eps"] for group in state["param_groups"]] == [eps]
 
@@ -542,7 +544,7 @@ def test_eval_curve_scores_a_classification_benchmark_after_every_step(prepared_
     bench.update({"eval_curve": True, "train": {**bench["train"], "iterations": 2, "checkpoint_every": 2}})
     bench["algorithms"] = {"maml": {"inner_lr": 0.4, "inner_steps": 1, "test_inner_steps": 3,
                                     "inner_loss": "sum_over_shots", "eval_query_batch": "shots"}}
-    model_path = train(params, "omniglot-5w1s", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    model_path = train(Benchmark.of(params, "omniglot-5w1s"), "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     scored = evaluate(params, model_path, device="cpu", log=lambda s: None)
     assert [c["steps"] for c in scored["curve"]] == [0, 1, 2, 3] and len(scored["per_episode_curve"]) == 4
     assert scored["per_episode_curve"][3] == pytest.approx(scored["per_episode"])
@@ -656,7 +658,7 @@ def test_protocol_study_validates_meta_trains_each_variant_and_leaves_training_u
     plain = protocols_runs(params)[0]
     plain_params = {"data": {**params["data"], "root": str(tmp_path / "out" / "protocols" / "data")}, "seeds": [0],
                     "benchmarks": {plain["name"]: plain["bench"]}}
-    train(plain_params, plain["name"], "maml", 0, tmp_path / "plain", device="cpu", log=lambda s: None)
+    train(Benchmark.of(plain_params, plain["name"]), "maml", 0, tmp_path / "plain", device="cpu", log=lambda s: None)
     studied = torch.load(tmp_path / "out" / "protocols" / "default" / "model.pt", weights_only=True)["state_dict"]
     alone = torch.load(tmp_path / "plain" / "model.pt", weights_only=True)["state_dict"]
     assert all(torch.equal(studied[k], alone[k]) for k in alone)
@@ -945,8 +947,8 @@ def test_imaml_protocol_trains_evaluates_and_adapts_end_to_end(prepared_small, t
                                      "proximal": "final_step", "test_lam": 0.0, "meta_adam_eps": 1e-3}}
     params["data"]["root"] = str(tmp_path / "data")
     shutil.copytree(prepared_small["data"]["root"], tmp_path / "data")
-    benchmarks.make_episodes(params, "omniglot-5w1s")  # rotations per task: new episodes
-    model_path = train(params, "omniglot-5w1s", "imaml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    benchmarks.make_episodes(Benchmark.of(params, "omniglot-5w1s"))  # rotations per task: new episodes
+    model_path = train(Benchmark.of(params, "omniglot-5w1s"), "imaml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     scored = evaluate(params, model_path, device="cpu", log=lambda s: None)
     assert scored["episodes"] == bench["test_tasks"] and 0 <= scored["mean"] <= 100
     saved = torch.load(model_path, weights_only=True)

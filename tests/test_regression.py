@@ -14,6 +14,7 @@ from metalearn.config import Run, load_params
 from metalearn.data import episodes as ep
 from metalearn.models import MLP
 from metalearn.tasks import Objective
+from metalearn.config import Benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 REGRESSION_BENCHMARKS = ["sinusoid", "sinusoid-k5", "sinusoid-k20",
@@ -48,8 +49,8 @@ def test_mtnet_sinusoids_draw_frequencies_in_0p8_to_1p2_and_use_them():
     assert torch.allclose(y, drawn["amplitude"] * torch.sin(f * x - drawn["phase"]))
     # the benchmark's sampler draws from the configured range
     params = load_params(ROOT / "params.yaml", "regression")
-    bench = params["benchmarks"]["sinusoid-mtnet-k5"]
-    sampled = benchmarks.train_sampler(params, bench, torch.Generator().manual_seed(0), "cpu").sample(500)
+    generator = torch.Generator().manual_seed(0)
+    sampled = benchmarks.train_sampler(Benchmark.of(params, "sinusoid-mtnet-k5"), generator, "cpu").sample(500)
     assert sampled.info.shape == (500, 3)
     assert float(sampled.info[:, 2].min()) >= 0.8 and float(sampled.info[:, 2].max()) <= 1.2
     assert sampled.support_x.shape == (500, 5, 1) and sampled.query_x.shape == (500, 10, 1)
@@ -71,8 +72,8 @@ def test_maml_sinusoids_are_unchanged_by_the_frequency_option():
 def test_saved_test_tasks_of_each_regression_benchmark_are_identical_across_reruns(tmp_path):
     first, second = regression_params(tmp_path / "a"), regression_params(tmp_path / "b")
     for name in REGRESSION_BENCHMARKS:
-        a = ep.load_episodes(benchmarks.make_episodes(first, name))
-        b = ep.load_episodes(benchmarks.make_episodes(second, name))
+        a = ep.load_episodes(benchmarks.make_episodes(Benchmark.of(first, name)))
+        b = ep.load_episodes(benchmarks.make_episodes(Benchmark.of(second, name)))
         assert a["settings"] == b["settings"] == benchmarks.episode_settings(first["benchmarks"][name])
         for split in ("val", "test"):
             assert a[split].keys() == b[split].keys()
@@ -104,9 +105,9 @@ def test_oracle_network_takes_the_task_parameters_as_inputs(tmp_path):
 
     params = regression_params(tmp_path)
     for name, inputs in (("sinusoid-k5", 3),):
-        algo = build(Run.of(params, name, "oracle", 0), torch.device("cpu"))
+        algo = build(Run.of(Benchmark.of(params, name), "oracle", 0), torch.device("cpu"))
         assert algo.model.net[0].in_features == inputs
-        assert build(Run.of(params, name, "pretrained", 0), torch.device("cpu")).model.net[0].in_features == 1
+        assert build(Run.of(Benchmark.of(params, name), "pretrained", 0), torch.device("cpu")).model.net[0].in_features == 1
 
 
 def test_pretrained_meta_gradient_is_the_gradient_of_the_mean_support_loss_without_adaptation():
@@ -130,11 +131,11 @@ def test_pretrained_never_sees_a_saved_test_task_before_fine_tuning(tmp_path, mo
     params = regression_params(tmp_path, iterations=20, checkpoint_every=10, log_every=10)
     name = "sinusoid-k5"
     params["benchmarks"][name]["test_tasks"] = 30
-    benchmarks.make_episodes(params, name)
+    benchmarks.make_episodes(Benchmark.of(params, name))
     seen = []
     original = Pretrained.meta_step
     monkeypatch.setattr(Pretrained, "meta_step", lambda self, tasks: seen.append(tasks.info.clone()) or original(self, tasks))
-    model = train(params, name, "pretrained", 0, tmp_path / "model", device="cpu", log=lambda s: None)
+    model = train(Benchmark.of(params, name), "pretrained", 0, tmp_path / "model", device="cpu", log=lambda s: None)
     assert len(seen) == 20
     trained = torch.cat(seen)
     test = ep.load_episodes(benchmarks.episodes_path(params, name))["test"]

@@ -13,6 +13,7 @@ from metalearn.rl.envs import Navigation2D
 from metalearn.rl.metarl import MetaBatch, MetaRL, Rollouts, inner_step, log_probs, pg_loss, sample
 from metalearn.rl.policy import GaussianMLPPolicy, kl_divergence, per_task
 from metalearn.rl.trpo import _flat, trpo_step
+from metalearn.config import Benchmark
 
 
 def tiny_bench(**overrides) -> dict:
@@ -376,7 +377,7 @@ def _whole_and_killed_then_resumed(monkeypatch, params: dict, algorithm: str, ou
     from metalearn.rl import metarl
     from metalearn.rl.train import train
 
-    whole = train(params, "navigation-2d", algorithm, 0, out / "whole", log=lambda s: None)
+    whole = train(Benchmark.of(params, "navigation-2d"), algorithm, 0, out / "whole", log=lambda s: None)
     original, calls = metarl.MetaRL.meta_step, []
 
     def dies_at_the_third_step(self, *args, **kwargs):
@@ -387,10 +388,10 @@ def _whole_and_killed_then_resumed(monkeypatch, params: dict, algorithm: str, ou
 
     monkeypatch.setattr(metarl.MetaRL, "meta_step", dies_at_the_third_step)
     with pytest.raises(KeyboardInterrupt):
-        train(params, "navigation-2d", algorithm, 0, out / "killed", log=lambda s: None)
+        train(Benchmark.of(params, "navigation-2d"), algorithm, 0, out / "killed", log=lambda s: None)
     after_kill()
     monkeypatch.setattr(metarl.MetaRL, "meta_step", original)
-    return whole, train(params, "navigation-2d", algorithm, 0, out / "killed", log=log)
+    return whole, train(Benchmark.of(params, "navigation-2d"), algorithm, 0, out / "killed", log=log)
 
 
 def test_killed_training_resumes_to_the_identical_result(tmp_path, monkeypatch):
@@ -424,11 +425,11 @@ def test_keep_best_saves_the_parameters_of_the_best_post_update_return(tmp_path,
     monkeypatch.setattr(metarl.MetaRL, "meta_step", scripted)
     train_cfg = {"meta_batch": 2, "iterations": 4, "checkpoint_every": 2, "log_every": 1}
     kill, quiet = False, (lambda s: None)
-    plain = torch.load(train(tiny_params(tmp_path / "a"), "navigation-2d", "maml", 0, tmp_path / "plain",
+    plain = torch.load(train(Benchmark.of(tiny_params(tmp_path / "a"), "navigation-2d"), "maml", 0, tmp_path / "plain",
                              log=quiet), weights_only=True)
     plain_states, states[:] = list(states), []
     params = tiny_params(tmp_path / "b", train={**train_cfg, "keep_best": True})
-    best = torch.load(train(params, "navigation-2d", "maml", 0, tmp_path / "best", log=quiet), weights_only=True)
+    best = torch.load(train(Benchmark.of(params, "navigation-2d"), "maml", 0, tmp_path / "best", log=quiet), weights_only=True)
     assert best["best_iteration"] == 2 and best["iterations"] == 4 and "best_iteration" not in plain
     assert all(torch.equal(a[k], b[k]) for a, b in zip(states, plain_states) for k in a)  # same training
     assert all(torch.equal(best["state_dict"][k], states[1][k]) for k in states[1])
@@ -436,9 +437,9 @@ def test_keep_best_saves_the_parameters_of_the_best_post_update_return(tmp_path,
 
     states[:], kill = [], True
     with pytest.raises(KeyboardInterrupt):
-        train(params, "navigation-2d", "maml", 0, tmp_path / "killed", log=quiet)
+        train(Benchmark.of(params, "navigation-2d"), "maml", 0, tmp_path / "killed", log=quiet)
     states[:], kill = [None, None], False  # the resumed run starts at iteration 3
-    resumed = torch.load(train(params, "navigation-2d", "maml", 0, tmp_path / "killed", log=quiet),
+    resumed = torch.load(train(Benchmark.of(params, "navigation-2d"), "maml", 0, tmp_path / "killed", log=quiet),
                          weights_only=True)
     assert resumed["best_iteration"] == 2
     assert all(torch.equal(resumed["state_dict"][k], best["state_dict"][k]) for k in best["state_dict"])
@@ -459,15 +460,16 @@ def test_paper_profile_keeps_the_best_iteration_and_the_others_the_last():
 def test_saved_test_tasks_are_identical_across_reruns_and_follow_the_seed(tmp_path):
     from metalearn.rl.tasks import make_test_tasks, read_test_tasks
 
-    first = make_test_tasks(tiny_params(tmp_path / "a"), "navigation-2d")
-    second = make_test_tasks(tiny_params(tmp_path / "b"), "navigation-2d")
+    first = make_test_tasks(Benchmark.of(tiny_params(tmp_path / "a"), "navigation-2d"))
+    second = make_test_tasks(Benchmark.of(tiny_params(tmp_path / "b"), "navigation-2d"))
     assert first.read_bytes() == second.read_bytes()
-    goals, seed = read_test_tasks(tiny_params(tmp_path / "a"), "navigation-2d")
+    goals, seed = read_test_tasks(Benchmark.of(tiny_params(tmp_path / "a"), "navigation-2d"))
     assert goals.shape == (3, 2) and goals.abs().max() <= 0.5
-    other, other_seed = read_test_tasks(tiny_params(tmp_path / "b"), "navigation-2d")
+    other, other_seed = read_test_tasks(Benchmark.of(tiny_params(tmp_path / "b"), "navigation-2d"))
     assert torch.equal(goals, other) and seed == other_seed
-    make_test_tasks(tiny_params(tmp_path / "c", episode_seed=1), "navigation-2d")
-    assert not torch.equal(goals, read_test_tasks(tiny_params(tmp_path / "c", episode_seed=1), "navigation-2d")[0])
+    reseeded = Benchmark.of(tiny_params(tmp_path / "c", episode_seed=1), "navigation-2d")
+    make_test_tasks(reseeded)
+    assert not torch.equal(goals, read_test_tasks(reseeded)[0])
 
 
 def test_cli_split_train_evaluate_tracked_give_returns_after_each_step(tmp_path, monkeypatch):
@@ -627,8 +629,8 @@ def test_saved_locomotion_test_tasks_follow_the_papers_distributions(tmp_path):
     params = validate({"profile": "test", "data": {"root": str(tmp_path)}, "seeds": [0], "benchmarks": benches})
     tasks = {}
     for name in benches:
-        make_test_tasks(params, name)
-        tasks[name] = read_test_tasks(params, name)[0]
+        make_test_tasks(Benchmark.of(params, name))
+        tasks[name] = read_test_tasks(Benchmark.of(params, name))[0]
         assert tasks[name].shape == (200, 1)
     uniform = torch.rand(200, 1, generator=torch.Generator().manual_seed(0))
     torch.testing.assert_close(tasks["ant-vel"], 3 * uniform)

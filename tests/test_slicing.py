@@ -16,6 +16,7 @@ import torch
 from conftest import write_params
 from metalearn import train as train_module
 from metalearn.config import deep_merge
+from metalearn.config import Benchmark
 
 EXIT_SLICE_ENDED = 75
 
@@ -58,18 +59,18 @@ def test_three_slices_equal_one_uninterrupted_run(prepared_small, tmp_path, monk
                                                "val_tasks": 2, "test_tasks": 2, "episode_seed": 0,
                                                "algorithms": {"warpgrad": {"inner_lr": 0.01, "snapshots": 3}}})
         overrides["benchmarks"][bench]["train"]["meta_lr"] = 0.003
-    params = deep_merge(prepared_small, overrides)
-    run = families.family(params["benchmarks"][bench]).train
+    benchmark = Benchmark.of(deep_merge(prepared_small, overrides), bench)
+    run = families.family(benchmark.settings).train
 
-    whole = run(params, bench, algorithm, 0, tmp_path / "whole", device="cpu", log=lambda s: None)
+    whole = run(benchmark, algorithm, 0, tmp_path / "whole", device="cpu", log=lambda s: None)
     stopped = _stop_at_iterations(monkeypatch, {7, 16})
     sliced = tmp_path / "sliced"
     for expected_stop in (7, 16):
         with pytest.raises(train_module.SliceEnded, match=f"after iteration {expected_stop} of 22"):
-            run(params, bench, algorithm, 0, sliced, device="cpu", log=lambda s: None)
+            run(benchmark, algorithm, 0, sliced, device="cpu", log=lambda s: None)
         assert not (sliced / "model.pt").exists() and not (sliced / "history.json").exists()
         assert torch.load(sliced / "checkpoint.pt", weights_only=True)["iteration"] == expected_stop
-    path = run(params, bench, algorithm, 0, sliced, device="cpu", log=lambda s: None)
+    path = run(benchmark, algorithm, 0, sliced, device="cpu", log=lambda s: None)
     assert stopped == [7, 16]
 
     a, b = torch.load(whole, weights_only=True), torch.load(path, weights_only=True)
@@ -165,7 +166,7 @@ def test_an_unfinished_training_is_recorded_in_progress_with_its_curve_and_check
     _stop_at_iterations(monkeypatch, {6})
     out = tmp_path / "models/sinusoid/maml/seed0"
     with pytest.raises(train_module.SliceEnded):
-        train_module.train(params, "sinusoid", "maml", 0, out, device="cpu", log=lambda s: None)
+        train_module.train(Benchmark.of(params, "sinusoid"), "maml", 0, out, device="cpu", log=lambda s: None)
     root = tmp_path / "recorded"
     (folder,) = records.write_records(params, root, tmp_path / "models", tmp_path / "evals", None, log=lambda s: None)
     record = records.read_record(folder / "record.json")

@@ -17,6 +17,7 @@ from metalearn.config import deep_merge
 from metalearn.evaluate import evaluate
 from metalearn.stats import mean_ci95
 from metalearn.train import TrainingDiverged, config_hash, load_model, run_config, train
+from metalearn.config import Benchmark
 
 
 def _metalearn(*args, env=None):
@@ -105,13 +106,13 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(prepared_small, t
             "train": {"iterations": iterations, "checkpoint_every": 2, "log_every": 2}}}})
 
     quiet = lambda s: None  # noqa: E731
-    reference6 = train(params(6), "sinusoid", "maml", 0, tmp_path / "ref6", device="cpu", log=quiet)
-    reference10 = train(params(10), "sinusoid", "maml", 0, tmp_path / "ref10", device="cpu", log=quiet)
+    reference6 = train(Benchmark.of(params(6), "sinusoid"), "maml", 0, tmp_path / "ref6", device="cpu", log=quiet)
+    reference10 = train(Benchmark.of(params(10), "sinusoid"), "maml", 0, tmp_path / "ref10", device="cpu", log=quiet)
     out = tmp_path / "run"
     with monkeypatch.context() as patch:
         _inject_nonfinite(patch, 7, where)
         with pytest.raises(TrainingDiverged, match="Lower meta_lr or inner_lr") as info:
-            train(params(10), "sinusoid", "maml", 0, out, device="cpu", log=quiet)
+            train(Benchmark.of(params(10), "sinusoid"), "maml", 0, out, device="cpu", log=quiet)
     message = str(info.value)
     assert "at iteration 7" in message and "last good checkpoint (iteration 6)" in message
     assert not (out / "model.pt").exists()
@@ -123,7 +124,7 @@ def test_nan_stops_training_and_keeps_the_last_good_checkpoint(prepared_small, t
         assert torch.equal(kept["algorithm"][key].cpu(), value), key
 
     logs = []
-    train(params(10), "sinusoid", "maml", 0, out, device="cpu", log=logs.append)
+    train(Benchmark.of(params(10), "sinusoid"), "maml", 0, out, device="cpu", log=logs.append)
     assert "resuming sinusoid/maml/seed0 from iteration 6" in logs
     final, expected = _state(out / "model.pt"), _state(reference10)
     for key, value in expected.items():
@@ -143,7 +144,7 @@ def test_evaluation_of_a_zero_model_is_the_mean_square_of_the_episode_file(prepa
     from metalearn import benchmarks
     from metalearn.data import episodes as ep
 
-    model = train(prepared_small, "sinusoid", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    model = train(Benchmark.of(prepared_small, "sinusoid"), "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     zero = _rewrite_state(model, tmp_path / "zero.pt", lambda k, v: torch.zeros_like(v))
     result = evaluate(prepared_small, zero, device="cpu", steps=0, log=lambda s: None)
     bench = prepared_small["benchmarks"]["sinusoid"]
@@ -161,7 +162,7 @@ def test_evaluation_with_a_zero_head_scores_exactly_chance(prepared_small, tmp_p
     the prediction is class 0 for every query, and the saved episodes hold eval_queries queries per
     class, so every episode scores exactly 100 / ways percent (not "somewhere in [0, 100]")."""
     params = deep_merge(prepared_small, {"benchmarks": {"omniglot-5w1s": {"train": {"iterations": 2}}}})
-    model = train(params, "omniglot-5w1s", "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    model = train(Benchmark.of(params, "omniglot-5w1s"), "maml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     zero_head = _rewrite_state(model, tmp_path / "zero-head.pt",
                                lambda k, v: torch.zeros_like(v) if k.startswith("model.head.") else v)
     result = evaluate(params, zero_head, device="cpu", steps=0, log=lambda s: None)
@@ -172,7 +173,7 @@ def test_evaluation_with_a_zero_head_scores_exactly_chance(prepared_small, tmp_p
 
 
 def test_model_file_loads_without_pickled_code_and_evaluates(prepared_small, tmp_path):
-    model_path = train(prepared_small, "sinusoid", "fomaml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
+    model_path = train(Benchmark.of(prepared_small, "sinusoid"), "fomaml", 0, tmp_path / "run", device="cpu", log=lambda s: None)
     saved = torch.load(model_path, weights_only=True)  # no arbitrary unpickling needed
     assert saved["config"]["algorithm"] == "fomaml"
     algo, _ = load_model(model_path, device="cpu")

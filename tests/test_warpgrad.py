@@ -12,6 +12,7 @@ from metalearn.algorithms.warpgrad import snapshot_steps
 from conftest import held_out_loss, meta_train_on_sinusoids
 from metalearn.models import MLP, Conv4
 from metalearn.tasks import Objective, TaskBatch
+from metalearn.config import Benchmark
 
 ALPHA, STEPS = 0.1, 3
 
@@ -372,17 +373,17 @@ def test_warp_leap_trains_in_the_loop_resumes_exactly_and_evaluates(tmp_path):
     params = quick_params(tmp_path, benchmarks={"sinusoid": {"test_tasks": 5, "train": {
         "iterations": 6, "checkpoint_every": 3, "log_every": 3, "meta_batch": 3}}})
     quiet = {"device": "cpu", "log": lambda s: None}
-    reference = train(params, "sinusoid", "warpleap", 0, tmp_path / "reference", **quiet)
+    reference = train(Benchmark.of(params, "sinusoid"), "warpleap", 0, tmp_path / "reference", **quiet)
     with pytest.raises(KeyboardInterrupt):  # stopped after the checkpoint at iteration 3
-        train(params, "sinusoid", "warpleap", 0, tmp_path / "resumed", tracker=StopAt(6), **quiet)
+        train(Benchmark.of(params, "sinusoid"), "warpleap", 0, tmp_path / "resumed", tracker=StopAt(6), **quiet)
     assert torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=True)["iteration"] == 3
-    resumed = train(params, "sinusoid", "warpleap", 0, tmp_path / "resumed", **quiet)
+    resumed = train(Benchmark.of(params, "sinusoid"), "warpleap", 0, tmp_path / "resumed", **quiet)
     a, b = (torch.load(path, weights_only=True)["state_dict"] for path in (reference, resumed))
     assert a.keys() == b.keys() and any(key.startswith("warp.") for key in a)
     assert all(torch.equal(a[key], b[key]) for key in a)
     algo, _ = load_model(resumed, device="cpu")
     assert algo.init == "leap" and all(torch.equal(p, a[f"warp.{n}"]) for n, p in algo.warp.named_parameters())
-    make_episodes(params, "sinusoid")
+    make_episodes(Benchmark.of(params, "sinusoid"))
     result = evaluate(params, resumed, device="cpu", log=lambda s: None)
     assert result["episodes"] == 5 and torch.isfinite(torch.tensor(result["per_episode"])).all()
 

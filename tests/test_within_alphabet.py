@@ -20,6 +20,7 @@ from metalearn.cli import main
 from metalearn.config import ConfigError, apply_profile, validate
 from metalearn.data import episodes as ep
 from metalearn.data import omniglot, omniglot_splits
+from metalearn.config import Benchmark
 
 
 def archive_alphabets(name: str) -> dict[str, int]:
@@ -140,7 +141,7 @@ def small_heads(tmp_path_factory, mirror) -> dict:
     archives = omniglot.download("omniglot-small", paths.raw_dir(params), str(mirror))
     omniglot.prepare("omniglot-small", archives, benchmarks.prepared_path(params, "omniglot-small"))
     for name in params["benchmarks"]:
-        benchmarks.make_episodes(params, name)
+        benchmarks.make_episodes(Benchmark.of(params, name))
     return copy.deepcopy(params)
 
 
@@ -150,7 +151,7 @@ def test_every_saved_and_sampled_episode_is_within_one_alphabet_of_its_part(smal
     for bench_name, bench in params["benchmarks"].items():
         parts = omniglot.split_classes(names, "omniglot-small", "background-alphabets", bench["split_seed"])
         alphabets = omniglot_splits.partition_alphabets("omniglot-small", bench["split_seed"])
-        saved = benchmarks.read_current_episodes(params, bench_name, benchmarks.episode_settings(bench))
+        saved = benchmarks.read_current_episodes(Benchmark.of(params, bench_name), benchmarks.episode_settings(bench))
         assert saved["settings"]["within_alphabet"] is True
         for split in ("val", "test"):
             part = [names[i] for i in parts[split].tolist()]
@@ -159,7 +160,7 @@ def test_every_saved_and_sampled_episode_is_within_one_alphabet_of_its_part(smal
                 assert len(owners) == 1 and owners <= set(alphabets[split])
                 assert len(set(row.tolist())) == bench["ways"]
         # meta-training: the sampler's tasks are gathered from one (possibly rotated) alphabet's classes
-        sampler = benchmarks.train_sampler(params, bench, torch.Generator().manual_seed(3), torch.device("cpu"))
+        sampler = benchmarks.train_sampler(Benchmark.of(params, bench_name), torch.Generator().manual_seed(3), torch.device("cpu"))
         assert isinstance(sampler, ep.AlphabetSampler) and len(sampler.offsets) == 4 * len(alphabets["train"]) + 1
         classes, drawings = ep.draw_alphabet_episodes(8, sampler.offsets, 20, bench["ways"], 2,
                                                       torch.Generator().manual_seed(3))

@@ -363,9 +363,9 @@ def eval_settings(params: dict, bench: str) -> dict:
 def train_settings(params: dict, bench: str, algorithm: str, seed) -> dict:
     """Everything that determines a training run (metalearn.train.run_config, whose hash is stored in
     model.pt)."""
-    from metalearn.config import Run
+    from metalearn.config import Benchmark, Run
 
-    return Run.of(params, bench, algorithm, int(seed)).config()
+    return Run.of(Benchmark.of(params, bench), algorithm, int(seed)).config()
 
 
 # ----------------------------------------------------------------------------- dvc.yaml

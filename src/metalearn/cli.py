@@ -33,7 +33,7 @@ import traceback
 from pathlib import Path
 
 from metalearn import allocator, benchmarks, families, paths
-from metalearn.config import benchmark, load_params
+from metalearn.config import Benchmark, load_params
 from metalearn.data.download import data_mirror
 from metalearn.errors import BadInput, ConfigError
 from metalearn.data.omniglot_splits import VARIANTS as OMNIGLOT_VARIANTS
@@ -261,33 +261,31 @@ def cmd_prepare(params: dict, args) -> None:
 
 def cmd_split(params: dict, args) -> None:
     names = [args.benchmark] if args.benchmark else sorted(params["benchmarks"])
-    for name in names:
-        benchmark(params, name)  # an unknown name: ConfigError naming the benchmarks there are
-    _check_data_writable(params, *[benchmarks.episodes_path(params, name).parent for name in names[:1]])
+    chosen = [Benchmark.of(params, name) for name in names]  # an unknown name: ConfigError naming those there are
+    _check_data_writable(params, *[bench.episodes_path.parent for bench in chosen[:1]])
     _check_prepared(params, names)
-    for name in names:  # saved episodes, test sequences, alphabets or RL test tasks (metalearn.families)
-        path = families.family(params["benchmarks"][name]).make_episodes(params, name)
-        print(f"episodes of {name} -> {path}", file=sys.stderr)
+    for bench in chosen:  # saved episodes, test sequences, alphabets or RL test tasks (metalearn.families)
+        path = families.family(bench.settings).make_episodes(bench)
+        print(f"episodes of {bench.name} -> {path}", file=sys.stderr)
 
 
 def cmd_train(params: dict, args) -> None:
-    from metalearn.train import run_config
-
     out = Path(args.out) if args.out else Path("models") / args.benchmark / args.algorithm / f"seed{args.seed}"
-    run_config(params, args.benchmark, args.algorithm, args.seed)  # ConfigError for an unknown -b / -a
+    bench = Benchmark.of(params, args.benchmark)  # ConfigError for an unknown -b
+    bench.algorithm(args.algorithm)  # ... or -a
     check_writable(out, "--out", folder=True)
     _check_prepared(params, [args.benchmark])
     _slice(args)
     # the family's loop: episodes (metalearn.train), continual, alphabets, RL (TRPO); metalearn.families
-    train = families.family(params["benchmarks"][args.benchmark]).train
+    train = families.family(bench.settings).train
     with training_lock(out):  # every family's loop, one training per folder at a time
         if not args.track:
-            path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device)
+            path = train(bench, args.algorithm, args.seed, out, device=args.device)
         else:
             from metalearn import tracking
 
-            with tracking.training_run(params, args.benchmark, args.algorithm, args.seed, args.device) as run:
-                path = train(params, args.benchmark, args.algorithm, args.seed, out, device=args.device, tracker=run)
+            with tracking.training_run(bench, args.algorithm, args.seed, args.device) as run:
+                path = train(bench, args.algorithm, args.seed, out, device=args.device, tracker=run)
                 tracking.log_model(run, path)
     print(f"model -> {path}", file=sys.stderr)
 

@@ -10,13 +10,14 @@ import copy
 import io
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import jsonschema
 import yaml
 
+from metalearn import paths
 from metalearn.data.imagenet_files import MIN_IMAGES_PER_CLASS, SPLIT_CLASSES
 from metalearn.data.omniglot_splits import split_sizes, within_alphabet_problems
 from metalearn.errors import ConfigError
@@ -371,13 +372,38 @@ def benchmark(params: dict, name: str) -> dict:
 
 
 def algorithm_params(params: dict, bench_name: str, algorithm: str) -> dict[str, Any]:
-    bench = benchmark(params, bench_name)
-    try:
-        return dict(bench["algorithms"][algorithm])
-    except KeyError:
-        raise ConfigError(
-            f"benchmarks.{bench_name}.algorithms.{algorithm}: not configured for this benchmark; "
-            f"it has {sorted(bench['algorithms'])}") from None
+    return Benchmark.of(params, bench_name).algorithm(algorithm)
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark, looked up in params once and passed on: the command line, the workflow's jobs and
+    the records resolve a name into this; the task families' episodes, loops and evaluations receive it.
+    `settings` is the benchmark's (every key, as params.yaml has it); `params` the whole configuration,
+    for what lies outside the benchmark (the data folder and mirror, the profile)."""
+
+    name: str
+    settings: dict[str, Any]
+    params: dict[str, Any] = field(repr=False, compare=False)
+
+    @classmethod
+    def of(cls, params: dict, name: str) -> "Benchmark":
+        """params.yaml's benchmark `name` (a ConfigError names an unknown one)."""
+        return cls(name, benchmark(params, name), params)
+
+    def algorithm(self, algorithm: str) -> dict[str, Any]:
+        """The algorithm's settings on this benchmark (a ConfigError names one it does not configure)."""
+        try:
+            return dict(self.settings["algorithms"][algorithm])
+        except KeyError:
+            raise ConfigError(
+                f"benchmarks.{self.name}.algorithms.{algorithm}: not configured for this benchmark; "
+                f"it has {sorted(self.settings['algorithms'])}") from None
+
+    @property
+    def episodes_path(self) -> Path:
+        """Its saved validation and test episodes (metalearn.paths)."""
+        return paths.episodes_path(self.params, self.name)
 
 
 # Evaluation-only settings and the paper-row label (`reproduces`, read by results/paper.md): left out of a
@@ -399,10 +425,9 @@ class Run:
     hparams: dict[str, Any]
 
     @classmethod
-    def of(cls, params: dict, bench_name: str, algorithm: str, seed: int) -> "Run":
-        """The run of params.yaml's benchmark `bench_name` (a ConfigError names an unknown one)."""
-        return cls(bench_name, algorithm, seed, benchmark(params, bench_name),
-                   algorithm_params(params, bench_name, algorithm))
+    def of(cls, bench: Benchmark, algorithm: str, seed: int) -> "Run":
+        """The run of `algorithm` on `bench` (a ConfigError names an algorithm it does not configure)."""
+        return cls(bench.name, algorithm, seed, bench.settings, bench.algorithm(algorithm))
 
     @classmethod
     def of_config(cls, config: dict) -> "Run":

@@ -12,14 +12,15 @@ from pathlib import Path
 import torch
 
 from metalearn import benchmarks
+from metalearn.config import Benchmark
 from metalearn.head_policies import adapted_algorithm, evaluate_tasks, head_policy
 from metalearn.stats import mean_ci95
 from metalearn.train import load_model
 
 
-def evaluate_episodes(params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+def evaluate_episodes(benchmark: Benchmark, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
                       steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True),
-                      head: str | None = None, benchmark: str | None = None) -> dict:
+                      head: str | None = None) -> dict:
     """A model adapted to each saved episode of `split` (support set, `steps` inner steps) and scored
     on its query set: mean and 95% CI over the episodes, per-episode values.
 
@@ -27,12 +28,12 @@ def evaluate_episodes(params: dict, model_path: Path, saved: dict, split: str = 
     policies (`adapted_algorithm`): `trained` the meta-learned head (the evaluation as it always was),
     `zero` one output per class at zero, `proto` set from the episode's support features (heads.py),
     `auto` (default) the trained head at the training's number of classes, else as `metalearn adapt`
-    decides. `benchmark`: another benchmark's saved episodes (other ways; evaluate.check_model_fits);
-    the record says which head, and on which benchmark the model was trained."""
+    decides. `benchmark`: the model's own, or another benchmark whose saved episodes it is scored on
+    (other ways; evaluate.check_model_fits); the record says which head, and on which benchmark the
+    model was trained."""
     algo, saved = load_model(model_path, device, saved)
     config = saved["config"]
-    bench_name = benchmark or config["benchmark"]
-    bench = params["benchmarks"][bench_name]
+    bench_name, bench = benchmark.name, benchmark.settings
     policy = None
     if bench.get("ways") is not None:  # classification: the head policy (the default: auto)
         algo, policy = _with_head(algo, saved, bench["ways"], head or "auto", device)
@@ -46,7 +47,7 @@ def evaluate_episodes(params: dict, model_path: Path, saved: dict, split: str = 
     values: list[float] = []
     curves: list[list[float]] = []
     examples: dict | None = None
-    for batch in benchmarks.eval_batches(params, bench_name, split, dev):
+    for batch in benchmarks.eval_batches(benchmark, split, dev):
         if curve:
             results = (evaluate_tasks(algo, batch, steps, head="proto", curve=True) if proto
                        else algo.evaluate_tasks(batch, steps, curve=True))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from metalearn import families
+from metalearn.config import Benchmark
 from metalearn.errors import BadInput, ConfigError
 
 # The settings a model is tied to: its network's shape and what it learned from. Evaluation-only
@@ -27,14 +28,12 @@ def evaluate(params: dict, model_path: Path, split: str = "test", device: str = 
     the trained head) and `benchmark` (another benchmark's saved episodes, of other ways) go to the
     episodes family's evaluation (metalearn.episodic)."""
     saved = check_inputs(params, model_path, steps, head, benchmark)
-    name = benchmark or saved["config"]["benchmark"]
-    family = families.family(params["benchmarks"][name])
+    scored = Benchmark.of(params, benchmark or saved["config"]["benchmark"])
     if head is None and benchmark is None:
-        return family.evaluate(params, model_path, saved, split, device, steps, log)
+        return families.family(scored.settings).evaluate(scored, model_path, saved, split, device, steps, log)
     from metalearn import episodic  # the episodes family's evaluation, with its head and benchmark options
 
-    return episodic.evaluate_episodes(params, model_path, saved, split, device, steps, log, head=head,
-                                      benchmark=benchmark)
+    return episodic.evaluate_episodes(scored, model_path, saved, split, device, steps, log, head=head)
 
 
 def check_model_fits(params: dict, saved: dict, model_path: Path, benchmark: str | None = None) -> None:

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Callable, Protocol, runtime_checkable
 
 from metalearn import dependencies
+from metalearn.config import Benchmark
 from metalearn.rl import RL_TASKS
 
 Log = Callable[[str], None]
@@ -36,18 +37,19 @@ class Family(Protocol):
     name: str
 
     def episode_settings(self, bench: dict) -> dict:
-        """What a benchmark's saved episodes depend on (stored with them, checked on use)."""
+        """What a benchmark's saved episodes depend on (stored with them, checked on use), from its settings."""
 
-    def make_episodes(self, params: dict, bench_name: str) -> Path:
+    def make_episodes(self, bench: Benchmark) -> Path:
         """`metalearn split`: the saved validation and test episodes (or sequences, alphabets, tasks)."""
 
-    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+    def train(self, bench: Benchmark, algorithm: str, seed: int, out_dir: Path,
               device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
         """`metalearn train`: out_dir/model.pt (and history.json), resumable."""
 
-    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+    def evaluate(self, bench: Benchmark, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
                  steps: int | None = None, log: Log = _stderr) -> dict:
-        """`metalearn evaluate` of a checked model file (`saved`, its record): one evaluation record."""
+        """`metalearn evaluate` of a checked model file (`saved`, its record) on `bench` (the benchmark
+        whose saved episodes score it): one evaluation record."""
 
     def source_files(self, algorithm: str) -> list[Path]:
         """The files whose edits change a run's results."""
@@ -65,22 +67,22 @@ class Episodes:
     def episode_settings(self, bench: dict) -> dict:
         return dependencies.episode_settings(bench)
 
-    def make_episodes(self, params: dict, bench_name: str) -> Path:
+    def make_episodes(self, bench: Benchmark) -> Path:
         from metalearn import benchmarks
 
-        return benchmarks.make_episodes(params, bench_name)
+        return benchmarks.make_episodes(bench)
 
-    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+    def train(self, bench: Benchmark, algorithm: str, seed: int, out_dir: Path,
               device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
         from metalearn import train
 
-        return train.train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
+        return train.train(bench, algorithm, seed, out_dir, device, tracker, log)
 
-    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+    def evaluate(self, bench: Benchmark, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
                  steps: int | None = None, log: Log = _stderr) -> dict:
         from metalearn import episodic
 
-        return episodic.evaluate_episodes(params, model_path, saved, split, device, steps, log)
+        return episodic.evaluate_episodes(bench, model_path, saved, split, device, steps, log)
 
     def source_files(self, algorithm: str) -> list[Path]:
         return dependencies.algorithm_files(algorithm)
@@ -100,22 +102,22 @@ class Continual:
     def episode_settings(self, bench: dict) -> dict:
         return dependencies.continual_episode_settings(bench)
 
-    def make_episodes(self, params: dict, bench_name: str) -> Path:
+    def make_episodes(self, bench: Benchmark) -> Path:
         from metalearn.continual import tasks
 
-        return tasks.make_episodes(params, bench_name)
+        return tasks.make_episodes(bench)
 
-    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+    def train(self, bench: Benchmark, algorithm: str, seed: int, out_dir: Path,
               device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
         from metalearn.continual import train
 
-        return train.train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
+        return train.train(bench, algorithm, seed, out_dir, device, tracker, log)
 
-    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+    def evaluate(self, bench: Benchmark, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
                  steps: int | None = None, log: Log = _stderr) -> dict:
         from metalearn.continual import evaluate
 
-        return evaluate.evaluate(params, model_path, saved, split, device, steps, log)
+        return evaluate.evaluate(bench, model_path, saved, split, device, steps, log)
 
     def source_files(self, algorithm: str) -> list[Path]:
         return dependencies.continual_files(algorithm)
@@ -135,22 +137,22 @@ class Alphabets:
     def episode_settings(self, bench: dict) -> dict:
         return dependencies.alphabets_episode_settings(bench)
 
-    def make_episodes(self, params: dict, bench_name: str) -> Path:
+    def make_episodes(self, bench: Benchmark) -> Path:
         from metalearn.alphabets import tasks
 
-        return tasks.make_episodes(params, bench_name)
+        return tasks.make_episodes(bench)
 
-    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+    def train(self, bench: Benchmark, algorithm: str, seed: int, out_dir: Path,
               device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
         from metalearn.alphabets import train
 
-        return train.train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
+        return train.train(bench, algorithm, seed, out_dir, device, tracker, log)
 
-    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+    def evaluate(self, bench: Benchmark, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
                  steps: int | None = None, log: Log = _stderr) -> dict:
         from metalearn.alphabets import evaluate
 
-        return evaluate.evaluate(params, model_path, saved, split, device, steps, log)
+        return evaluate.evaluate(bench, model_path, saved, split, device, steps, log)
 
     def source_files(self, algorithm: str) -> list[Path]:
         return dependencies.alphabets_files(algorithm)
@@ -170,22 +172,22 @@ class RL:
     def episode_settings(self, bench: dict) -> dict:
         return dependencies.episode_settings(bench)
 
-    def make_episodes(self, params: dict, bench_name: str) -> Path:
+    def make_episodes(self, bench: Benchmark) -> Path:
         from metalearn.rl import tasks
 
-        return tasks.make_test_tasks(params, bench_name)
+        return tasks.make_test_tasks(bench)
 
-    def train(self, params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+    def train(self, bench: Benchmark, algorithm: str, seed: int, out_dir: Path,
               device: str = "auto", tracker: Any = None, log: Log = _stderr) -> Path:
         from metalearn.rl import train
 
-        return train.train(params, bench_name, algorithm, seed, out_dir, device, tracker, log)
+        return train.train(bench, algorithm, seed, out_dir, device, tracker, log)
 
-    def evaluate(self, params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+    def evaluate(self, bench: Benchmark, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
                  steps: int | None = None, log: Log = _stderr) -> dict:
         from metalearn.rl import evaluate
 
-        return evaluate.evaluate(params, model_path, saved, split, device, steps, log)
+        return evaluate.evaluate(bench, model_path, saved, split, device, steps, log)
 
     def source_files(self, algorithm: str) -> list[Path]:
         return dependencies.rl_files(algorithm)

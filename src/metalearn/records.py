@@ -286,16 +286,16 @@ def rebuild_root(params: dict) -> Iterator[dict]:
 def _prepare_data(params: dict, bench: str, log: Log) -> None:
     """The prepared image data a benchmark reads (download from the official URL or the mirror, then
     prepare), when the data root lacks it."""
-    from metalearn import benchmarks
+    from metalearn import paths
     from metalearn.data.download import data_mirror
     from metalearn.data import omniglot
 
     dataset = params["benchmarks"][bench].get("dataset")
-    if dataset is None or dataset not in omniglot.VARIANTS or benchmarks.prepared_path(params, dataset).exists():
+    if dataset is None or dataset not in omniglot.VARIANTS or paths.prepared_path(params, dataset).exists():
         return
     log(f"preparing {dataset} (download and prepare) for {bench}")
-    archives = omniglot.download(dataset, benchmarks.raw_dir(params), data_mirror(params))
-    omniglot.prepare(dataset, archives, benchmarks.prepared_path(params, dataset))
+    archives = omniglot.download(dataset, paths.raw_dir(params), data_mirror(params))
+    omniglot.prepare(dataset, archives, paths.prepared_path(params, dataset))
 
 
 def _place_episodes(params: dict, scratch: dict, profile: str, bench: str, rebuilt: dict, log: Log) -> str:
@@ -303,16 +303,17 @@ def _place_episodes(params: dict, scratch: dict, profile: str, bench: str, rebui
     and benchmark (`rebuilt` keeps them across records); returns their contents digest."""
     from metalearn import families, provenance
 
-    key = (profile, bench)
+    from metalearn.config import Benchmark
+
+    key, benchmark = (profile, bench), Benchmark.of(scratch, bench)
     if key not in rebuilt:
         _prepare_data(params, bench, log)
-        episodes = families.family(params["benchmarks"][bench]).make_episodes(scratch, bench)
+        episodes = families.family(benchmark.settings).make_episodes(benchmark)
         rebuilt[key] = provenance.file_content_digest(episodes)
         rebuilt[key + ("file",)] = Path(episodes).read_bytes()
     else:
-        target = Path(scratch["data"]["root"]) / "episodes" / f"{bench}.pt"
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(rebuilt[key + ("file",)])
+        benchmark.episodes_path.parent.mkdir(parents=True, exist_ok=True)
+        benchmark.episodes_path.write_bytes(rebuilt[key + ("file",)])
     return rebuilt[key]
 
 

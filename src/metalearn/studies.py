@@ -43,7 +43,7 @@ from typing import Callable
 import torch
 
 from metalearn import benchmarks
-from metalearn.config import validate
+from metalearn.config import Benchmark, Run, validate
 from metalearn.study_plans import mtnet_runs, protocols_runs, run_params
 
 Log = Callable[[str], None]
@@ -79,7 +79,7 @@ def adapted_fractions(state_dict: dict) -> list[float]:
 def mtnet_study(params: dict, out: Path, device: str = "auto", log: Log = _stderr) -> list[dict]:
     """Train and evaluate every run of the study (reusing finished ones); write the CSV and figure."""
     from metalearn.evaluate import evaluate
-    from metalearn.train import TrainingDiverged, config_hash, run_config, train
+    from metalearn.train import TrainingDiverged, config_hash, train
 
     out = Path(out)
     seed = params["studies"]["mtnet"]["seed"]
@@ -88,15 +88,16 @@ def mtnet_study(params: dict, out: Path, device: str = "auto", log: Log = _stder
     for number, run in enumerate(runs, 1):
         work = out / "mtnet" / run["name"] / run["algorithm"]
         rp = run_params(params, run, work)
+        bench = Benchmark.of(rp, run["name"])
         label = f"[study mtnet {number}/{len(runs)}] {run['algorithm']} on {run['name']}"
-        benchmarks.make_episodes(rp, run["name"])
+        benchmarks.make_episodes(bench)
         model = work / "model.pt"
-        digest = config_hash(run_config(rp, run["name"], run["algorithm"], seed))
+        digest = config_hash(Run.of(bench, run["algorithm"], seed).config())
         base = {k: run[k] for k in ("part", "algorithm", "degree", "inner_lr")}
         if not _current_model(model, digest):
             log(f"{label}: training")
             try:
-                train(rp, run["name"], run["algorithm"], seed, work, device=device, log=log)
+                train(bench, run["algorithm"], seed, work, device=device, log=log)
             except TrainingDiverged as exc:
                 log(f"{label}: diverged ({exc})")
                 rows.append({**{k: "" for k in CSV_COLUMNS}, **base, "episodes": 0, "status": "diverged"})
@@ -181,13 +182,13 @@ def _protocol_params(params: dict, run: dict, data: Path) -> dict:
                      "benchmarks": {run["name"]: run["bench"]}}, where="studies.protocols")
 
 
-def validation_accuracy(algo, params: dict, bench_name: str, steps: int) -> tuple[float, float, int]:
+def validation_accuracy(algo, bench: Benchmark, steps: int) -> tuple[float, float, int]:
     """Mean accuracy (%) and 95% CI on the saved validation episodes, leaving the random state as it was."""
     from metalearn.stats import mean_ci95
 
     rng = torch.get_rng_state()
     dev = next(algo.parameters()).device
-    values = [100.0 * m["accuracy"] for batch in benchmarks.eval_batches(params, bench_name, "val", dev)
+    values = [100.0 * m["accuracy"] for batch in benchmarks.eval_batches(bench, "val", dev)
               for m in algo.evaluate_tasks(batch, steps)]
     torch.set_rng_state(rng)
     mean, ci95 = mean_ci95(values)
@@ -197,7 +198,7 @@ def validation_accuracy(algo, params: dict, bench_name: str, steps: int) -> tupl
 def protocols_study(params: dict, out: Path, device: str = "auto", log: Log = _stderr) -> list[dict]:
     """Train (or reuse) and score every variant; write protocols.csv and protocols.png."""
     from metalearn.evaluate import evaluate
-    from metalearn.train import TrainingDiverged, config_hash, run_config, train
+    from metalearn.train import TrainingDiverged, config_hash, train
 
     out = Path(out)
     seed = params["studies"]["protocols"]["seed"]
@@ -207,10 +208,11 @@ def protocols_study(params: dict, out: Path, device: str = "auto", log: Log = _s
         work = out / "protocols" / run["variant"]
         rp = _protocol_params(params, run, out / "protocols" / "data")
         label = f"[study protocols {number}/{len(runs)}] {run['algorithm']}, {run['variant']}"
-        bench = rp["benchmarks"][run["name"]]
-        benchmarks.make_episodes(rp, run["name"])
+        benchmark = Benchmark.of(rp, run["name"])
+        bench = benchmark.settings
+        benchmarks.make_episodes(benchmark)
         model, progress_file = work / "model.pt", work / "progress.json"
-        digest = config_hash(run_config(rp, run["name"], run["algorithm"], seed))
+        digest = config_hash(Run.of(benchmark, run["algorithm"], seed).config())
         progress = json.loads(progress_file.read_text()) if progress_file.exists() else {}
         if progress.get("config_hash") != digest:
             progress = {"config_hash": digest, "points": []}
@@ -228,7 +230,7 @@ def protocols_study(params: dict, out: Path, device: str = "auto", log: Log = _s
                 before = kept[-1] if kept else {"train_seconds": 0.0, "cpu_seconds": 0.0}
                 wall = before["train_seconds"] + time.perf_counter() - clock["wall"]
                 cpu = before["cpu_seconds"] + time.process_time() - clock["cpu"]
-                mean, ci95, episodes = validation_accuracy(algo, rp, run["name"], steps)
+                mean, ci95, episodes = validation_accuracy(algo, benchmark, steps)
                 progress["points"] = kept + [{"iteration": iteration, "train_seconds": round(wall, 2),
                                               "cpu_seconds": round(cpu, 2), "accuracy": mean, "ci95": ci95,
                                               "episodes": episodes}]
@@ -239,7 +241,7 @@ def protocols_study(params: dict, out: Path, device: str = "auto", log: Log = _s
                 clock.update(wall=time.perf_counter(), cpu=time.process_time())
 
             try:
-                train(rp, run["name"], run["algorithm"], seed, work, device=device, log=log, on_checkpoint=validate_now)
+                train(benchmark, run["algorithm"], seed, work, device=device, log=log, on_checkpoint=validate_now)
             except TrainingDiverged as exc:
                 log(f"{label}: diverged ({exc})")
                 rows.append({**{k: "" for k in PROTOCOL_COLUMNS}, **base, "split": "test", "status": "diverged"})

@@ -119,7 +119,7 @@ def verify_study_record(path: Path, params_file: Path, device: str = "cpu") -> C
     import torch
 
     from metalearn import benchmarks, provenance
-    from metalearn.config import load_params
+    from metalearn.config import Benchmark, load_params
     from metalearn.evaluate import evaluate
     from metalearn.studies import adapted_fractions, mtnet_runs, run_params
     from metalearn.train import config_hash, read_model_file, run_config
@@ -146,7 +146,7 @@ def verify_study_record(path: Path, params_file: Path, device: str = "cpu") -> C
             check.problems.append("model.pt was trained with other settings than the record's")
         if config_hash(config) != record["settings_digest"]:
             check.notes.append("the algorithm's source changed since recording (numbers re-derived below)")
-        digest = provenance.file_content_digest(benchmarks.make_episodes(rp, now["name"]))
+        digest = provenance.file_content_digest(benchmarks.make_episodes(Benchmark.of(rp, now["name"])))
         if digest != record["episodes_digest"]:
             check.problems.append(f"test episodes rebuilt from their seeds have digest {digest[:16]}…, "
                                   f"the record's were {record['episodes_digest'][:16]}…")

@@ -30,6 +30,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
+from metalearn.config import Benchmark
+from metalearn.config import Run as RunSettings
 from metalearn.data.download import file_digests
 
 DEFAULT_URI = "sqlite:///mlflow.db"
@@ -173,29 +175,29 @@ def _finishing(run: Run) -> Iterator[Run]:
     run.end("FINISHED")
 
 
-def _data_hash(params: dict, bench: dict) -> str:
+def _data_hash(benchmark: Benchmark) -> str:
     from metalearn import benchmarks
 
+    bench = benchmark.settings
     if bench["task"] in ("sinusoid", "polynomial") or "dataset" not in bench:  # (RL: simulated tasks)
         return "synthetic"  # tasks are drawn from the seeded generator; nothing is read
-    return file_sha256(benchmarks.prepared_path(params, bench["dataset"]))
+    return file_sha256(benchmarks.prepared_path(benchmark.params, bench["dataset"]))
 
 
 @contextlib.contextmanager
-def training_run(params: dict, bench_name: str, algorithm: str, seed: int, device: str) -> Iterator[Run]:
+def training_run(bench: Benchmark, algorithm: str, seed: int, device: str) -> Iterator[Run]:
     """An MLflow run around one training; pass it as train(..., tracker=run), then `log_model`."""
     from metalearn import families
-    from metalearn.train import pick_device, run_config
+    from metalearn.train import pick_device
 
-    bench = params["benchmarks"][bench_name]
-    config_hash = families.family(bench).config_hash  # e.g. RL runs hash metalearn/rl's sources
+    config_hash = families.family(bench.settings).config_hash  # e.g. RL runs hash metalearn/rl's sources
     commit = git_commit()
     store = Store()
-    run = store.start(f"{bench_name}/{algorithm}/seed{seed}", {
-        "benchmark": bench_name, "algorithm": algorithm, "seed": seed, "profile": params["profile"],
+    run = store.start(f"{bench.name}/{algorithm}/seed{seed}", {
+        "benchmark": bench.name, "algorithm": algorithm, "seed": seed, "profile": bench.params["profile"],
         "git_commit": commit, "mlflow.source.git.commit": commit.removesuffix("-dirty"),
-        "data_hash": _data_hash(params, bench), "device": str(pick_device(device)),
-        "config_hash": config_hash(run_config(params, bench_name, algorithm, seed)),
+        "data_hash": _data_hash(bench), "device": str(pick_device(device)),
+        "config_hash": config_hash(RunSettings.of(bench, algorithm, seed).config()),
         "kind": "training"})
     with _finishing(run):
         yield run

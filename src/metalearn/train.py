@@ -25,7 +25,7 @@ import torch
 
 from metalearn import benchmarks
 from metalearn.algorithms import ALGORITHMS, build_algorithm
-from metalearn.config import Run
+from metalearn.config import Benchmark, Run
 from metalearn.data.images import preprocessing_for
 from metalearn.errors import BadFile
 
@@ -98,7 +98,7 @@ def pick_device(requested: str = "auto") -> torch.device:
 def run_config(params: dict, bench_name: str, algorithm: str, seed: int) -> dict:
     """Everything that determines a training run (config.Run.config); its hash guards against resuming
     a stale checkpoint."""
-    return Run.of(params, bench_name, algorithm, seed).config()
+    return Run.of(Benchmark.of(params, bench_name), algorithm, seed).config()
 
 
 def settings_digest(config: dict, sources) -> str:
@@ -351,21 +351,21 @@ def run_loop(run: Run, out_dir: Path, device: torch.device, config_hash: Callabl
 
 
 # ----------------------------------------------------------------------------- the episodes family's loop
-def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+def train(bench: Benchmark, algorithm: str, seed: int, out_dir: Path,
           device: str = "auto", tracker: Tracker | None = None, log: Callable[[str], None] = _stderr,
           on_checkpoint: Callable[[int, torch.nn.Module], None] | None = None) -> Path:
     """Meta-train and write ``out_dir/model.pt`` (+ ``history.json``); returns the model path.
     ``on_checkpoint(iteration, algorithm)`` runs just before each checkpoint is written (e.g. a validation,
     metalearn.studies); it must leave the algorithm and the random state as it found them."""
     dev = pick_device(device)
-    run = Run.of(params, bench_name, algorithm, seed)
+    run = Run.of(bench, algorithm, seed)
     cfg = run.train
     algo = build(run, dev)
     # Adam's eps: torch's default, or the algorithm's own (`meta_adam_eps`: the iMAML code's outer Adam
     # uses 1e-3, aravindr93/imaml_dev implicit_maml/learner_model.py)
     optimizer = torch.optim.Adam(algo.parameters(), lr=cfg["meta_lr"], eps=run.hparams.get("meta_adam_eps", 1e-8))
     generator = torch.Generator().manual_seed(seed)
-    sampler = benchmarks.train_sampler(params, run.settings, generator, dev)
+    sampler = benchmarks.train_sampler(bench, generator, dev)
 
     def step(iteration: int) -> dict[str, float]:
         tasks = sampler.sample(cfg["meta_batch"])

@@ -12,6 +12,7 @@ from metalearn.alphabets.evaluate import evaluate
 from metalearn.alphabets.settings import CPU, PAPER
 from metalearn.alphabets.tasks import make_episodes
 from metalearn.alphabets.train import METHODS, train
+from metalearn.config import Benchmark
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -31,18 +32,19 @@ def main(argv: list[str] | None = None) -> None:
     name = f"omniglot-alphabets-{args.settings}"
     params = {"profile": args.settings, "data": {"root": args.data},
               "benchmarks": {name: CPU if args.settings == "cpu" else PAPER}}
-    make_episodes(params, name)
+    bench = Benchmark.of(params, name)
+    make_episodes(bench)
     results = {}
     for method in args.methods:
         start = time.process_time()
-        model = train(params, name, method, args.seed, args.work / method, device="cpu", log=lambda s: None)
-        result = evaluate(params, model, torch.load(model, weights_only=True), log=lambda s: None)
+        model = train(bench, method, args.seed, args.work / method, device="cpu", log=lambda s: None)
+        result = evaluate(bench, model, torch.load(model, weights_only=True), log=lambda s: None)
         result["cpu_seconds"] = time.process_time() - start
         print(f"{method}: {result['mean']:.1f} +- {result['ci95']:.1f} % ({result['episodes']} test alphabets, "
               f"{result['cpu_seconds']:.0f} CPU-s)", flush=True)
         results[method] = result
     if args.out:
-        args.out.write_text(json.dumps({"settings": params["benchmarks"][name], "results": results}, indent=1))
+        args.out.write_text(json.dumps({"settings": bench.settings, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

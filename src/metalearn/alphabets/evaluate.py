@@ -10,6 +10,7 @@ import torch
 
 from metalearn.alphabets.tasks import DRAWINGS, HOLD_OUT, alphabet_task, episode_settings, load_split, on_device
 from metalearn.alphabets.train import load_learner
+from metalearn.config import Benchmark
 from metalearn.tasks import Task
 
 Log = Callable[[str], None]
@@ -36,7 +37,7 @@ def evaluate_alphabet(algo, task: Task, steps: int) -> float:
         model.train()
 
 
-def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+def evaluate(benchmark: Benchmark, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
              steps: int | None = None, log: Log = _stderr) -> dict:
     """The evaluation record of metalearn.evaluate for a multi-shot model: one episode per alphabet of
     the saved split (`metalearn split`), its accuracy (%) on the held-out drawings after `steps`
@@ -47,12 +48,11 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
     from metalearn.train import pick_device
 
     config = saved["config"]
-    bench_name = config["benchmark"]
-    bench = params["benchmarks"][bench_name]
+    bench_name, bench = benchmark.name, benchmark.settings
     dev = pick_device(device)
     algo = load_learner(saved, model_path, dev)
-    chosen = read_current_episodes(params, bench_name, episode_settings(bench))[split]
-    images, _ = load_split(params, bench)
+    chosen = read_current_episodes(benchmark, episode_settings(bench))[split]
+    images, _ = load_split(benchmark)
     steps = bench["steps"] if steps is None else steps
     torch.manual_seed(config["seed"])
     values = []

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from metalearn import dependencies
+from metalearn.config import Benchmark
 from metalearn.errors import BadInput
 from metalearn.tasks import Objective, Task
 
@@ -124,12 +125,13 @@ EPISODE_SETTINGS = dependencies.ALPHABETS_EPISODE_SETTINGS
 episode_settings = dependencies.alphabets_episode_settings
 
 
-def load_split(params: dict, bench: dict) -> tuple[Tensor, AlphabetSplit]:
+def load_split(benchmark: Benchmark) -> tuple[Tensor, AlphabetSplit]:
     """The prepared Omniglot images and the benchmark's alphabet split of them."""
     from metalearn.benchmarks import prepared_path
     from metalearn.data import omniglot
 
-    images, classes = omniglot.load(prepared_path(params, bench["dataset"]))
+    bench = benchmark.settings
+    images, classes = omniglot.load(prepared_path(benchmark.params, bench["dataset"]))
     try:
         split = split_alphabets(classes, bench["ways"], bench["train_alphabets"], bench["test_alphabets"],
                                 bench["split_seed"])
@@ -138,23 +140,21 @@ def load_split(params: dict, bench: dict) -> tuple[Tensor, AlphabetSplit]:
     return images, split
 
 
-def make_episodes(params: dict, bench_name: str) -> Path:
+def make_episodes(benchmark: Benchmark) -> Path:
     """`metalearn split`: the alphabets of each split and their characters (indices into the prepared
     cache), so evaluation scores exactly the test alphabets training never saw."""
-    from metalearn.benchmarks import episodes_path
     from metalearn.data.episodes import save_episodes
 
-    bench = params["benchmarks"][bench_name]
-    _, split = load_split(params, bench)
+    bench = benchmark.settings
+    _, split = load_split(benchmark)
     saved: dict[str, Any] = {"settings": episode_settings(bench)}
     for part in ("train", "val", "test"):
         chosen = getattr(split, part)
         characters = [c for _, c in chosen]
         saved[part] = {"alphabets": [a for a, _ in chosen], "characters": torch.stack(characters) if characters
                        else torch.empty(0, bench["ways"], dtype=torch.long)}
-    path = episodes_path(params, bench_name)
-    save_episodes(saved, path)
-    return path
+    save_episodes(saved, benchmark.episodes_path)
+    return benchmark.episodes_path
 
 
 def on_device(task: Task, device) -> Task:

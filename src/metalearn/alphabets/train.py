@@ -14,7 +14,7 @@ from torch import nn
 from metalearn import dependencies
 from metalearn.algorithms import build_algorithm
 from metalearn.alphabets.tasks import MiniBatchObjective, alphabet_task, load_split, meta_training_task, on_device
-from metalearn.config import Run
+from metalearn.config import Benchmark, Run
 from metalearn.errors import BadFile, BadInput
 from metalearn.models import OmniConv
 from metalearn.tasks import Task
@@ -89,7 +89,7 @@ def config_hash(config: dict) -> str:
     return settings_digest(config, source_files(config["algorithm"]))
 
 
-def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, device: str = "auto",
+def train(benchmark: Benchmark, method: str, seed: int, out_dir: Path, device: str = "auto",
           tracker=None, log: Log = _stderr) -> Path:
     """Meta-train `method` on the training alphabets (the loop of metalearn.train, resumable: every
     `checkpoint_every` meta-steps the network, the heads (ft), the optimiser and both random states
@@ -98,10 +98,10 @@ def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, 
     from metalearn.train import Cadence, pick_device, run_loop
 
     dev = pick_device(device)
-    run = Run.of(params, bench_name, method, seed)
+    run = Run.of(benchmark, method, seed)
     bench, cfg, hparams = run.settings, run.train, run.hparams
     algo = build_learner(method, bench, hparams, seed).to(dev)
-    images, split = load_split(params, bench)
+    images, split = load_split(benchmark)
     tasks = [on_device(alphabet_task(images, chars, bench.get("background", 0)), dev) for _, chars in split.train]
     iterations = 0 if method == "scratch" else run.iterations  # scratch: no checkpoint either
     heads = nn.ModuleList()

@@ -11,6 +11,7 @@ from torch import Tensor
 from metalearn.continual.learner import Learner, learn_sequence
 from metalearn.continual.tasks import Sequences, eval_sequences
 from metalearn.continual.train import load_learner
+from metalearn.config import Benchmark
 from metalearn.errors import BadInput
 from metalearn.tasks import Params
 
@@ -36,7 +37,7 @@ def forgetting_curve(learner: Learner, seqs: Sequences, i: int, steps: int) -> T
     return torch.stack(rows)
 
 
-def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
+def evaluate(benchmark: Benchmark, model_path: Path, saved: dict, split: str = "test", device: str = "auto",
              steps: int | None = None, log: Log = _stderr) -> dict:
     """The evaluation record of metalearn.evaluate for a continual model: `per_episode` is each test
     sequence's final MSE averaged over its sub-tasks; `continual` holds the forgetting curves (mean
@@ -49,11 +50,10 @@ def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", d
         raise BadInput("--steps: a continual benchmark learns each sub-task for its steps_per_subtask "
                        "(params.yaml); leave --steps out")
     config = saved["config"]
-    bench_name = config["benchmark"]
-    bench = params["benchmarks"][bench_name]
+    bench_name, bench = benchmark.name, benchmark.settings
     dev = pick_device(device)
     learner = load_learner(saved, model_path, dev)
-    seqs = eval_sequences(params, bench_name, split, dev)
+    seqs = eval_sequences(benchmark, split, dev)
     per_step = bench["steps_per_subtask"]
     T = seqs.subtasks
     curves = []

@@ -10,6 +10,7 @@ import torch
 from torch import Tensor
 
 from metalearn import dependencies
+from metalearn.config import Benchmark
 from metalearn.data.episodes import SINUSOID, save_episodes
 
 
@@ -96,18 +97,14 @@ def make_eval_sequences(bench: dict) -> dict[str, Any]:
     return saved
 
 
-def make_episodes(params: dict, bench_name: str) -> Path:
-    from metalearn.benchmarks import episodes_path
-
-    path = episodes_path(params, bench_name)
-    save_episodes(make_eval_sequences(params["benchmarks"][bench_name]), path)
-    return path
+def make_episodes(bench: Benchmark) -> Path:
+    save_episodes(make_eval_sequences(bench.settings), bench.episodes_path)
+    return bench.episodes_path
 
 
-def eval_sequences(params: dict, bench_name: str, split: str, device) -> Sequences:
+def eval_sequences(bench: Benchmark, split: str, device) -> Sequences:
     """The saved sequences of `split`, checked against the benchmark's settings."""
     from metalearn.benchmarks import read_current_episodes
 
-    bench = params["benchmarks"][bench_name]
-    saved = read_current_episodes(params, bench_name, episode_settings(bench))
-    return sequences_from(saved[split], bench["shots"]).to(device)
+    saved = read_current_episodes(bench, episode_settings(bench.settings))
+    return sequences_from(saved[split], bench.settings["shots"]).to(device)

@@ -13,7 +13,7 @@ from torch import Tensor
 from metalearn import dependencies
 from metalearn.algorithms.base import detached
 from metalearn.algorithms.warpgrad import snapshot_steps
-from metalearn.config import Run
+from metalearn.config import Benchmark, Run
 from metalearn.continual.learner import Learner, learn_sequence
 from metalearn.continual.tasks import SequenceSampler, Sequences
 from metalearn.errors import BadFile
@@ -77,14 +77,14 @@ def build_learner(bench: dict, method: str, hparams: dict, seed: int, device) ->
     return Learner(method, bench, hparams, seed).to(device)
 
 
-def train(params: dict, bench_name: str, method: str, seed: int, out_dir: Path, device: str = "auto",
+def train(benchmark: Benchmark, method: str, seed: int, out_dir: Path, device: str = "auto",
           tracker=None, log: Log = _stderr) -> Path:
     """Meta-train WarpGrad's warp layers (the loop of metalearn.train, resumable); `sgd` has nothing to
     learn and saves its initialisation. Writes out_dir/model.pt and history.json."""
     from metalearn.train import pick_device, run_loop
 
     dev = pick_device(device)
-    run = Run.of(params, bench_name, method, seed)
+    run = Run.of(benchmark, method, seed)
     bench, cfg, hparams = run.settings, run.train, run.hparams
     learner = build_learner(bench, method, hparams, seed, dev)
     phi = learner.meta_parameters()

@@ -12,25 +12,26 @@ from pathlib import Path
 
 import torch
 
+from metalearn.config import Benchmark
 from metalearn.rl.tasks import read_test_tasks
 from metalearn.rl.train import load_model
 
 
-def evaluate(params: dict, model_path: Path, saved: dict, split: str = "test", device: str = "cpu",
+def evaluate(benchmark: Benchmark, model_path: Path, saved: dict, split: str = "test", device: str = "cpu",
              steps: int | None = None, log=lambda s: print(s, file=sys.stderr, flush=True)) -> dict:
     """Return after 0..steps policy-gradient steps on the saved test tasks; on the CPU whatever `device`
     says (accepted for the families' signature: environments and small policies, see rl/train.py)."""
     from metalearn.stats import mean_ci95
 
     config = saved["config"]
-    bench_name = config["benchmark"]
+    bench_name = benchmark.name
     learner = load_model(saved)
     # rollouts per test step: an evaluation setting (config.NOT_TRAINING_SETTINGS), read from the current
     # params, not from the model's record, so changing it re-evaluates without retraining
-    learner.test_rollouts = int(params["benchmarks"][bench_name].get("test_rollouts", learner.rollouts))
-    learner.test_samples = params["benchmarks"][bench_name].get("test_samples")
+    learner.test_rollouts = int(benchmark.settings.get("test_rollouts", learner.rollouts))
+    learner.test_samples = benchmark.settings.get("test_samples")
     steps = learner.test_inner_steps if steps is None else steps
-    tasks, eval_seed = read_test_tasks(params, bench_name, split)
+    tasks, eval_seed = read_test_tasks(benchmark, split)
     generator = torch.Generator().manual_seed(eval_seed)  # the same action noise seed for every model
     returns = learner.evaluate(tasks, steps, generator)  # [tasks, steps + 1]
     per_step = [column.tolist() for column in returns.T]

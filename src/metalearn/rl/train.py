@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from metalearn import dependencies
-from metalearn.config import Run
+from metalearn.config import Benchmark, Run
 from metalearn.rl.envs import sample_tasks
 from metalearn.rl.metarl import MetaRL
 from metalearn.train import Cadence, Tracker, run_loop
@@ -75,13 +75,13 @@ class Best(nn.Module):
             self.iteration.fill_(iteration)
 
 
-def train(params: dict, bench_name: str, algorithm: str, seed: int, out_dir: Path,
+def train(benchmark: Benchmark, algorithm: str, seed: int, out_dir: Path,
           device: str = "cpu", tracker: Tracker | None = None,
           log: Callable[[str], None] = lambda s: print(s, file=sys.stderr, flush=True)) -> Path:
     """Meta-train and write ``out_dir/model.pt`` (+ ``history.json``); returns the model path.
     `device` is accepted for the supervised loop's signature: RL runs on the CPU (environments and
     small policies; the cost is in sequential steps, not in arithmetic)."""
-    run = Run.of(params, bench_name, algorithm, seed)
+    run = Run.of(benchmark, algorithm, seed)
     bench, cfg = run.settings, run.train
     learner = build(run.config())
     generator = torch.Generator().manual_seed(seed)
