@@ -170,3 +170,21 @@ def test_the_committed_records_re_derive(tmp_path):
     done = _metalearn(tmp_path, "verify", "--records", str(root), "--only", *part)
     assert done.returncode == 0, done.stderr[-5000:]
     assert done.stderr.count(" OK ") == len(part)
+
+
+def test_re_derived_scores_within_the_tolerance_are_noted_and_beyond_it_are_problems():
+    """records.compare_scores, for a record's own score (no prefix) and a head's (its name as prefix):
+    equal within the tolerance but not bit for bit is a note naming what; beyond it, a problem."""
+    from metalearn.records import TOLERANCE, Check, compare_scores
+
+    recorded = {"mean": 50.0, "ci95": 1.0, "per_episode": [40.0, 60.0]}
+    nudged = {**recorded, "per_episode": [40.0 * (1 + TOLERANCE / 10), 60.0]}
+    for prefix in ("", "head proto on omniglot-5w1s, "):
+        same, close, off = Check("same"), Check("close"), Check("off")
+        compare_scores(same, dict(recorded), recorded, prefix)
+        compare_scores(close, nudged, recorded, prefix)
+        compare_scores(off, {**recorded, "mean": 51.0, "per_episode": [41.0, 61.0]}, recorded, prefix)
+        assert same.problems == same.notes == [] and close.problems == []
+        assert close.notes == [f"{prefix}per-episode values equal within the tolerance, not bit for bit"]
+        assert off.problems == [f"{prefix}mean: re-derived 51.0, recorded 50.0",
+                                f"{prefix}per-episode values: 2 of 2 differ from the record"]

@@ -347,8 +347,8 @@ def compare_scores(check: Check, ours: dict, recorded: dict, prefix: str = "") -
     if differ:
         check.problems.append(f"{prefix}per-episode values: {differ} of {len(recorded['per_episode'])} differ "
                               "from the record")
-    elif ours["per_episode"] != recorded["per_episode"] and not prefix:
-        check.notes.append("per-episode values equal within the tolerance, not bit for bit")
+    elif ours["per_episode"] != recorded["per_episode"]:
+        check.notes.append(f"{prefix}per-episode values equal within the tolerance, not bit for bit")
 
 
 def model_file_found(check: Check, model: Path, recorded_sha256: str) -> bool:
