@@ -17,11 +17,10 @@ from metalearn import head_policies as hp
 from metalearn import benchmarks
 from metalearn.algorithms import ALGORITHMS
 from metalearn.cli import main
-from metalearn.config import Run
+from metalearn.config import Benchmark, Run
 from metalearn.data import imagenet, omniglot
 from metalearn.data.images import IMAGENET, OMNIGLOT, preprocessing_for
 from metalearn.train import build, run_config, train
-from metalearn.config import Benchmark
 
 SMALL_ARCHIVES = omniglot.VARIANTS["omniglot-small"]
 

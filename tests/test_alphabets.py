@@ -19,11 +19,10 @@ from metalearn.algorithms.maml import MAML
 from metalearn.alphabets import evaluate as al_evaluate, settings as al_settings, tasks as al_tasks
 from metalearn.alphabets import train as al_train
 from metalearn.cli import main
-from metalearn.config import load_params, validate
+from metalearn.config import Benchmark, load_params, validate
 from metalearn.errors import ConfigError
 from metalearn.models import OmniConv
 from metalearn.tasks import Objective, Task
-from metalearn.config import Benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 WAYS = 3

@@ -25,9 +25,8 @@ from hypothesis import strategies as st
 
 from conftest import ROOT, write_params
 from metalearn import cli
-from metalearn.config import deep_merge, load_yaml
+from metalearn.config import Benchmark, deep_merge, load_yaml
 from metalearn.errors import BadInput
-from metalearn.config import Benchmark
 from test_workflow import SNAKEMAKE, copy_project, workflow_env
 
 RAW_TEXT = (ROOT / "params.yaml").read_text()

@@ -34,8 +34,8 @@ from PIL import Image
 
 from conftest import quick_params, write_params
 from metalearn import cli
-from metalearn.data.download import MIRROR_ENV
 from metalearn.config import Benchmark
+from metalearn.data.download import MIRROR_ENV
 
 SKIPPED_FLAGS = {"--track", "--help"}
 

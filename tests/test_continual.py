@@ -13,12 +13,11 @@ import torch
 import torch.nn.functional as F
 
 from metalearn.cli import main
-from metalearn.config import validate
+from metalearn.config import Benchmark, validate
 from metalearn.continual import train as ctrain
 from metalearn.continual.learner import Learner, learn_sequence
 from metalearn.continual.tasks import SequenceSampler, Sequences, episode_settings, make_episodes, subintervals
 from metalearn.errors import ConfigError
-from metalearn.config import Benchmark
 
 TINY = {"task": "continual", "model": "mlp", "hidden": [3, 3], "subtasks": 3,
         "steps_per_subtask": 2, "shots": 4, "queries": 3, "eval_queries": 5, "val_tasks": 2, "test_tasks": 6,

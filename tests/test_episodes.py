@@ -4,8 +4,8 @@ from __future__ import annotations
 import torch
 
 from metalearn import benchmarks
-from metalearn.data import episodes as ep
 from metalearn.config import Benchmark
+from metalearn.data import episodes as ep
 
 
 def test_episode_files_identical_across_reruns_with_same_seed(prepared_small, tmp_path):

@@ -17,12 +17,11 @@ from torchvision.transforms.v2 import functional as TF
 
 from metalearn import benchmarks
 from metalearn.cli import main as cli
-from metalearn.config import validate
+from metalearn.config import Benchmark, validate
 from metalearn.data import episodes as ep
 from metalearn.data import imagenet, imagenet_files
 from metalearn.data.download import MIRROR_ENV, ChecksumError
 from metalearn.errors import ConfigError
-from metalearn.config import Benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 CLASSES = {"train": 5, "val": 3, "test": 3}  # tiny stand-ins for 64/16/20 and 351/97/160

@@ -9,9 +9,9 @@ import torch
 
 from metalearn.algorithms import build_algorithm
 from metalearn.algorithms.mtnet import straight_through_gumbel, weight_layers
+from metalearn.config import Benchmark
 from metalearn.models import MLP, Conv4
 from metalearn.tasks import Objective, TaskBatch
-from metalearn.config import Benchmark
 
 HP = {"inner_lr": 0.05, "inner_steps": 2, "test_inner_steps": 2}
 

@@ -18,10 +18,10 @@ from metalearn import adapt as ad
 from metalearn import head_policies as hp
 from metalearn.algorithms import build_algorithm, source_files
 from metalearn.cli import main
+from metalearn.config import Benchmark
 from metalearn.heads import embed, prototype_head
 from metalearn.models import Conv4
 from metalearn.tasks import Objective, Task, TaskBatch
-from metalearn.config import Benchmark
 from test_adapt import drawing, image_folder, save_untrained
 
 

@@ -21,12 +21,11 @@ from conftest import ROOT, quick_params
 from metalearn import benchmarks, protocols
 from metalearn.algorithms import build_algorithm
 from metalearn.algorithms.maml import MAML
-from metalearn.config import load_params
+from metalearn.config import Benchmark, load_params
 from metalearn.data import episodes as ep
 from metalearn.models import MLP, Conv4, build_model
 from metalearn.tasks import Objective, TaskBatch
 from metalearn.train import clip_meta_grad, train
-from metalearn.config import Benchmark
 
 MAML_FAMILY = ["maml", "fomaml", "metasgd", "tnet", "mtnet"]
 

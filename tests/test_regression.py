@@ -10,11 +10,10 @@ import torch
 
 from metalearn import benchmarks, paper
 from metalearn.algorithms import build_algorithm
-from metalearn.config import Run, load_params
+from metalearn.config import Benchmark, Run, load_params
 from metalearn.data import episodes as ep
 from metalearn.models import MLP
 from metalearn.tasks import Objective
-from metalearn.config import Benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 REGRESSION_BENCHMARKS = ["sinusoid", "sinusoid-k5", "sinusoid-k20",

@@ -7,13 +7,12 @@ import numpy as np
 import pytest
 import torch
 
-from metalearn.config import validate
+from metalearn.config import Benchmark, validate
 from metalearn.rl import baseline
 from metalearn.rl.envs import Navigation2D
 from metalearn.rl.metarl import MetaBatch, MetaRL, Rollouts, inner_step, log_probs, pg_loss, sample
 from metalearn.rl.policy import GaussianMLPPolicy, kl_divergence, per_task
 from metalearn.rl.trpo import _flat, trpo_step
-from metalearn.config import Benchmark
 
 
 def tiny_bench(**overrides) -> dict:

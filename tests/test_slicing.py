@@ -15,8 +15,7 @@ import torch
 
 from conftest import write_params
 from metalearn import train as train_module
-from metalearn.config import deep_merge
-from metalearn.config import Benchmark
+from metalearn.config import Benchmark, deep_merge
 
 EXIT_SLICE_ENDED = 75
 

@@ -13,11 +13,10 @@ import pytest
 import torch
 
 from conftest import quick_params, write_params
-from metalearn.config import deep_merge
+from metalearn.config import Benchmark, deep_merge
 from metalearn.evaluate import evaluate
 from metalearn.stats import mean_ci95
 from metalearn.train import TrainingDiverged, config_hash, load_model, run_config, train
-from metalearn.config import Benchmark
 
 
 def _metalearn(*args, env=None):

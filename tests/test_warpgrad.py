@@ -10,9 +10,9 @@ import torch.nn.functional as F
 from metalearn.algorithms import build_algorithm
 from metalearn.algorithms.warpgrad import snapshot_steps
 from conftest import held_out_loss, meta_train_on_sinusoids
+from metalearn.config import Benchmark
 from metalearn.models import MLP, Conv4
 from metalearn.tasks import Objective, TaskBatch
-from metalearn.config import Benchmark
 
 ALPHA, STEPS = 0.1, 3
 

@@ -17,10 +17,9 @@ import yaml
 from conftest import MIRROR, ROOT, write_params
 from metalearn import benchmarks, paths, records
 from metalearn.cli import main
-from metalearn.config import ConfigError, apply_profile, validate
+from metalearn.config import Benchmark, ConfigError, apply_profile, validate
 from metalearn.data import episodes as ep
 from metalearn.data import omniglot, omniglot_splits
-from metalearn.config import Benchmark
 
 
 def archive_alphabets(name: str) -> dict[str, int]:
